@@ -1,0 +1,119 @@
+"""The error tree of DESIGN §7.
+
+::
+
+    JobsError
+    ├── InvalidJobMetadata      400 invalid_job_metadata
+    ├── JobIdRequired           400 job_id_required
+    ├── TeamRequired            401 team_required
+    ├── Forbidden               403 forbidden
+    ├── InsufficientCredits     402 insufficient_credits
+    ├── JobBudgetExceeded       402 job_budget_exceeded
+    ├── JobNotFound             404 job_not_found
+    ├── JobClosed               409 job_closed
+    ├── JobTypeMismatch         409 job_type_mismatch
+    └── StoreUnavailable        503 jobs_store_unavailable
+
+Each class's docstring is its default message. :func:`to_proxy_exception` is the one place that
+turns them into LiteLLM's ``ProxyException`` (OpenAI's error JSON).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class JobsError(Exception):
+    """The jobs plugin rejected the request."""
+
+    type: ClassVar[str] = "jobs_error"
+    status: ClassVar[int] = 400
+
+    def __init__(self, message: str | None = None, *, param: str | None = None) -> None:
+        self.message = message or (self.__doc__ or self.type).strip()
+        self.param = param
+        super().__init__(self.message)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param,
+                          "code": str(self.status)}}
+
+
+class InvalidJobMetadata(JobsError):
+    """The job fields of the request are malformed; fix them as the message says."""
+
+    type = "invalid_job_metadata"
+    status = 400
+
+
+class JobIdRequired(JobsError):
+    """This proxy only accepts calls that name a job: pass metadata.job_id (or an x-job-id header)."""
+
+    type = "job_id_required"
+    status = 400
+
+
+class TeamRequired(JobsError):
+    """Tracked calls need a key that belongs to a LiteLLM team; use a team key."""
+
+    type = "team_required"
+    status = 401
+
+
+class Forbidden(JobsError):
+    """This key may not act for that team."""
+
+    type = "forbidden"
+    status = 403
+
+
+class InsufficientCredits(JobsError):
+    """The team has not enough credits left to open this job; ask the proxy admin for a grant."""
+
+    type = "insufficient_credits"
+    status = 402
+
+
+class JobBudgetExceeded(JobsError):
+    """This call would pass the job's max_calls or max_cost_usd; start a new job."""
+
+    type = "job_budget_exceeded"
+    status = 402
+
+
+class JobNotFound(JobsError):
+    """No such job for this team; check the job_id, or create the job first."""
+
+    type = "job_not_found"
+    status = 404
+
+
+class JobClosed(JobsError):
+    """The job is closed and takes no more calls; start a new job."""
+
+    type = "job_closed"
+    status = 409
+
+
+class JobTypeMismatch(JobsError):
+    """The job was opened with another job_type; use the job's own type or a new job_id."""
+
+    type = "job_type_mismatch"
+    status = 409
+
+
+class StoreUnavailable(JobsError):
+    """The jobs store is unavailable; retry shortly."""
+
+    type = "jobs_store_unavailable"
+    status = 503
+
+
+def to_proxy_exception(error: JobsError, headers: dict[str, str] | None = None) -> Exception:
+    """LiteLLM's ``ProxyException`` for ``error``: the client sees OpenAI's error JSON with our type."""
+    from litellm.proxy._types import ProxyException
+
+    exc: Exception = ProxyException(
+        message=error.message, type=error.type, param=error.param, code=error.status, headers=headers
+    )
+    return exc

@@ -1,0 +1,229 @@
+"""The LiteLLM callback: thin hooks that hand over to the adapter, the job rules and the writer.
+
+LiteLLM loads it with ``litellm_settings: callbacks: ["litellm_jobs_plugin.plugin"]``. Data flows
+one way: request → :meth:`JobsPlugin.async_pre_call_hook` (validate, decide, stash) → logging
+events → :class:`~litellm_jobs_plugin.writer.Writer` buffer → store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+from typing import Any
+
+from litellm.integrations.custom_logger import CustomLogger
+
+from . import litellm_adapter as adapter
+from .errors import JobsError, StoreUnavailable, to_proxy_exception
+from .jobs import Caller, decide_call
+from .metadata import parse_job_tag
+from .models import CallContext, CallStatus
+from .settings import Settings
+from .store.embedded import EmbeddedPostgres
+from .store.postgres import PostgresStore
+from .writer import Writer
+
+_log = logging.getLogger("litellm_jobs_plugin")
+
+
+class JobsPlugin(CustomLogger):
+    """Job tracking for the LiteLLM proxy. One instance per process: :data:`plugin`."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        super().__init__()
+        self._settings = settings
+        self._writer: Writer | None = None
+        self._store: PostgresStore | None = None
+        self._embedded: EmbeddedPostgres | None = None
+        self._start_task: asyncio.Task[PostgresStore] | None = None
+        self._attached = False
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = Settings()
+        return self._settings
+
+    @property
+    def writer(self) -> Writer:
+        if self._writer is None:
+            s = self.settings
+            self._writer = Writer(max_size=s.buffer_max, batch_size=s.batch_size,
+                                  enqueue_timeout_s=s.enqueue_timeout_s)
+        return self._writer
+
+    def attach_to_proxy(self) -> None:
+        """Mount our routes on the proxy's app, hook its shutdown, and start connecting.
+
+        Called when LiteLLM imports the package inside a running proxy; does nothing elsewhere
+        (importing the package in a script or the CLI does no I/O).
+        """
+        if self._attached:
+            return
+        self._attached = True
+        import litellm.proxy.proxy_server as proxy_server
+
+        from .routes import build_router
+
+        proxy_server.app.include_router(build_router(self))
+        original_shutdown = proxy_server.proxy_shutdown_event
+
+        # LiteLLM has no shutdown hook for callbacks (LITELLM-NOTES): wrap its shutdown event so
+        # the buffer is flushed before the process exits. Covered by tests/contract.
+        async def proxy_shutdown_event(*args: Any, **kwargs: Any) -> None:
+            try:
+                await self.aclose()
+            finally:
+                await original_shutdown(*args, **kwargs)
+
+        proxy_server.proxy_shutdown_event = proxy_shutdown_event
+        self._start_task = asyncio.get_running_loop().create_task(self._start(), name="litellm-jobs-start")
+
+    async def _start(self) -> PostgresStore:
+        s = self.settings
+        url = s.database_url
+        if url is None:
+            self._embedded = EmbeddedPostgres(s.data_dir)
+            url = await self._embedded.start()
+        store = PostgresStore(url, schema=s.db_schema, min_size=s.pool_min_size, max_size=s.pool_max_size)
+        deadline = asyncio.get_running_loop().time() + s.startup_timeout_s
+        while True:
+            try:
+                await store.open(timeout_s=max(1.0, deadline - asyncio.get_running_loop().time()))
+                break
+            except StoreUnavailable:
+                await store.close()
+                if asyncio.get_running_loop().time() >= deadline:
+                    raise
+                store = PostgresStore(url, schema=s.db_schema, min_size=s.pool_min_size,
+                                      max_size=s.pool_max_size)
+                await asyncio.sleep(1.0)
+        self._store = store
+        self.writer.start(store)
+        _log.info("litellm-jobs: ready (schema %s)", s.db_schema)
+        return store
+
+    async def start(self) -> PostgresStore:
+        """Connect and migrate outside the proxy (tests, scripts); idempotent."""
+        if self._start_task is None:
+            self._start_task = asyncio.get_running_loop().create_task(self._start())
+        return await self.ready()
+
+    async def ready(self, timeout_s: float | None = None) -> PostgresStore:
+        """The store, once start-up has finished."""
+        if self._store is not None:
+            return self._store
+        if self._start_task is None:
+            raise StoreUnavailable("The jobs plugin is not started.")
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._start_task),
+                                          timeout=timeout_s or self.settings.startup_timeout_s)
+        except TimeoutError as exc:
+            raise StoreUnavailable("The jobs store is still starting; retry shortly.") from exc
+        except StoreUnavailable:
+            raise
+        except Exception as exc:
+            raise StoreUnavailable(f"The jobs store failed to start: {exc}") from exc
+
+    async def aclose(self) -> None:
+        """Flush LiteLLM's pending logging events and our buffer, then disconnect."""
+        timeout = self.settings.shutdown_timeout_s
+        try:
+            from litellm.litellm_core_utils.logging_worker import GLOBAL_LOGGING_WORKER
+
+            await asyncio.wait_for(GLOBAL_LOGGING_WORKER.flush(), timeout=timeout)
+        except Exception:
+            _log.exception("litellm-jobs: flushing LiteLLM's logging worker failed")
+        if self._writer is not None:
+            await self._writer.aclose(timeout_s=timeout)
+        if self._start_task is not None and not self._start_task.done():
+            self._start_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._start_task
+        if self._store is not None:
+            await self._store.close()
+            self._store = None
+        if self._embedded is not None:
+            await self._embedded.stop()
+            self._embedded = None
+        self._start_task = None
+
+    def writer_health(self) -> dict[str, Any]:
+        w = self.writer
+        return {"buffer_depth": w.depth, "oldest_unwritten_age_s": round(w.oldest_pending_age_s, 3),
+                "written": w.stats.written, "dropped": w.stats.dropped, "store_errors": w.stats.store_errors}
+
+    # -- LiteLLM hooks (defined here, on the instantiated class: inherited hooks are skipped) ---
+
+    async def async_pre_call_hook(self, user_api_key_dict: Any, cache: Any, data: dict[str, Any],
+                                  call_type: Any) -> dict[str, Any]:
+        adapter.pop_stash(data)  # never trust a client-supplied stash
+        team_id, key_hash, user_id = adapter.key_identity(user_api_key_dict)
+        caller = Caller(team_id=team_id, key_hash=key_hash, user_id=user_id,
+                        is_admin=adapter.is_proxy_admin(user_api_key_dict))
+        call_id = data.get("litellm_call_id")
+        model = data.get("model")
+        try:
+            tag = parse_job_tag(adapter.client_metadata(data), adapter.request_headers(data))
+            context = decide_call(tag, caller, call_id=str(call_id), settings=self.settings,
+                                  requested_model=model if isinstance(model, str) else None)
+        except JobsError as exc:
+            raise to_proxy_exception(exc) from exc
+        adapter.put_stash(data, context)
+        if context.job_type is not None:
+            adapter.add_request_tag(data, f"job_type:{context.job_type}")
+        return data
+
+    async def async_log_success_event(self, kwargs: dict[str, Any], response_obj: Any, start_time: Any,
+                                      end_time: Any) -> None:
+        await self._record(kwargs, start_time, end_time, CallStatus.SUCCESS)
+
+    async def async_log_failure_event(self, kwargs: dict[str, Any], response_obj: Any, start_time: Any,
+                                      end_time: Any) -> None:
+        await self._record(kwargs, start_time, end_time, CallStatus.FAILURE)
+
+    async def _record(self, kwargs: dict[str, Any], start_time: Any, end_time: Any,
+                      status: CallStatus) -> None:
+        try:
+            event = adapter.call_event(kwargs, start_time, end_time, status)
+        except Exception:
+            _log.exception("litellm-jobs: could not read a LiteLLM %s event", status.value)
+            return
+        if event is not None:
+            await self.writer.put(event)
+
+    async def async_post_call_response_headers_hook(
+        self, data: dict[str, Any], user_api_key_dict: Any, response: Any,
+        request_headers: dict[str, str] | None = None, litellm_call_info: dict[str, Any] | None = None,
+    ) -> dict[str, str] | None:
+        stash = adapter.litellm_metadata(data).get(adapter.STASH_KEY)
+        if not isinstance(stash, dict):
+            return None
+        context = CallContext.from_stash(stash)
+        if context.job_id is None:
+            return None
+        status = "in_progress"
+        if context.single_call:
+            status = "completed" if response is not None else "failed"
+        return {"x-job-id": context.job_id, "x-job-type": context.job_type or "", "x-job-status": status}
+
+
+plugin = JobsPlugin()
+
+
+def _inside_running_proxy() -> bool:
+    if "litellm.proxy.proxy_server" not in sys.modules:
+        return False
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+if _inside_running_proxy():
+    plugin.attach_to_proxy()

@@ -1,0 +1,191 @@
+"""The only module that reads LiteLLM's untyped ``data`` and logging ``kwargs``.
+
+Everything past this module works on :mod:`litellm_jobs_plugin.models` values. The facts relied on
+are listed in ``../shared/LITELLM-NOTES.md`` and covered by ``tests/contract``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from .models import CallContext, CallEvent, CallStatus
+
+#: Where the pre-call hook leaves its decision in the request's LiteLLM metadata. The hook pops
+#: any client-supplied value first, so a client cannot forge it.
+STASH_KEY = "litellm_jobs"
+#: LiteLLM keeps its own per-request fields under one of these keys of ``data``.
+_METADATA_KEYS = ("litellm_metadata", "metadata")
+
+
+def litellm_metadata(data: dict[str, Any]) -> dict[str, Any]:
+    """The dict LiteLLM logs as the request's metadata (created if missing)."""
+    for key in _METADATA_KEYS:
+        value = data.get(key)
+        if isinstance(value, dict) and (key == "metadata" or value):
+            return value
+    fresh: dict[str, Any] = {}
+    data["metadata"] = fresh
+    return fresh
+
+
+def client_metadata(data: Mapping[str, Any]) -> object:
+    """The request body's ``metadata`` as the client sent it (with LiteLLM's additions)."""
+    return data.get("metadata")
+
+
+def request_headers(data: Mapping[str, Any]) -> dict[str, str]:
+    """Request headers with lower-case names."""
+    found: dict[str, str] = {}
+    psr = data.get("proxy_server_request")
+    sources: list[object] = [psr.get("headers") if isinstance(psr, dict) else None]
+    for key in _METADATA_KEYS:
+        meta = data.get(key)
+        if isinstance(meta, dict):
+            sources.append(meta.get("headers"))
+    for source in sources:
+        if isinstance(source, Mapping):
+            for name, value in source.items():
+                if isinstance(name, str) and isinstance(value, str):
+                    found.setdefault(name.lower(), value)
+    return found
+
+
+def pop_stash(data: dict[str, Any]) -> None:
+    for key in _METADATA_KEYS:
+        meta = data.get(key)
+        if isinstance(meta, dict):
+            meta.pop(STASH_KEY, None)
+
+
+def put_stash(data: dict[str, Any], context: CallContext) -> None:
+    litellm_metadata(data)[STASH_KEY] = context.to_stash()
+
+
+def add_request_tag(data: dict[str, Any], tag: str) -> None:
+    """Mirror a tag into LiteLLM's request tags (shown by the proxy's /ui and spend logs)."""
+    meta = litellm_metadata(data)
+    tags = meta.get("tags")
+    if not isinstance(tags, list):
+        tags = []
+    if tag not in tags:
+        tags.append(tag)
+    meta["tags"] = tags
+
+
+def is_proxy_admin(user_api_key_dict: Any) -> bool:
+    role = getattr(user_api_key_dict, "user_role", None)
+    value = getattr(role, "value", role)
+    return value == "proxy_admin"
+
+
+def key_identity(user_api_key_dict: Any) -> tuple[str | None, str | None, str | None]:
+    """(team_id, hashed key, user_id) of the caller's key."""
+
+    def text(name: str) -> str | None:
+        value = getattr(user_api_key_dict, name, None)
+        return value if isinstance(value, str) and value else None
+
+    return text("team_id"), text("api_key") or text("token"), text("user_id")
+
+
+def _stash_of(kwargs: Mapping[str, Any]) -> CallContext | None:
+    params = kwargs.get("litellm_params")
+    if not isinstance(params, dict):
+        return None
+    for key in _METADATA_KEYS:
+        meta = params.get(key)
+        if isinstance(meta, dict):
+            stash = meta.get(STASH_KEY)
+            if isinstance(stash, dict):
+                return CallContext.from_stash(stash)
+    return None
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _cost(value: object) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
+        return Decimal(0)
+    try:
+        cost = Decimal(str(value))
+    except InvalidOperation:
+        return Decimal(0)
+    return cost if cost.is_finite() and cost >= 0 else Decimal(0)
+
+
+def _when(value: object, fallback: object) -> datetime:
+    for candidate in (value, fallback):
+        if isinstance(candidate, int | float) and not isinstance(candidate, bool):
+            return datetime.fromtimestamp(float(candidate), tz=UTC)
+        if isinstance(candidate, datetime):
+            return candidate if candidate.tzinfo else candidate.astimezone(UTC)
+    return datetime.now(tz=UTC)
+
+
+def call_event(
+    kwargs: Mapping[str, Any], start_time: object, end_time: object, status: CallStatus
+) -> CallEvent | None:
+    """The :class:`CallEvent` of one LiteLLM logging event, or None for calls we do not track.
+
+    Calls without our stash never passed our pre-call hook as tracked calls (our own rejections,
+    LiteLLM's internal health checks): they are not ours to record.
+    """
+    context = _stash_of(kwargs)
+    call_id = _text(kwargs.get("litellm_call_id"))
+    if context is None or call_id is None:
+        return None
+    slo = kwargs.get("standard_logging_object")
+    slo = slo if isinstance(slo, dict) else {}
+    started = _when(slo.get("startTime"), start_time)
+    ended = _when(slo.get("endTime"), end_time)
+    model_id = _text(slo.get("model_id"))
+    error_info = slo.get("error_information") if status is CallStatus.FAILURE else None
+    error_info = error_info if isinstance(error_info, dict) else {}
+    exception = kwargs.get("exception")
+    error_type = _text(error_info.get("error_class")) or (
+        type(exception).__name__ if exception is not None and status is CallStatus.FAILURE else None
+    )
+    if status is CallStatus.SUCCESS:
+        # One success per call id: a replayed success is the same event.
+        event_id = f"{call_id}:success"
+    else:
+        # Each failed attempt (primary, retries, fallbacks) is its own event; a replay of the
+        # same attempt hashes to the same id.
+        digest = hashlib.sha256(
+            f"{call_id}|{model_id}|{slo.get('model')}|{started.timestamp()!r}".encode()
+        ).hexdigest()[:24]
+        event_id = f"{call_id}:failure:{digest}"
+    response_cost = kwargs.get("response_cost")
+    return CallEvent(
+        event_id=event_id,
+        call_id=call_id,
+        context=context,
+        status=status,
+        call_type=_text(slo.get("call_type")) or _text(kwargs.get("call_type")),
+        model_group=_text(slo.get("model_group")),
+        model=_text(slo.get("model")) or _text(kwargs.get("model")),
+        model_id=model_id,
+        provider=_text(slo.get("custom_llm_provider")),
+        prompt_tokens=_int(slo.get("prompt_tokens")),
+        completion_tokens=_int(slo.get("completion_tokens")),
+        cost_usd=_cost(response_cost if response_cost is not None else slo.get("response_cost")),
+        cache_hit=slo.get("cache_hit") is True,
+        stream=slo.get("stream") is True or kwargs.get("stream") is True,
+        started_at=started,
+        ended_at=ended,
+        latency_ms=max(0, round((ended - started).total_seconds() * 1000)),
+        error_type=error_type,
+        error_code=_text(str(error_info.get("error_code"))) if error_info.get("error_code") else None,
+        enqueued_at=time.monotonic(),
+    )

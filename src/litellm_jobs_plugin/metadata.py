@@ -1,0 +1,97 @@
+"""Validation of the job fields a client puts on a request (DESIGN §3).
+
+Pure functions, no LiteLLM types: :mod:`litellm_jobs_plugin.litellm_adapter` hands in the client's
+metadata object and request headers.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from .errors import InvalidJobMetadata
+from .models import JobTag
+
+JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+JOB_TYPE_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
+TEAM_ID_PATTERN = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
+MAX_JOB_METADATA_BYTES = 8 * 1024
+
+JOB_ID_HEADER = "x-job-id"
+JOB_TYPE_HEADER = "x-job-type"
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_job_id(value: object, *, param: str = "metadata.job_id") -> str:
+    if not isinstance(value, str) or not JOB_ID_PATTERN.fullmatch(value):
+        raise InvalidJobMetadata(
+            f"{param} must be 1-128 characters of A-Z a-z 0-9 . _ : - (got {_show(value)}).", param=param
+        )
+    return value
+
+
+def check_job_type(value: object, *, param: str = "metadata.job_type") -> str:
+    if not isinstance(value, str) or not JOB_TYPE_PATTERN.fullmatch(value):
+        raise InvalidJobMetadata(
+            f"{param} must be 1-64 characters of A-Z a-z 0-9 . _ - (got {_show(value)}).", param=param
+        )
+    return value
+
+
+def check_team_id(value: object, *, param: str = "metadata.team_id") -> str:
+    if not isinstance(value, str) or not TEAM_ID_PATTERN.fullmatch(value):
+        raise InvalidJobMetadata(f"{param} must be a team id (got {_show(value)}).", param=param)
+    return value
+
+
+def check_job_metadata(value: object, *, param: str = "metadata.job_metadata") -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise InvalidJobMetadata(f"{param} must be a JSON object (got {_show(value)}).", param=param)
+    try:
+        size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+    except (TypeError, ValueError) as exc:
+        raise InvalidJobMetadata(f"{param} must be plain JSON.", param=param) from exc
+    if size > MAX_JOB_METADATA_BYTES:
+        raise InvalidJobMetadata(
+            f"{param} is {size} bytes of JSON; at most {MAX_JOB_METADATA_BYTES} are kept.", param=param
+        )
+    return value
+
+
+def _one_source(meta_value: object, header_value: str | None, name: str) -> object:
+    if header_value is None:
+        return meta_value
+    if meta_value is not None and meta_value != header_value:
+        raise InvalidJobMetadata(
+            f"metadata.{name} and the x-{name.replace('_', '-')} header disagree; send one of them.",
+            param=f"metadata.{name}",
+        )
+    return header_value
+
+
+def parse_job_tag(client_metadata: object, headers: Mapping[str, str]) -> JobTag:
+    """The validated job fields of one request; raises :class:`InvalidJobMetadata`.
+
+    ``client_metadata`` is the request body's ``metadata`` (any JSON value); ``headers`` are the
+    request headers with lower-case names.
+    """
+    meta: Mapping[str, Any] = client_metadata if isinstance(client_metadata, Mapping) else {}
+    if client_metadata is not None and not isinstance(client_metadata, Mapping):
+        raise InvalidJobMetadata("metadata must be a JSON object.", param="metadata")
+
+    raw_id = _one_source(meta.get("job_id"), headers.get(JOB_ID_HEADER), "job_id")
+    raw_type = _one_source(meta.get("job_type"), headers.get(JOB_TYPE_HEADER), "job_type")
+    raw_meta = meta.get("job_metadata")
+    raw_team = meta.get("team_id")
+    return JobTag(
+        job_id=None if raw_id is None else check_job_id(raw_id),
+        job_type=None if raw_type is None else check_job_type(raw_type),
+        job_metadata=None if raw_meta is None else check_job_metadata(raw_meta),
+        team_id=None if raw_team is None else check_team_id(raw_team),
+    )

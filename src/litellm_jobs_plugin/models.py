@@ -1,0 +1,179 @@
+"""Typed values that flow through the plugin: request → :class:`CallContext` → :class:`CallEvent` → store."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+
+class JobStatus(enum.StrEnum):
+    PENDING = "pending"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    EXPIRED = "expired"
+
+
+class CallStatus(enum.StrEnum):
+    SUCCESS = "success"
+    FAILURE = "failure"
+
+
+@dataclass(frozen=True, slots=True)
+class JobTag:
+    """The job fields a client put on a request, validated (DESIGN §3)."""
+
+    job_id: str | None
+    job_type: str | None
+    job_metadata: dict[str, Any] | None
+    team_id: str | None  # only the proxy admin may name a team
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    """What the pre-call hook decided about a call, carried to its logging events.
+
+    ``job_id`` is None only for untagged calls passed through under ``JOBS_UNTAGGED=allow``.
+    """
+
+    team_id: str | None
+    job_id: str | None
+    job_type: str | None
+    single_call: bool
+    requested_model: str | None
+    key_hash: str | None
+    user_id: str | None
+    job_metadata: dict[str, Any] | None = None
+
+    @property
+    def job_key(self) -> tuple[str, str] | None:
+        """(team_id, job_id) of a tracked call; None for calls passed through untagged."""
+        if self.team_id is None or self.job_id is None:
+            return None
+        return (self.team_id, self.job_id)
+
+    def to_stash(self) -> dict[str, Any]:
+        return {
+            "team_id": self.team_id,
+            "job_id": self.job_id,
+            "job_type": self.job_type,
+            "single_call": self.single_call,
+            "requested_model": self.requested_model,
+            "key_hash": self.key_hash,
+            "user_id": self.user_id,
+            "job_metadata": self.job_metadata,
+        }
+
+    @classmethod
+    def from_stash(cls, stash: dict[str, Any]) -> CallContext:
+        def text(key: str) -> str | None:
+            value = stash.get(key)
+            return value if isinstance(value, str) else None
+
+        meta = stash.get("job_metadata")
+        return cls(
+            team_id=text("team_id"),
+            job_id=text("job_id"),
+            job_type=text("job_type"),
+            single_call=bool(stash.get("single_call")),
+            requested_model=text("requested_model"),
+            key_hash=text("key_hash"),
+            user_id=text("user_id"),
+            job_metadata=meta if isinstance(meta, dict) else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CallEvent:
+    """One LiteLLM logging event (a success, or a failed attempt) of one call.
+
+    ``event_id`` is derived from the event itself, so the same event delivered twice is one row.
+    A call's row in the store is computed from all of its events: a success always wins over failed
+    attempts (fallbacks share the call id of the final answer), whatever order they arrive in.
+    """
+
+    event_id: str
+    call_id: str
+    context: CallContext
+    status: CallStatus
+    call_type: str | None
+    model_group: str | None
+    model: str | None
+    model_id: str | None
+    provider: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: Decimal
+    cache_hit: bool
+    stream: bool
+    started_at: datetime
+    ended_at: datetime
+    latency_ms: int
+    error_type: str | None
+    error_code: str | None
+    enqueued_at: float = field(default=0.0, compare=False)
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class Job(_Frozen):
+    """A job row with its aggregates (sums over its call rows)."""
+
+    team_id: str
+    job_id: str
+    job_type: str
+    status: JobStatus
+    single_call: bool
+    metadata: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    first_call_at: datetime | None
+    last_call_at: datetime | None
+    completed_at: datetime | None
+    total_calls: int
+    successful_calls: int
+    failed_calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_cost_usd: Decimal
+    total_latency_ms: int
+    models_used: list[str]
+    credits_charged: Decimal
+
+
+class Call(_Frozen):
+    """One LiteLLM call as recorded (prompts, completions and keys are never stored)."""
+
+    call_id: str
+    team_id: str | None
+    job_id: str | None
+    job_type: str | None
+    key_hash: str | None
+    user_id: str | None
+    call_type: str | None
+    requested_model: str | None
+    model_group: str | None
+    model: str | None
+    model_id: str | None
+    provider: str | None
+    status: CallStatus
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: Decimal
+    cache_hit: bool
+    stream: bool
+    latency_ms: int
+    error_type: str | None
+    error_code: str | None
+    attempts: int
+    failed_attempts: int
+    started_at: datetime
+    ended_at: datetime
+    recorded_at: datetime

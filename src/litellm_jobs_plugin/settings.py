@@ -1,0 +1,73 @@
+"""The plugin's settings: every environment variable it reads, in one class.
+
+Nothing else in the package reads the environment (a test enforces it); the plugin builds one
+:class:`Settings` at start-up and passes it down.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from decimal import Decimal
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+class UntaggedPolicy(enum.StrEnum):
+    """What happens to a call that names no ``job_id`` (DESIGN §3)."""
+
+    SINGLE_CALL_JOB = "single_call_job"
+    ALLOW = "allow"
+    REJECT = "reject"
+
+
+class Settings(BaseSettings):
+    """Settings of the jobs plugin, read from ``JOBS_*`` environment variables.
+
+    Example::
+
+        JOBS_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/litellm \\
+        JOBS_JOB_PRICES='{"document_analysis": 3}' litellm --config litellm_config.yaml
+    """
+
+    model_config = SettingsConfigDict(env_prefix="JOBS_", extra="ignore", populate_by_name=True)
+
+    database_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("JOBS_DATABASE_URL", "DATABASE_URL"),
+        description="PostgreSQL URL; unset: an embedded PostgreSQL under data_dir.",
+    )
+    data_dir: Path = Field(default=Path("./.litellm-jobs"), description="Home of the embedded PostgreSQL.")
+    db_schema: str = Field(default="litellm_jobs", description="PostgreSQL schema holding our tables.")
+    redis_url: str | None = Field(default=None, description="Redis for shared hot state; unset: one replica.")
+    idle_timeout_s: float = Field(default=900.0, gt=0)
+    untagged: UntaggedPolicy = UntaggedPolicy.SINGLE_CALL_JOB
+    default_job_type: str = Field(default="default", pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    default_price: Decimal = Field(default=Decimal(1), ge=0)
+    job_prices: dict[str, Decimal] = Field(default_factory=dict, description='JSON, e.g. {"chat": 0.5}')
+
+    # The writer: a bounded buffer drained in batches by one background task per process.
+    buffer_max: int = Field(default=50_000, ge=1)
+    batch_size: int = Field(default=500, ge=1)
+    enqueue_timeout_s: float = Field(default=5.0, ge=0)
+    shutdown_timeout_s: float = Field(default=30.0, gt=0)
+    pool_min_size: int = Field(default=1, ge=0)
+    pool_max_size: int = Field(default=5, ge=1)
+    startup_timeout_s: float = Field(default=60.0, gt=0)
+
+    @field_validator("db_schema")
+    @classmethod
+    def _check_schema(cls, value: str) -> str:
+        # The schema name is the only identifier we put into SQL text (CREATE SCHEMA, search_path),
+        # so it is held to a strict shape here rather than quoted at each use.
+        if not _SCHEMA_NAME.fullmatch(value):
+            raise ValueError("JOBS_DB_SCHEMA must match [a-z_][a-z0-9_]{0,62}")
+        return value
+
+    def price_of(self, job_type: str) -> Decimal:
+        """Credits charged when a job of ``job_type`` completes."""
+        return self.job_prices.get(job_type, self.default_price)
