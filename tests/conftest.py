@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+from tests.support.services import FakeUpstream, PostgresServer, Proxy, proxy_config
+
+# The plugin's settings come from JOBS_* variables: tests set them explicitly, never inherit them.
+for _name in [n for n in os.environ if n.startswith("JOBS_") and not n.startswith("JOBS_TEST_")]:
+    del os.environ[_name]
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    server = PostgresServer.from_env(tmp_path_factory.mktemp("pg"))
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def database_url(pg_server: PostgresServer) -> Iterator[str]:
+    """A fresh database for one test."""
+    url = pg_server.create_database()
+    yield url
+    pg_server.drop_database(url)
+
+
+@pytest.fixture(scope="module")
+def module_database_url(pg_server: PostgresServer) -> Iterator[str]:
+    url = pg_server.create_database()
+    yield url
+    pg_server.drop_database(url)
+
+
+@pytest.fixture(scope="session")
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeUpstream]:
+    with FakeUpstream.run(tmp_path_factory.mktemp("upstream")) as server:
+        yield server
+
+
+@pytest.fixture
+def start_proxy(tmp_path: Path, upstream: FakeUpstream) -> Iterator[Callable[..., Proxy]]:
+    """Start real ``litellm`` proxies for one test; all are stopped by PID at its end."""
+    started: list[Proxy] = []
+
+    def start(database_url: str, *, env: dict[str, str] | None = None, wait: bool = True,
+              **config_overrides: Any) -> Proxy:
+        proxy = Proxy.start(tmp_path, proxy_config(upstream, **config_overrides),
+                            env={"JOBS_DATABASE_URL": database_url, **(env or {})}, wait=wait)
+        started.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in started:
+        proxy.stop(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def shared_proxy(tmp_path_factory: pytest.TempPathFactory, upstream: FakeUpstream,
+                 module_database_url: str) -> Iterator[Proxy]:
+    """One proxy for the tests of a module that only add data (each test uses its own job ids)."""
+    proxy = Proxy.start(tmp_path_factory.mktemp("proxy"), proxy_config(upstream),
+                        env={"JOBS_DATABASE_URL": module_database_url})
+    yield proxy
+    proxy.stop(timeout=30)
+
+
+def query(url: str, sql: str, *params: Any) -> list[dict[str, Any]]:
+    """Rows of ``sql`` in the litellm_jobs schema of ``url`` (tests read PostgreSQL directly)."""
+    with psycopg.connect(url, autocommit=True, row_factory=dict_row,
+                         options="-c search_path=litellm_jobs") as conn:
+        cur = conn.execute(sql, params or None)  # type: ignore[arg-type]
+        return cur.fetchall() if cur.description is not None else []

