@@ -74,8 +74,9 @@ async def chat(request: Request) -> Response:
         })
     chunks_spec = re.search(r"\[chunks:(\d+):([0-9.]+)\]", prompt)
     n_chunks, gap = (int(chunks_spec[1]), float(chunks_spec[2])) if chunks_spec else (3, 0.0)
-    words = (REPLY + " " + " ".join(f"w{i}" for i in range(max(0, n_chunks - 5)))).split()
-    pieces = [" ".join(words[i::n_chunks]) for i in range(n_chunks)] if n_chunks <= len(words) else words
+    words = REPLY.split() + [f"w{i}" for i in range(max(0, n_chunks - len(REPLY.split())))]
+    bounds = [round(i * len(words) / n_chunks) for i in range(n_chunks + 1)]
+    pieces = [" ".join(words[bounds[i]:bounds[i + 1]]) for i in range(n_chunks)]
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
     async def events() -> AsyncIterator[bytes]:

@@ -120,6 +120,9 @@ def proxy_config(upstream: FakeUpstream, **overrides: Any) -> dict[str, Any]:
             "callbacks": ["litellm_jobs_plugin.plugin"],
             "num_retries": 0,
             "request_timeout": 60,
+            # Opt-in cache: only requests that pass cache={"use-cache": true} use it.
+            "cache": True,
+            "cache_params": {"type": "local", "mode": "default_off"},
         },
         "general_settings": {
             "master_key": "sk-master",

@@ -1,5 +1,7 @@
 -- Jobs, their calls, and the raw LiteLLM events each call row is derived from.
 -- Released migrations are immutable: their checksums are frozen by tests/unit/test_migrations.py.
+-- Costs are numeric(65, 30): LiteLLM's float cost, written as its shortest decimal form, is kept
+-- digit for digit (it must equal the x-litellm-response-cost header), as Prisma's default Decimal.
 
 CREATE TABLE jobs (
     team_id           text           NOT NULL,
@@ -18,7 +20,7 @@ CREATE TABLE jobs (
     failed_calls      integer        NOT NULL DEFAULT 0,
     prompt_tokens     bigint         NOT NULL DEFAULT 0,
     completion_tokens bigint         NOT NULL DEFAULT 0,
-    total_cost_usd    numeric(28, 12) NOT NULL DEFAULT 0,
+    total_cost_usd    numeric(65, 30) NOT NULL DEFAULT 0,
     total_latency_ms  bigint         NOT NULL DEFAULT 0,
     models_used       text[]         NOT NULL DEFAULT '{}',
     credits_charged   numeric(20, 6) NOT NULL DEFAULT 0,
@@ -47,7 +49,7 @@ CREATE TABLE calls (
     status            text           NOT NULL,
     prompt_tokens     integer        NOT NULL DEFAULT 0,
     completion_tokens integer        NOT NULL DEFAULT 0,
-    cost_usd          numeric(28, 12) NOT NULL DEFAULT 0,
+    cost_usd          numeric(65, 30) NOT NULL DEFAULT 0,
     cache_hit         boolean        NOT NULL DEFAULT false,
     stream            boolean        NOT NULL DEFAULT false,
     latency_ms        integer        NOT NULL DEFAULT 0,
@@ -84,7 +86,7 @@ CREATE TABLE call_events (
     provider          text,
     prompt_tokens     integer        NOT NULL DEFAULT 0,
     completion_tokens integer        NOT NULL DEFAULT 0,
-    cost_usd          numeric(28, 12) NOT NULL DEFAULT 0,
+    cost_usd          numeric(65, 30) NOT NULL DEFAULT 0,
     cache_hit         boolean        NOT NULL DEFAULT false,
     stream            boolean        NOT NULL DEFAULT false,
     latency_ms        integer        NOT NULL DEFAULT 0,
