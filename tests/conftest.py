@@ -50,10 +50,15 @@ def start_proxy(tmp_path: Path, upstream: FakeUpstream) -> Iterator[Callable[...
     """Start real ``litellm`` proxies for one test; all are stopped by PID at its end."""
     started: list[Proxy] = []
 
-    def start(database_url: str, *, env: dict[str, str] | None = None, wait: bool = True,
-              **config_overrides: Any) -> Proxy:
-        proxy = Proxy.start(tmp_path, proxy_config(upstream, **config_overrides),
-                            env={"JOBS_DATABASE_URL": database_url, **(env or {})}, wait=wait)
+    def start(
+        database_url: str, *, env: dict[str, str] | None = None, wait: bool = True, **config_overrides: Any
+    ) -> Proxy:
+        proxy = Proxy.start(
+            tmp_path,
+            proxy_config(upstream, **config_overrides),
+            env={"JOBS_DATABASE_URL": database_url, **(env or {})},
+            wait=wait,
+        )
         started.append(proxy)
         return proxy
 
@@ -63,18 +68,19 @@ def start_proxy(tmp_path: Path, upstream: FakeUpstream) -> Iterator[Callable[...
 
 
 @pytest.fixture(scope="module")
-def shared_proxy(tmp_path_factory: pytest.TempPathFactory, upstream: FakeUpstream,
-                 module_database_url: str) -> Iterator[Proxy]:
+def shared_proxy(
+    tmp_path_factory: pytest.TempPathFactory, upstream: FakeUpstream, module_database_url: str
+) -> Iterator[Proxy]:
     """One proxy for the tests of a module that only add data (each test uses its own job ids)."""
-    proxy = Proxy.start(tmp_path_factory.mktemp("proxy"), proxy_config(upstream),
-                        env={"JOBS_DATABASE_URL": module_database_url})
+    proxy = Proxy.start(
+        tmp_path_factory.mktemp("proxy"), proxy_config(upstream), env={"JOBS_DATABASE_URL": module_database_url}
+    )
     yield proxy
     proxy.stop(timeout=30)
 
 
 def query(url: str, sql: str, *params: Any) -> list[dict[str, Any]]:
     """Rows of ``sql`` in the litellm_jobs schema of ``url`` (tests read PostgreSQL directly)."""
-    with psycopg.connect(url, autocommit=True, row_factory=dict_row,
-                         options="-c search_path=litellm_jobs") as conn:
+    with psycopg.connect(url, autocommit=True, row_factory=dict_row, options="-c search_path=litellm_jobs") as conn:
         cur = conn.execute(sql, params or None)  # type: ignore[arg-type]
         return cur.fetchall() if cur.description is not None else []

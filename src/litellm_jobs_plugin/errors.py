@@ -35,8 +35,7 @@ class JobsError(Exception):
         super().__init__(self.message)
 
     def to_json(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param,
-                          "code": str(self.status)}}
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": str(self.status)}}
 
 
 class InvalidJobMetadata(JobsError):

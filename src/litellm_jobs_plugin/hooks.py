@@ -52,8 +52,7 @@ class JobsPlugin(CustomLogger):
     def writer(self) -> Writer:
         if self._writer is None:
             s = self.settings
-            self._writer = Writer(max_size=s.buffer_max, batch_size=s.batch_size,
-                                  enqueue_timeout_s=s.enqueue_timeout_s)
+            self._writer = Writer(max_size=s.buffer_max, batch_size=s.batch_size, enqueue_timeout_s=s.enqueue_timeout_s)
         return self._writer
 
     def attach_to_proxy(self) -> None:
@@ -99,8 +98,7 @@ class JobsPlugin(CustomLogger):
                 await store.close()
                 if asyncio.get_running_loop().time() >= deadline:
                     raise
-                store = PostgresStore(url, schema=s.db_schema, min_size=s.pool_min_size,
-                                      max_size=s.pool_max_size)
+                store = PostgresStore(url, schema=s.db_schema, min_size=s.pool_min_size, max_size=s.pool_max_size)
                 await asyncio.sleep(1.0)
         self._store = store
         self.writer.start(store)
@@ -120,8 +118,9 @@ class JobsPlugin(CustomLogger):
         if self._start_task is None:
             raise StoreUnavailable("The jobs plugin is not started.")
         try:
-            return await asyncio.wait_for(asyncio.shield(self._start_task),
-                                          timeout=timeout_s or self.settings.startup_timeout_s)
+            return await asyncio.wait_for(
+                asyncio.shield(self._start_task), timeout=timeout_s or self.settings.startup_timeout_s
+            )
         except TimeoutError as exc:
             raise StoreUnavailable("The jobs store is still starting; retry shortly.") from exc
         except StoreUnavailable:
@@ -154,23 +153,35 @@ class JobsPlugin(CustomLogger):
 
     def writer_health(self) -> dict[str, Any]:
         w = self.writer
-        return {"buffer_depth": w.depth, "oldest_unwritten_age_s": round(w.oldest_pending_age_s, 3),
-                "written": w.stats.written, "dropped": w.stats.dropped, "store_errors": w.stats.store_errors}
+        return {
+            "buffer_depth": w.depth,
+            "oldest_unwritten_age_s": round(w.oldest_pending_age_s, 3),
+            "written": w.stats.written,
+            "dropped": w.stats.dropped,
+            "store_errors": w.stats.store_errors,
+        }
 
     # -- LiteLLM hooks (defined here, on the instantiated class: inherited hooks are skipped) ---
 
-    async def async_pre_call_hook(self, user_api_key_dict: Any, cache: Any, data: dict[str, Any],
-                                  call_type: Any) -> dict[str, Any]:
+    async def async_pre_call_hook(
+        self, user_api_key_dict: Any, cache: Any, data: dict[str, Any], call_type: Any
+    ) -> dict[str, Any]:
         adapter.pop_stash(data)  # never trust a client-supplied stash
         team_id, key_hash, user_id = adapter.key_identity(user_api_key_dict)
-        caller = Caller(team_id=team_id, key_hash=key_hash, user_id=user_id,
-                        is_admin=adapter.is_proxy_admin(user_api_key_dict))
+        caller = Caller(
+            team_id=team_id, key_hash=key_hash, user_id=user_id, is_admin=adapter.is_proxy_admin(user_api_key_dict)
+        )
         call_id = data.get("litellm_call_id")
         model = data.get("model")
         try:
             tag = parse_job_tag(adapter.client_metadata(data), adapter.request_headers(data))
-            context = decide_call(tag, caller, call_id=str(call_id), settings=self.settings,
-                                  requested_model=model if isinstance(model, str) else None)
+            context = decide_call(
+                tag,
+                caller,
+                call_id=str(call_id),
+                settings=self.settings,
+                requested_model=model if isinstance(model, str) else None,
+            )
         except JobsError as exc:
             raise to_proxy_exception(exc) from exc
         adapter.put_stash(data, context)
@@ -178,16 +189,17 @@ class JobsPlugin(CustomLogger):
             adapter.add_request_tag(data, f"job_type:{context.job_type}")
         return data
 
-    async def async_log_success_event(self, kwargs: dict[str, Any], response_obj: Any, start_time: Any,
-                                      end_time: Any) -> None:
+    async def async_log_success_event(
+        self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
+    ) -> None:
         await self._record(kwargs, start_time, end_time, CallStatus.SUCCESS)
 
-    async def async_log_failure_event(self, kwargs: dict[str, Any], response_obj: Any, start_time: Any,
-                                      end_time: Any) -> None:
+    async def async_log_failure_event(
+        self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
+    ) -> None:
         await self._record(kwargs, start_time, end_time, CallStatus.FAILURE)
 
-    async def _record(self, kwargs: dict[str, Any], start_time: Any, end_time: Any,
-                      status: CallStatus) -> None:
+    async def _record(self, kwargs: dict[str, Any], start_time: Any, end_time: Any, status: CallStatus) -> None:
         try:
             event = adapter.call_event(kwargs, start_time, end_time, status)
         except Exception:
@@ -197,8 +209,12 @@ class JobsPlugin(CustomLogger):
             await self.writer.put(event)
 
     async def async_post_call_response_headers_hook(
-        self, data: dict[str, Any], user_api_key_dict: Any, response: Any,
-        request_headers: dict[str, str] | None = None, litellm_call_info: dict[str, Any] | None = None,
+        self,
+        data: dict[str, Any],
+        user_api_key_dict: Any,
+        response: Any,
+        request_headers: dict[str, str] | None = None,
+        litellm_call_info: dict[str, Any] | None = None,
     ) -> dict[str, str] | None:
         stash = adapter.litellm_metadata(data).get(adapter.STASH_KEY)
         if not isinstance(stash, dict):

@@ -36,8 +36,9 @@ def single_call_job_id(call_id: str) -> str:
     return f"call-{call_id}"
 
 
-def decide_call(tag: JobTag, caller: Caller, *, call_id: str, requested_model: str | None,
-                settings: Settings) -> CallContext:
+def decide_call(
+    tag: JobTag, caller: Caller, *, call_id: str, requested_model: str | None, settings: Settings
+) -> CallContext:
     """The :class:`CallContext` of a call, or a :class:`~litellm_jobs_plugin.errors.JobsError`."""
     team_id = paying_team(tag, caller)
     job_id, job_type, single_call = tag.job_id, tag.job_type, False
@@ -50,11 +51,16 @@ def decide_call(tag: JobTag, caller: Caller, *, call_id: str, requested_model: s
             )
         if settings.untagged is UntaggedPolicy.ALLOW:
             # Passed through and recorded against no job, never charged.
-            return CallContext(team_id=team_id, job_id=None, job_type=job_type, single_call=False,
-                               requested_model=requested_model, key_hash=caller.key_hash,
-                               user_id=caller.user_id)
-        job_id, job_type, single_call = (single_call_job_id(call_id), job_type or settings.default_job_type,
-                                         True)
+            return CallContext(
+                team_id=team_id,
+                job_id=None,
+                job_type=job_type,
+                single_call=False,
+                requested_model=requested_model,
+                key_hash=caller.key_hash,
+                user_id=caller.user_id,
+            )
+        job_id, job_type, single_call = (single_call_job_id(call_id), job_type or settings.default_job_type, True)
     if team_id is None:
         raise TeamRequired(
             "Tracked calls are billed to a LiteLLM team, and this key has none: use a key of a team "

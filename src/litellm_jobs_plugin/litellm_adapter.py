@@ -133,9 +133,7 @@ def _when(value: object, fallback: object) -> datetime:
     return datetime.now(tz=UTC)
 
 
-def call_event(
-    kwargs: Mapping[str, Any], start_time: object, end_time: object, status: CallStatus
-) -> CallEvent | None:
+def call_event(kwargs: Mapping[str, Any], start_time: object, end_time: object, status: CallStatus) -> CallEvent | None:
     """The :class:`CallEvent` of one LiteLLM logging event, or None for calls we do not track.
 
     Calls without our stash never passed our pre-call hook as tracked calls (our own rejections,

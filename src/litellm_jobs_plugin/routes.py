@@ -29,17 +29,21 @@ def build_router(plugin: JobsPlugin) -> APIRouter:
 
     def caller_of(key: Any) -> Caller:
         team_id, key_hash, user_id = litellm_adapter.key_identity(key)
-        return Caller(team_id=team_id, key_hash=key_hash, user_id=user_id,
-                      is_admin=litellm_adapter.is_proxy_admin(key))
+        return Caller(team_id=team_id, key_hash=key_hash, user_id=user_id, is_admin=litellm_adapter.is_proxy_admin(key))
 
     def team_for(key: Any, team_id: str | None) -> str:
         caller = caller_of(key)
-        tag = JobTag(job_id=None, job_type=None, job_metadata=None,
-                     team_id=None if team_id is None else check_team_id(team_id, param="team_id"))
+        tag = JobTag(
+            job_id=None,
+            job_type=None,
+            job_metadata=None,
+            team_id=None if team_id is None else check_team_id(team_id, param="team_id"),
+        )
         team = paying_team(tag, caller)
         if team is None:
-            raise TeamRequired("This key belongs to no team: use a team key, or pass team_id as the "
-                               "proxy admin.", param="team_id")
+            raise TeamRequired(
+                "This key belongs to no team: use a team key, or pass team_id as the proxy admin.", param="team_id"
+            )
         return team
 
     @router.get("/api/jobs/health", include_in_schema=True)
@@ -54,8 +58,7 @@ def build_router(plugin: JobsPlugin) -> APIRouter:
         return JSONResponse(body)
 
     @router.get("/api/jobs/{job_id}")
-    async def get_job(job_id: str, team_id: str | None = Query(default=None),
-                      key: Any = auth) -> JSONResponse:
+    async def get_job(job_id: str, team_id: str | None = Query(default=None), key: Any = auth) -> JSONResponse:
         try:
             team = team_for(key, team_id)
             check_job_id(job_id, param="job_id")
@@ -68,8 +71,7 @@ def build_router(plugin: JobsPlugin) -> APIRouter:
         return JSONResponse(job.model_dump(mode="json"))
 
     @router.get("/api/jobs/{job_id}/calls")
-    async def get_job_calls(job_id: str, team_id: str | None = Query(default=None),
-                            key: Any = auth) -> JSONResponse:
+    async def get_job_calls(job_id: str, team_id: str | None = Query(default=None), key: Any = auth) -> JSONResponse:
         try:
             team = team_for(key, team_id)
             check_job_id(job_id, param="job_id")
@@ -79,7 +81,6 @@ def build_router(plugin: JobsPlugin) -> APIRouter:
             calls = await store.list_calls(team, job_id)
         except JobsError as exc:
             raise to_proxy_exception(exc) from exc
-        return JSONResponse({"job_id": job_id, "team_id": team,
-                             "calls": [c.model_dump(mode="json") for c in calls]})
+        return JSONResponse({"job_id": job_id, "team_id": team, "calls": [c.model_dump(mode="json") for c in calls]})
 
     return router

@@ -46,8 +46,15 @@ class Writer:
         await writer.aclose()       # flush, then stop
     """
 
-    def __init__(self, sink: EventSink | None = None, *, max_size: int = 50_000, batch_size: int = 500,
-                 enqueue_timeout_s: float = 5.0, retry_max_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        sink: EventSink | None = None,
+        *,
+        max_size: int = 50_000,
+        batch_size: int = 500,
+        enqueue_timeout_s: float = 5.0,
+        retry_max_s: float = 5.0,
+    ) -> None:
         self.sink = sink
         self.batch_size = batch_size
         self.enqueue_timeout_s = enqueue_timeout_s
@@ -88,8 +95,12 @@ class Writer:
             except TimeoutError:
                 self.stats.dropped += 1
                 self.stats.enqueued += 1
-                _log.error("litellm-jobs: buffer full for %.1fs, dropped event %s of call %s",
-                           self.enqueue_timeout_s, event.event_id, event.call_id)
+                _log.error(
+                    "litellm-jobs: buffer full for %.1fs, dropped event %s of call %s",
+                    self.enqueue_timeout_s,
+                    event.event_id,
+                    event.call_id,
+                )
                 return
         self.stats.enqueued += 1
 
@@ -138,8 +149,9 @@ class Writer:
                 if self._give_up_at is not None and time.monotonic() >= self._give_up_at:
                     self._drop(batch, f"store unavailable at shutdown: {exc}")
                     return
-                _log.warning("litellm-jobs: store unavailable (%s); retrying %d events in %.2fs",
-                             exc, len(batch), delay)
+                _log.warning(
+                    "litellm-jobs: store unavailable (%s); retrying %d events in %.2fs", exc, len(batch), delay
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.retry_max_s)
                 continue
@@ -160,5 +172,6 @@ class Writer:
 
     def _drop(self, batch: Sequence[CallEvent], why: str) -> None:
         self.stats.dropped += len(batch)
-        _log.error("litellm-jobs: dropped %d events (%s): %s", len(batch), why,
-                   ", ".join(e.event_id for e in batch[:10]))
+        _log.error(
+            "litellm-jobs: dropped %d events (%s): %s", len(batch), why, ", ".join(e.event_id for e in batch[:10])
+        )

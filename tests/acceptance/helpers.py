@@ -20,13 +20,14 @@ def tag(job_id: str, job_type: str = "document_analysis", **extra: Any) -> dict[
 
 
 def api(proxy: Proxy, path: str, key: str = TEAM_A, **params: Any) -> httpx.Response:
-    return httpx.get(f"{proxy.url}{path}", headers={"Authorization": f"Bearer {key}"}, params=params,
-                     timeout=30)
+    return httpx.get(f"{proxy.url}{path}", headers={"Authorization": f"Bearer {key}"}, params=params, timeout=30)
 
 
-def wait_for_job(proxy: Proxy, job_id: str, *, calls: int, key: str = TEAM_A, timeout: float = 30,
-                 **params: Any) -> dict[str, Any]:
+def wait_for_job(
+    proxy: Proxy, job_id: str, *, calls: int, key: str = TEAM_A, timeout: float = 30, **params: Any
+) -> dict[str, Any]:
     """The job once it has ``calls`` recorded calls (the writer works off the request path)."""
+
     def ready() -> dict[str, Any] | None:
         r = api(proxy, f"/api/jobs/{job_id}", key, **params)
         if r.status_code == 200 and r.json()["total_calls"] >= calls:
@@ -39,8 +40,11 @@ def wait_for_job(proxy: Proxy, job_id: str, *, calls: int, key: str = TEAM_A, ti
 
 
 def wait_writer_idle(proxy: Proxy, timeout: float = 30) -> None:
-    wait_for(lambda: proxy.health().json()["writer"]["buffer_depth"] == 0, timeout=timeout,
-             what="the writer's buffer to drain")
+    wait_for(
+        lambda: proxy.health().json()["writer"]["buffer_depth"] == 0,
+        timeout=timeout,
+        what="the writer's buffer to drain",
+    )
 
 
 def cost_header(headers: httpx.Headers) -> Decimal:

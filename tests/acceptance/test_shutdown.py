@@ -15,13 +15,15 @@ from tests.support.services import Proxy, wait_for
 
 
 async def _fire(proxy: Proxy, n_calls: int, n_jobs: int) -> list[str]:
-    async with openai.AsyncOpenAI(base_url=proxy.url, api_key="sk-team-a", max_retries=0,
-                                  timeout=120) as oai:
+    async with openai.AsyncOpenAI(base_url=proxy.url, api_key="sk-team-a", max_retries=0, timeout=120) as oai:
+
         async def one(i: int) -> str:
             raw = await oai.chat.completions.with_raw_response.create(
-                model="ChatAgent", messages=[{"role": "user", "content": f"call {i}"}],
+                model="ChatAgent",
+                messages=[{"role": "user", "content": f"call {i}"}],
                 stream=i % 5 == 0,  # a fifth of them streamed
-                extra_body={"metadata": {"job_id": f"burst-{i % n_jobs}", "job_type": "burst"}})
+                extra_body={"metadata": {"job_id": f"burst-{i % n_jobs}", "job_type": "burst"}},
+            )
             if i % 5 == 0:
                 async for _ in raw.parse():  # type: ignore[attr-defined]
                     pass
@@ -31,7 +33,8 @@ async def _fire(proxy: Proxy, n_calls: int, n_jobs: int) -> list[str]:
 
 
 def test_sigterm_right_after_500_concurrent_calls_loses_nothing(
-        start_proxy: Callable[..., Proxy], database_url: str) -> None:
+    start_proxy: Callable[..., Proxy], database_url: str
+) -> None:
     proxy = start_proxy(database_url)
     # Hold the writer back: while this lock is held, no call event can be inserted. Calls must
     # still be answered (the request path never waits for PostgreSQL), and at SIGTERM every
@@ -43,8 +46,11 @@ def test_sigterm_right_after_500_concurrent_calls_loses_nothing(
         assert len(set(call_ids)) == 500
         assert query(database_url, "SELECT count(*) AS n FROM calls") == [{"n": 0}]
         os.killpg(proxy.proc.pid, signal.SIGTERM)
-        wait_for(lambda: "Waiting for application shutdown" in proxy.log_path.read_text(errors="replace"),
-                 timeout=60, what="the proxy to begin its shutdown")
+        wait_for(
+            lambda: "Waiting for application shutdown" in proxy.log_path.read_text(errors="replace"),
+            timeout=60,
+            what="the proxy to begin its shutdown",
+        )
         assert proxy.proc.poll() is None, "the proxy exited without waiting for its buffer"
     finally:
         blocker.rollback()

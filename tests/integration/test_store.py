@@ -16,7 +16,9 @@ from tests.support.events import context, event
 
 
 def job_matches_call_sums(url: str) -> None:
-    rows = query(url, """
+    rows = query(
+        url,
+        """
         SELECT j.team_id, j.job_id, j.total_calls, j.successful_calls, j.failed_calls, j.prompt_tokens,
                j.completion_tokens, j.total_cost_usd,
                count(c.call_id) AS n, count(c.call_id) FILTER (WHERE c.status = 'success') AS ok,
@@ -24,7 +26,8 @@ def job_matches_call_sums(url: str) -> None:
                coalesce(sum(c.prompt_tokens), 0) AS p, coalesce(sum(c.completion_tokens), 0) AS c,
                coalesce(sum(c.cost_usd), 0) AS cost
         FROM jobs j LEFT JOIN calls c ON c.team_id = j.team_id AND c.job_id = j.job_id
-        GROUP BY j.team_id, j.job_id""")
+        GROUP BY j.team_id, j.job_id""",
+    )
     assert rows, "no jobs"
     for r in rows:
         assert (r["total_calls"], r["successful_calls"], r["failed_calls"]) == (r["n"], r["ok"], r["bad"]), r
@@ -52,9 +55,15 @@ async def test_fallback_success_wins_in_either_order(store: PostgresStore, datab
     for order in ("failure_first", "success_first"):
         ctx = context(job_id=f"fallback-{order}")
         failed = event("call-" + order, status=CallStatus.FAILURE, ctx=ctx, model="openai/gpt-4o-mini")
-        served = event("call-" + order, ctx=ctx, cost="0.0042", model="openai/gpt-4o",
-                       model_group="ChatAgent-fallback", offset_s=0.3)
-        for e in ([failed, served] if order == "failure_first" else [served, failed]):
+        served = event(
+            "call-" + order,
+            ctx=ctx,
+            cost="0.0042",
+            model="openai/gpt-4o",
+            model_group="ChatAgent-fallback",
+            offset_s=0.3,
+        )
+        for e in [failed, served] if order == "failure_first" else [served, failed]:
             await store.write_events([e])  # separate batches, as events of one call may arrive
         job = await store.get_job("team-a", ctx.job_id or "")
         assert job is not None
@@ -64,7 +73,10 @@ async def test_fallback_success_wins_in_either_order(store: PostgresStore, datab
         (call,) = await store.list_calls("team-a", ctx.job_id or "")
         assert call.status is CallStatus.SUCCESS
         assert (call.model, call.model_group, call.requested_model) == (
-            "openai/gpt-4o", "ChatAgent-fallback", "ChatAgent")
+            "openai/gpt-4o",
+            "ChatAgent-fallback",
+            "ChatAgent",
+        )
         assert (call.attempts, call.failed_attempts) == (2, 1)
     job_matches_call_sums(database_url)
 
@@ -76,15 +88,19 @@ async def test_failed_call_is_recorded_with_its_error(store: PostgresStore) -> N
     assert call.status is CallStatus.FAILURE
     assert (call.error_type, call.error_code, call.cost_usd) == ("InternalServerError", "500", Decimal(0))
     job = await store.get_job("team-a", "broken")
-    assert job is not None and (job.total_calls, job.failed_calls) == (1, 1)
+    assert job is not None
+    assert (job.total_calls, job.failed_calls) == (1, 1)
 
 
 async def test_single_call_job_follows_its_call(store: PostgresStore) -> None:
     ok, bad = context(job_id="call-ok", single_call=True), context(job_id="call-bad", single_call=True)
     await store.write_events([event("ok", ctx=ok), event("bad", ctx=bad, status=CallStatus.FAILURE)])
     ok_job, bad_job = await store.get_job("team-a", "call-ok"), await store.get_job("team-a", "call-bad")
-    assert ok_job is not None and ok_job.status is JobStatus.COMPLETED and ok_job.completed_at is not None
-    assert bad_job is not None and bad_job.status is JobStatus.FAILED
+    assert ok_job is not None
+    assert ok_job.status is JobStatus.COMPLETED
+    assert ok_job.completed_at is not None
+    assert bad_job is not None
+    assert bad_job.status is JobStatus.FAILED
 
 
 async def test_untagged_allowed_calls_have_no_job(store: PostgresStore, database_url: str) -> None:
@@ -103,8 +119,16 @@ async def test_concurrent_writers_of_the_same_jobs_keep_exact_aggregates(databas
         for i in range(600):
             ctx = context(team_id=f"team-{i % 3}", job_id=f"job-{rng.randrange(12)}")
             status = CallStatus.SUCCESS if rng.random() < 0.8 else CallStatus.FAILURE
-            events.append(event(f"c{i}", ctx=ctx, status=status, cost=f"0.{rng.randrange(1, 99999):05d}",
-                                prompt=rng.randrange(1, 50), completion=rng.randrange(1, 50)))
+            events.append(
+                event(
+                    f"c{i}",
+                    ctx=ctx,
+                    status=status,
+                    cost=f"0.{rng.randrange(1, 99999):05d}",
+                    prompt=rng.randrange(1, 50),
+                    completion=rng.randrange(1, 50),
+                )
+            )
         # Every event is delivered twice, by different writers, in batches of random size.
         deliveries = events + rng.sample(events, len(events))
         chunks = []

@@ -57,8 +57,10 @@ async def chat(request: Request) -> Response:
         fail = re.search(r"\[fail:(\d{3})\]", prompt)
         if fail:
             code = int(fail[1])
-            return JSONResponse({"error": {"message": f"fake upstream failure {code}", "type": "server_error",
-                                           "code": str(code)}}, status_code=code)
+            return JSONResponse(
+                {"error": {"message": f"fake upstream failure {code}", "type": "server_error", "code": str(code)}},
+                status_code=code,
+            )
     delay = re.search(r"\[delay:([0-9.]+)\]", prompt)
     if delay:
         await asyncio.sleep(float(delay[1]))
@@ -66,24 +68,32 @@ async def chat(request: Request) -> Response:
     cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
     if not body.get("stream"):
-        return JSONResponse({
-            "id": cid, "object": "chat.completion", "created": created, "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": REPLY},
-                         "finish_reason": "stop"}],
-            "usage": _usage(prompt, REPLY),
-        })
+        return JSONResponse(
+            {
+                "id": cid,
+                "object": "chat.completion",
+                "created": created,
+                "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": REPLY}, "finish_reason": "stop"}],
+                "usage": _usage(prompt, REPLY),
+            }
+        )
     chunks_spec = re.search(r"\[chunks:(\d+):([0-9.]+)\]", prompt)
     n_chunks, gap = (int(chunks_spec[1]), float(chunks_spec[2])) if chunks_spec else (3, 0.0)
     words = REPLY.split() + [f"w{i}" for i in range(max(0, n_chunks - len(REPLY.split())))]
     bounds = [round(i * len(words) / n_chunks) for i in range(n_chunks + 1)]
-    pieces = [" ".join(words[bounds[i]:bounds[i + 1]]) for i in range(n_chunks)]
+    pieces = [" ".join(words[bounds[i] : bounds[i + 1]]) for i in range(n_chunks)]
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
     async def events() -> AsyncIterator[bytes]:
         def chunk(delta: dict[str, Any], finish: str | None = None, usage: Any = None) -> bytes:
-            payload: dict[str, Any] = {"id": cid, "object": "chat.completion.chunk", "created": created,
-                                       "model": model,
-                                       "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            payload: dict[str, Any] = {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
             if usage is not None:
                 payload["choices"] = []
                 payload["usage"] = usage
@@ -111,12 +121,14 @@ async def reset(request: Request) -> Response:
     return JSONResponse({})
 
 
-app = Starlette(routes=[
-    Route("/{scenario}/v1/chat/completions", chat, methods=["POST"]),
-    Route("/{scenario}/chat/completions", chat, methods=["POST"]),
-    Route("/_stats", stats, methods=["GET"]),
-    Route("/_reset", reset, methods=["POST"]),
-])
+app = Starlette(
+    routes=[
+        Route("/{scenario}/v1/chat/completions", chat, methods=["POST"]),
+        Route("/{scenario}/chat/completions", chat, methods=["POST"]),
+        Route("/_stats", stats, methods=["GET"]),
+        Route("/_reset", reset, methods=["POST"]),
+    ]
+)
 
 
 def main() -> None:

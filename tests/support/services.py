@@ -24,8 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SUPPORT = Path(__file__).resolve().parent
 
 
-def wait_for(condition: Callable[[], Any], *, timeout: float, interval: float = 0.05,
-             what: str = "condition") -> Any:
+def wait_for(condition: Callable[[], Any], *, timeout: float, interval: float = 0.05, what: str = "condition") -> Any:
     """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     last_error: BaseException | None = None
@@ -84,15 +83,25 @@ class FakeUpstream:
     def run(cls, tmp: Path) -> Iterator[FakeUpstream]:
         port_file = tmp / f"upstream-{uuid.uuid4().hex[:6]}.port"
         log = (tmp / "upstream.log").open("wb")
-        proc = subprocess.Popen([sys.executable, "-m", "tests.support.fake_upstream", "--port-file",
-                                 str(port_file)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.support.fake_upstream", "--port-file", str(port_file)],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
-            port = int(wait_for(lambda: port_file.exists() and port_file.read_text(), timeout=30,
-                                what="the fake upstream's port"))
+            port = int(
+                wait_for(
+                    lambda: port_file.exists() and port_file.read_text(), timeout=30, what="the fake upstream's port"
+                )
+            )
             upstream = cls(proc, port)
-            wait_for(lambda: httpx.get(f"{upstream.url}/_stats", timeout=2).status_code == 200,
-                     timeout=30, what="the fake upstream")
+            wait_for(
+                lambda: httpx.get(f"{upstream.url}/_stats", timeout=2).status_code == 200,
+                timeout=30,
+                what="the fake upstream",
+            )
             yield upstream
         finally:
             stop_process(proc, timeout=10)
@@ -101,9 +110,12 @@ class FakeUpstream:
 
 def proxy_config(upstream: FakeUpstream, **overrides: Any) -> dict[str, Any]:
     """The test proxy's config: semantic model names on the fake upstream, our plugin, test auth."""
+
     def deployment(name: str, model: str, scenario: str) -> dict[str, Any]:
-        return {"model_name": name, "litellm_params": {"model": model, "api_base": upstream.api_base(scenario),
-                                                      "api_key": "sk-fake-upstream"}}
+        return {
+            "model_name": name,
+            "litellm_params": {"model": model, "api_base": upstream.api_base(scenario), "api_key": "sk-fake-upstream"},
+        }
 
     config: dict[str, Any] = {
         "model_list": [
@@ -173,22 +185,31 @@ class Proxy:
         return stop_process(self.proc, sig=sig, timeout=timeout)
 
     @classmethod
-    def start(cls, tmp: Path, config: Mapping[str, Any], *, env: Mapping[str, str],
-              wait: bool = True) -> Proxy:
+    def start(cls, tmp: Path, config: Mapping[str, Any], *, env: Mapping[str, str], wait: bool = True) -> Proxy:
+        """A proxy on a test config (written to a fresh folder with the test custom_auth)."""
         workdir = tmp / f"proxy-{uuid.uuid4().hex[:8]}"
         workdir.mkdir(parents=True)
         shutil.copy(SUPPORT / "test_auth.py", workdir / "test_auth.py")
         (workdir / "config.yaml").write_text(yaml.safe_dump(dict(config), sort_keys=False))
+        return cls.launch(workdir / "config.yaml", workdir, env=env, wait=wait)
+
+    @classmethod
+    def launch(cls, config_path: Path, workdir: Path, *, env: Mapping[str, str], wait: bool = True) -> Proxy:
+        """``litellm --config config_path`` on a free port, run in ``workdir``."""
         port = free_port()
         full_env = clean_env()
         full_env.update(env)
-        log_path = workdir / "proxy.log"
+        log_path = workdir / f"proxy-{port}.log"
         litellm_bin = Path(sys.executable).with_name("litellm")
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
-                [str(litellm_bin), "--config", str(workdir / "config.yaml"), "--host", "127.0.0.1",
-                 "--port", str(port)],
-                cwd=workdir, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                [str(litellm_bin), "--config", str(config_path), "--host", "127.0.0.1", "--port", str(port)],
+                cwd=workdir,
+                env=full_env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         proxy = cls(proc, port, workdir, log_path, dict(env))
         if wait:
             try:
@@ -201,8 +222,7 @@ class Proxy:
 
 def clean_env() -> dict[str, str]:
     """The environment for a child proxy: no JOBS_* or DATABASE_URL from the outside."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("JOBS_") and k not in {"DATABASE_URL", "REDIS_URL"}}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBS_") and k not in {"DATABASE_URL", "REDIS_URL"}}
     env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
     env["LITELLM_LOG"] = env.get("LITELLM_LOG", "INFO")
     env["PYTHONUNBUFFERED"] = "1"

@@ -23,12 +23,14 @@ NO_TEAM_KEY = "sk-noteam"
 async def user_api_key_auth(request: Request, api_key: str) -> UserAPIKeyAuth:
     key = api_key.removeprefix("Bearer ").strip()
     if key == MASTER_KEY:
-        return UserAPIKeyAuth(api_key=hash_token(key), user_role=LitellmUserRoles.PROXY_ADMIN,
-                              user_id="admin")
+        return UserAPIKeyAuth(api_key=hash_token(key), user_role=LitellmUserRoles.PROXY_ADMIN, user_id="admin")
     if key in TEAM_KEYS:
-        return UserAPIKeyAuth(api_key=hash_token(key), team_id=TEAM_KEYS[key],
-                              user_role=LitellmUserRoles.INTERNAL_USER, user_id=f"user-of-{TEAM_KEYS[key]}")
+        return UserAPIKeyAuth(
+            api_key=hash_token(key),
+            team_id=TEAM_KEYS[key],
+            user_role=LitellmUserRoles.INTERNAL_USER,
+            user_id=f"user-of-{TEAM_KEYS[key]}",
+        )
     if key == NO_TEAM_KEY:
-        return UserAPIKeyAuth(api_key=hash_token(key), user_role=LitellmUserRoles.INTERNAL_USER,
-                              user_id="loner")
+        return UserAPIKeyAuth(api_key=hash_token(key), user_role=LitellmUserRoles.INTERNAL_USER, user_id="loner")
     raise ProxyException(message="Invalid API key", type="auth_error", param="api_key", code=401)

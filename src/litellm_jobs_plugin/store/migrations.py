@@ -15,9 +15,10 @@ from typing import Any, LiteralString
 import psycopg
 from psycopg import sql
 
+from .sql import query
+
 #: pg_advisory_lock key: the first 8 bytes of sha256("litellm_jobs_plugin.migrations").
-MIGRATION_LOCK_KEY = int.from_bytes(hashlib.sha256(b"litellm_jobs_plugin.migrations").digest()[:8], "big",
-                                    signed=True)
+MIGRATION_LOCK_KEY = int.from_bytes(hashlib.sha256(b"litellm_jobs_plugin.migrations").digest()[:8], "big", signed=True)
 _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 
@@ -59,21 +60,16 @@ async def apply_migrations(conn: psycopg.AsyncConnection[Any], schema: str) -> l
     migrations = load_migrations()
     applied_now: list[int] = []
     await conn.set_autocommit(True)
-    await conn.execute("SELECT pg_advisory_lock(%s)", [MIGRATION_LOCK_KEY])
+    await conn.execute(query("lock_migrations"), {"key": MIGRATION_LOCK_KEY})
     try:
         await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
         await conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
-        await conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations ("
-            " version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,"
-            " applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        cur = await conn.execute("SELECT version, checksum FROM schema_migrations")
+        await conn.execute(query("create_migrations_table"))
+        cur = await conn.execute(query("list_migrations"))
         applied: dict[int, str] = {}
         for row in await cur.fetchall():
-            values = row.values() if isinstance(row, dict) else row
-            version, checksum = (str(v) for v in values)
-            applied[int(version)] = checksum
+            version, checksum = row["version"], row["checksum"]
+            applied[int(version)] = str(checksum)
         for migration in migrations:
             if migration.version in applied:
                 if applied[migration.version] != migration.checksum:
@@ -86,10 +82,10 @@ async def apply_migrations(conn: psycopg.AsyncConnection[Any], schema: str) -> l
                 # The file is part of the package, never input.
                 await conn.execute(migration.sql)
                 await conn.execute(
-                    "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
-                    [migration.version, migration.name, migration.checksum],
+                    query("record_migration"),
+                    {"version": migration.version, "name": migration.name, "checksum": migration.checksum},
                 )
             applied_now.append(migration.version)
     finally:
-        await conn.execute("SELECT pg_advisory_unlock(%s)", [MIGRATION_LOCK_KEY])
+        await conn.execute(query("unlock_migrations"), {"key": MIGRATION_LOCK_KEY})
     return applied_now

@@ -26,9 +26,7 @@ async def wrap_errors() -> AsyncIterator[None]:
     try:
         yield
     except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-        raise StoreUnavailable(
-            f"The jobs store is unavailable ({type(exc).__name__}); retry shortly."
-        ) from exc
+        raise StoreUnavailable(f"The jobs store is unavailable ({type(exc).__name__}); retry shortly.") from exc
     except TimeoutError as exc:
         raise StoreUnavailable("The jobs store did not answer in time; retry shortly.") from exc
 
@@ -74,8 +72,9 @@ class PostgresStore:
         await store.close()
     """
 
-    def __init__(self, url: str, *, schema: str = "litellm_jobs", min_size: int = 1, max_size: int = 5,
-                 timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, url: str, *, schema: str = "litellm_jobs", min_size: int = 1, max_size: int = 5, timeout_s: float = 30.0
+    ) -> None:
         self.url = url
         self.schema = schema
         self._pool: AsyncConnectionPool[psycopg.AsyncConnection[dict[str, Any]]] = AsyncConnectionPool(
@@ -85,8 +84,7 @@ class PostgresStore:
             open=False,
             timeout=timeout_s,
             connection_class=psycopg.AsyncConnection[dict[str, Any]],
-            kwargs={"autocommit": True, "row_factory": dict_row,
-                    "options": f"-c search_path={schema}"},
+            kwargs={"autocommit": True, "row_factory": dict_row, "options": f"-c search_path={schema}"},
         )
 
     async def open(self, *, migrate: bool = True, timeout_s: float = 60.0) -> None:
@@ -128,12 +126,15 @@ class PostgresStore:
         async with wrap_errors(), self._pool.connection() as conn, conn.transaction():
             if keys:
                 first = [opening[k].context for k in keys]
-                await conn.execute(query("ensure_jobs"), {
-                    **job_keys,
-                    "job_types": [c.job_type or "default" for c in first],
-                    "single_calls": [c.single_call for c in first],
-                    "metadatas": [json.dumps(c.job_metadata or {}) for c in first],
-                })
+                await conn.execute(
+                    query("ensure_jobs"),
+                    {
+                        **job_keys,
+                        "job_types": [c.job_type or "default" for c in first],
+                        "single_calls": [c.single_call for c in first],
+                        "metadatas": [json.dumps(c.job_metadata or {}) for c in first],
+                    },
+                )
                 await conn.execute(query("lock_jobs"), job_keys)
             cur = await conn.execute(query("insert_call_events"), params)
             inserted = [row["call_id"] for row in await cur.fetchall()]
@@ -141,11 +142,14 @@ class PostgresStore:
                 return 0
             await conn.execute(query("upsert_calls"), {"call_ids": sorted(set(inserted))})
             new_calls = set(inserted)
-            touched = sorted({e.context.job_key for e in events
-                              if e.call_id in new_calls and e.context.job_key is not None})
+            touched = sorted(
+                {e.context.job_key for e in events if e.call_id in new_calls and e.context.job_key is not None}
+            )
             if touched:
-                await conn.execute(query("refresh_job_aggregates"), {
-                    "team_ids": [t[0] for t in touched], "job_ids": [t[1] for t in touched]})
+                await conn.execute(
+                    query("refresh_job_aggregates"),
+                    {"team_ids": [t[0] for t in touched], "job_ids": [t[1] for t in touched]},
+                )
         return len(inserted)
 
     async def get_job(self, team_id: str, job_id: str) -> Job | None:

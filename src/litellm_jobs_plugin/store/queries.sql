@@ -146,3 +146,23 @@ ORDER BY started_at, call_id;
 
 -- name: ping
 SELECT 1 AS ok;
+
+-- name: lock_migrations
+SELECT pg_advisory_lock(%(key)s);
+
+-- name: unlock_migrations
+SELECT pg_advisory_unlock(%(key)s);
+
+-- name: create_migrations_table
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    integer     PRIMARY KEY,
+    name       text        NOT NULL,
+    checksum   text        NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- name: list_migrations
+SELECT version, checksum FROM schema_migrations ORDER BY version;
+
+-- name: record_migration
+INSERT INTO schema_migrations (version, name, checksum) VALUES (%(version)s, %(name)s, %(checksum)s);

@@ -1,0 +1,24 @@
+"""Demo custom_auth for litellm_config.yaml: fixed keys mapped to LiteLLM teams.
+
+Only for trying the plugin without LiteLLM's key database. In production, use LiteLLM's virtual
+keys (its teams then reach the plugin unchanged) or your own custom_auth.
+"""
+
+from __future__ import annotations
+
+import os
+
+from fastapi import Request
+from litellm.proxy._types import LitellmUserRoles, ProxyException, UserAPIKeyAuth
+from litellm.proxy.utils import hash_token
+
+DEMO_KEYS = {"sk-demo-team-a": "demo-team-a", "sk-demo-team-b": "demo-team-b"}
+
+
+async def user_api_key_auth(request: Request, api_key: str) -> UserAPIKeyAuth:
+    key = api_key.removeprefix("Bearer ").strip()
+    if key == os.environ.get("LITELLM_MASTER_KEY", "sk-local-master"):
+        return UserAPIKeyAuth(api_key=hash_token(key), user_role=LitellmUserRoles.PROXY_ADMIN)
+    if key in DEMO_KEYS:
+        return UserAPIKeyAuth(api_key=hash_token(key), team_id=DEMO_KEYS[key], user_role=LitellmUserRoles.INTERNAL_USER)
+    raise ProxyException(message="Invalid API key", type="auth_error", param="api_key", code=401)

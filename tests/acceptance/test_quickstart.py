@@ -1,0 +1,46 @@
+"""The README's first command: the repository's litellm_config.yaml, nothing else running.
+
+No database URL is given, so the plugin starts an embedded PostgreSQL under JOBS_DATA_DIR; the
+models are LiteLLM mock_response models, so no provider key is needed.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import httpx
+import openai
+
+from tests.support.services import ROOT, Proxy, wait_for
+
+
+def test_repository_config_runs_with_an_embedded_database(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    proxy = Proxy.launch(ROOT / "litellm_config.yaml", tmp_path, env={"JOBS_DATA_DIR": str(data_dir)})
+    try:
+        oai = openai.OpenAI(base_url=proxy.url, api_key="sk-demo-team-a", max_retries=0)
+        raw = oai.chat.completions.with_raw_response.create(
+            model="ChatAgent",
+            messages=[{"role": "user", "content": "hello"}],
+            extra_body={"metadata": {"job_id": "quickstart-1", "job_type": "document_analysis"}},
+        )
+        assert raw.parse().choices[0].message.content == "Hello from the mock ChatAgent."
+        assert raw.headers["x-job-id"] == "quickstart-1"
+
+        def job() -> dict[str, object] | None:
+            r = httpx.get(f"{proxy.url}/api/jobs/quickstart-1", headers={"Authorization": "Bearer sk-demo-team-a"})
+            return r.json() if r.status_code == 200 and r.json()["total_calls"] == 1 else None
+
+        body = wait_for(job, timeout=30, what="the quickstart job")
+        assert body["team_id"] == "demo-team-a"
+        assert body["successful_calls"] == 1
+        assert (data_dir / "pgdata" / "PG_VERSION").exists()
+    finally:
+        proxy.stop(sig=signal.SIGTERM, timeout=60)
+    # The embedded server is stopped with the proxy.
+    wait_for(
+        lambda: not (data_dir / "pgdata" / "postmaster.pid").exists(),
+        timeout=30,
+        what="the embedded PostgreSQL to stop",
+    )

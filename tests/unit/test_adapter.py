@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from litellm_jobs_plugin import litellm_adapter as adapter
+from litellm_jobs_plugin.models import CallStatus
+from tests.support.events import context
+
+
+def kwargs(call_id: str = "call-1", *, stash: bool = True, **slo: Any) -> dict[str, Any]:
+    meta: dict[str, Any] = {"job_id": "j1"}
+    if stash:
+        meta[adapter.STASH_KEY] = context().to_stash()
+    return {
+        "litellm_call_id": call_id,
+        "response_cost": 3.6000000000000003e-06,
+        "litellm_params": {"metadata": meta},
+        "standard_logging_object": {
+            "model_group": "ChatAgent",
+            "model": "openai/gpt-4o-mini",
+            "model_id": "dep-1",
+            "custom_llm_provider": "openai",
+            "prompt_tokens": 7,
+            "completion_tokens": 3,
+            "cache_hit": None,
+            "stream": True,
+            "startTime": 1000.0,
+            "endTime": 1000.25,
+            "call_type": "acompletion",
+            **slo,
+        },
+    }
+
+
+def test_success_event_carries_litellms_cost_digit_for_digit() -> None:
+    e = adapter.call_event(kwargs(), None, None, CallStatus.SUCCESS)
+    assert e is not None
+    assert e.cost_usd == Decimal("3.6000000000000003E-6")
+    assert (e.event_id, e.model_group, e.model, e.provider) == (
+        "call-1:success",
+        "ChatAgent",
+        "openai/gpt-4o-mini",
+        "openai",
+    )
+    assert (e.prompt_tokens, e.completion_tokens, e.latency_ms, e.stream) == (7, 3, 250, True)
+    assert e.started_at == datetime.fromtimestamp(1000.0, tz=UTC)
+    assert e.context == context()
+
+
+def test_calls_without_our_stash_are_not_ours() -> None:
+    assert adapter.call_event(kwargs(stash=False), None, None, CallStatus.FAILURE) is None
+
+
+def test_failed_attempts_have_distinct_stable_ids() -> None:
+    primary = kwargs(model_id="dep-1", error_information={"error_class": "InternalServerError", "error_code": 500})
+    retry = kwargs(model_id="dep-1", startTime=1001.0)
+    a = adapter.call_event(primary, None, None, CallStatus.FAILURE)
+    b = adapter.call_event(retry, None, None, CallStatus.FAILURE)
+    again = adapter.call_event(primary, None, None, CallStatus.FAILURE)
+    assert a is not None
+    assert b is not None
+    assert again is not None
+    assert a.event_id != b.event_id
+    assert a.event_id == again.event_id
+    assert (a.error_type, a.error_code) == ("InternalServerError", "500")
+
+
+def test_a_client_cannot_forge_the_stash() -> None:
+    data: dict[str, Any] = {"metadata": {"job_id": "x", adapter.STASH_KEY: {"team_id": "victim"}}}
+    adapter.pop_stash(data)
+    assert adapter.STASH_KEY not in data["metadata"]
+
+
+def test_job_type_is_mirrored_into_litellm_tags_once() -> None:
+    data: dict[str, Any] = {"metadata": {"tags": ["mine"]}}
+    adapter.add_request_tag(data, "job_type:doc")
+    adapter.add_request_tag(data, "job_type:doc")
+    assert data["metadata"]["tags"] == ["mine", "job_type:doc"]
+
+
+def test_bad_values_from_litellm_do_not_break_the_event() -> None:
+    e = adapter.call_event(
+        kwargs(prompt_tokens=-1, completion_tokens="3", response_cost=None) | {"response_cost": float("nan")},
+        None,
+        None,
+        CallStatus.SUCCESS,
+    )
+    assert e is not None
+    assert (e.prompt_tokens, e.completion_tokens, e.cost_usd) == (0, 0, Decimal(0))

@@ -1,0 +1,77 @@
+"""Rules of the codebase that a reviewer would otherwise have to remember."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import pytest
+
+import litellm_jobs_plugin
+from litellm_jobs_plugin.settings import Settings
+from litellm_jobs_plugin.store.migrations import load_migrations
+from litellm_jobs_plugin.store.sql import parse_queries, queries
+
+SRC = Path(litellm_jobs_plugin.__file__).parent
+PY_FILES = sorted(SRC.rglob("*.py"))
+
+#: Released migrations are immutable: add a new file instead of editing one of these.
+RELEASED = {1: "5f641aba6ce1a01efb8124ae55e73ec11a45ec77c7199dcdde2bbe2ced7942a8"}
+
+
+def test_released_migrations_are_unchanged() -> None:
+    found = {m.version: m.checksum for m in load_migrations()}
+    assert {v: found[v] for v in RELEASED} == RELEASED
+
+
+def test_only_settings_reads_the_environment() -> None:
+    offenders = [
+        p.name for p in PY_FILES if p.name != "settings.py" and re.search(r"os\.(getenv|environ)", p.read_text())
+    ]
+    assert offenders == []
+
+
+def test_sql_lives_in_queries_sql() -> None:
+    pattern = re.compile(r"[\"'](\s*)(SELECT|INSERT INTO|UPDATE \w+ SET|DELETE FROM|CREATE TABLE)\b")
+    offenders = [p.name for p in PY_FILES if pattern.search(p.read_text())]
+    assert offenders == []
+    assert {"ensure_jobs", "insert_call_events", "upsert_calls", "refresh_job_aggregates"} <= set(queries())
+
+
+def test_query_file_parsing() -> None:
+    assert parse_queries("-- name: a\nSELECT 1;\n-- name: b\nSELECT 2;") == {"a": "SELECT 1;", "b": "SELECT 2;"}
+
+
+def test_settings_read_jobs_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://litellm-db")
+    assert Settings().database_url == "postgresql://litellm-db"
+    monkeypatch.setenv("JOBS_DATABASE_URL", "postgresql://jobs-db")
+    monkeypatch.setenv("JOBS_JOB_PRICES", '{"document_analysis": "2.5"}')
+    s = Settings()
+    assert s.database_url == "postgresql://jobs-db"
+    assert str(s.price_of("document_analysis")) == "2.5"
+    assert s.price_of("other") == 1
+    monkeypatch.setenv("JOBS_DB_SCHEMA", 'x"; DROP SCHEMA public; --')
+    with pytest.raises(ValueError, match="JOBS_DB_SCHEMA"):
+        Settings()
+
+
+def test_package_exports_the_plugin_lazily() -> None:
+    assert litellm_jobs_plugin.__all__ == ["__version__", "plugin"]
+    plugin = litellm_jobs_plugin.plugin
+    assert type(plugin).__name__ == "JobsPlugin"
+    assert litellm_jobs_plugin.plugin is plugin
+    # Hooks must be defined on the instantiated class itself (LITELLM-NOTES).
+    for hook in (
+        "async_pre_call_hook",
+        "async_log_success_event",
+        "async_log_failure_event",
+        "async_post_call_response_headers_hook",
+    ):
+        assert hook in type(plugin).__dict__, hook
+
+
+def test_checksum_helper_is_sha256() -> None:
+    m = load_migrations()[0]
+    assert m.checksum == hashlib.sha256(m.sql.encode()).hexdigest()

@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from litellm_jobs_plugin.errors import StoreUnavailable
+from litellm_jobs_plugin.models import CallEvent
+from litellm_jobs_plugin.writer import Writer
+from tests.support.events import event
+
+
+class Sink:
+    """Records batches; fails with StoreUnavailable while ``down`` is set."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.seen: set[str] = set()
+        self.down = False
+        self.attempts = 0
+
+    async def write_events(self, events: Sequence[CallEvent]) -> int:
+        self.attempts += 1
+        if self.down:
+            raise StoreUnavailable("down")
+        self.batches.append([e.event_id for e in events])
+        new = {e.event_id for e in events} - self.seen
+        self.seen |= new
+        return len(new)
+
+
+async def test_events_are_written_in_batches_and_replays_counted() -> None:
+    sink = Sink()
+    writer = Writer(sink, batch_size=10)
+    events = [event(f"c{i}") for i in range(25)]
+    for e in events + events[:5]:
+        await writer.put(e)
+    writer.start()
+    await writer.flush()
+    assert sink.seen == {e.event_id for e in events}
+    assert all(len(b) <= 10 for b in sink.batches)
+    assert len(sink.batches) >= 3
+    assert (writer.stats.written, writer.stats.duplicates, writer.stats.dropped, writer.depth) == (25, 5, 0, 0)
+    await writer.aclose()
+
+
+async def test_a_store_outage_keeps_the_batch_until_it_is_back() -> None:
+    sink = Sink()
+    sink.down = True
+    writer = Writer(sink, retry_max_s=0.05)
+    writer.start()
+    await writer.put(event("c1"))
+    deadline = asyncio.get_running_loop().time() + 10
+    while sink.attempts < 3:
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.01)
+    assert writer.depth == 1
+    assert writer.stats.store_errors >= 3
+    sink.down = False
+    await asyncio.wait_for(writer.flush(), timeout=10)
+    assert sink.seen == {"c1:success"}
+    assert writer.stats.dropped == 0
+    await writer.aclose()
+
+
+async def test_a_full_buffer_waits_then_counts_a_drop() -> None:
+    sink = Sink()
+    writer = Writer(sink, max_size=2, enqueue_timeout_s=0.01)  # not started: nothing drains
+    for i in range(3):
+        await writer.put(event(f"c{i}"))
+    assert writer.stats.dropped == 1
+    assert writer.depth == 2
+    writer.start()
+    await writer.aclose()
+    assert len(sink.seen) == 2
+
+
+async def test_a_poison_event_is_isolated_from_its_batch() -> None:
+    class Picky(Sink):
+        async def write_events(self, events: Sequence[CallEvent]) -> int:
+            if any(e.call_id == "bad" for e in events):
+                raise ValueError("numeric field overflow")
+            return await super().write_events(events)
+
+    sink = Picky()
+    writer = Writer(sink)
+    for cid in ("a", "bad", "b"):
+        await writer.put(event(cid))
+    writer.start()
+    await writer.flush()
+    assert sink.seen == {"a:success", "b:success"}
+    assert writer.stats.dropped == 1
+    await writer.aclose()
+
+
+async def test_aclose_flushes_what_is_buffered() -> None:
+    sink = Sink()
+    writer = Writer(sink)
+    writer.start()
+    for i in range(100):
+        await writer.put(event(f"c{i}"))
+    await writer.aclose()
+    assert len(sink.seen) == 100
