@@ -75,6 +75,8 @@ def shared_proxy(
     proxy = Proxy.start(
         tmp_path_factory.mktemp("proxy"), proxy_config(upstream), env={"JOBS_DATABASE_URL": module_database_url}
     )
+    for team in ("team-a", "team-b", "team-c"):
+        proxy.grant(team, 100_000)
     yield proxy
     proxy.stop(timeout=30)
 
@@ -84,3 +86,27 @@ def query(url: str, sql: str, *params: Any) -> list[dict[str, Any]]:
     with psycopg.connect(url, autocommit=True, row_factory=dict_row, options="-c search_path=litellm_jobs") as conn:
         cur = conn.execute(sql, params or None)  # type: ignore[arg-type]
         return cur.fetchall() if cur.description is not None else []
+
+
+@pytest.fixture(scope="session")
+def redis_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str | None]:
+    from tests.support.redis_server import redis_url
+
+    with redis_url(tmp_path_factory.mktemp("redis")) as url:
+        yield url
+
+
+@pytest.fixture
+def redis_prefix(redis_server_url: str | None) -> Iterator[str]:
+    """A key prefix of this test's own; its keys are deleted afterwards (never FLUSHALL)."""
+    import uuid
+
+    prefix = f"ljp-test-{uuid.uuid4().hex[:10]}"
+    yield prefix
+    if redis_server_url:
+        import redis
+
+        client = redis.Redis.from_url(redis_server_url)
+        for key in client.scan_iter(f"{prefix}:*"):
+            client.delete(key)
+        client.close()

@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import sys
+from decimal import Decimal
 from typing import Any
 
 from litellm.integrations.custom_logger import CustomLogger
 
 from . import litellm_adapter as adapter
+from .credits import CreditService, PostgresCredits, RedisCredits
+from .credits.base import CreditBackend
 from .errors import JobsError, StoreUnavailable, to_proxy_exception
 from .jobs import Caller, decide_call
 from .metadata import parse_job_tag
-from .models import CallContext, CallStatus
+from .models import CallContext, CallStatus, JobStatus
 from .settings import Settings
 from .store.embedded import EmbeddedPostgres
 from .store.postgres import PostgresStore
@@ -37,6 +41,7 @@ class JobsPlugin(CustomLogger):
         self._writer: Writer | None = None
         self._store: PostgresStore | None = None
         self._embedded: EmbeddedPostgres | None = None
+        self._credits: CreditService | None = None
         self._start_task: asyncio.Task[PostgresStore] | None = None
         self._attached = False
 
@@ -100,9 +105,19 @@ class JobsPlugin(CustomLogger):
                     raise
                 store = PostgresStore(url, schema=s.db_schema, min_size=s.pool_min_size, max_size=s.pool_max_size)
                 await asyncio.sleep(1.0)
-        self._store = store
+        backend: CreditBackend
+        if s.redis_url:
+            redis_backend = RedisCredits(s.redis_url, store, prefix=s.redis_prefix, closed_ttl_s=s.closed_job_ttl_s)
+            await redis_backend.load_accounts()
+            backend = redis_backend
+        else:
+            backend = PostgresCredits(store)
         self.writer.start(store)
-        _log.info("litellm-jobs: ready (schema %s)", s.db_schema)
+        self._credits = CreditService(s, store, self.writer, backend)
+        self._credits.start_reaper()
+        self._store = store
+        _log.info("litellm-jobs: ready (schema %s, credits in %s)", s.db_schema,
+                  "Redis" if s.redis_url else "PostgreSQL")
         return store
 
     async def start(self) -> PostgresStore:
@@ -128,6 +143,11 @@ class JobsPlugin(CustomLogger):
         except Exception as exc:
             raise StoreUnavailable(f"The jobs store failed to start: {exc}") from exc
 
+    async def credits(self) -> CreditService:
+        await self.ready()
+        assert self._credits is not None
+        return self._credits
+
     async def aclose(self) -> None:
         """Flush LiteLLM's pending logging events and our buffer, then disconnect."""
         timeout = self.settings.shutdown_timeout_s
@@ -139,6 +159,9 @@ class JobsPlugin(CustomLogger):
             _log.exception("litellm-jobs: flushing LiteLLM's logging worker failed")
         if self._writer is not None:
             await self._writer.aclose(timeout_s=timeout)
+        if self._credits is not None:
+            await self._credits.aclose()
+            self._credits = None
         if self._start_task is not None and not self._start_task.done():
             self._start_task.cancel()
             with contextlib.suppress(BaseException):
@@ -182,6 +205,9 @@ class JobsPlugin(CustomLogger):
                 settings=self.settings,
                 requested_model=model if isinstance(model, str) else None,
             )
+            if context.job_key is not None:
+                admission = await (await self.credits()).admit_call(context)
+                context = dataclasses.replace(context, credits_remaining=str(admission.credits_remaining))
         except JobsError as exc:
             raise to_proxy_exception(exc) from exc
         adapter.put_stash(data, context)
@@ -205,8 +231,36 @@ class JobsPlugin(CustomLogger):
         except Exception:
             _log.exception("litellm-jobs: could not read a LiteLLM %s event", status.value)
             return
-        if event is not None:
-            await self.writer.put(event)
+        if event is None:
+            return
+        await self.writer.put(event)
+        key = event.context.job_key
+        if key is None or status is not CallStatus.SUCCESS:
+            return
+        try:
+            credits = await self.credits()
+            if event.cost_usd > 0:
+                await credits.add_cost(key[0], key[1], event.cost_usd)
+            if event.context.single_call:
+                # The call is its own job: its success completes it (a replay is a no-op).
+                await credits.close_job(key[0], key[1], JobStatus.COMPLETED, single_call=True)
+        except JobsError as exc:
+            _log.warning("litellm-jobs: could not settle job %s after its call: %s", key[1], exc.message)
+
+    async def async_post_call_failure_hook(self, request_data: dict[str, Any], original_exception: Exception,
+                                           user_api_key_dict: Any, traceback_str: str | None = None) -> Any:
+        """The request failed for good (after fallbacks): a single-call job fails, its hold released."""
+        stash = adapter.litellm_metadata(request_data).get(adapter.STASH_KEY)
+        if not isinstance(stash, dict):
+            return None  # rejected before admission (by us): nothing was held
+        context = CallContext.from_stash(stash)
+        if context.single_call and context.job_key is not None:
+            try:
+                await (await self.credits()).close_job(context.job_key[0], context.job_key[1], JobStatus.FAILED,
+                                                       single_call=True)
+            except JobsError as exc:
+                _log.warning("litellm-jobs: could not fail job %s: %s", context.job_key[1], exc.message)
+        return None
 
     async def async_post_call_response_headers_hook(
         self,
@@ -225,7 +279,10 @@ class JobsPlugin(CustomLogger):
         status = "in_progress"
         if context.single_call:
             status = "completed" if response is not None else "failed"
-        return {"x-job-id": context.job_id, "x-job-type": context.job_type or "", "x-job-status": status}
+        headers = {"x-job-id": context.job_id, "x-job-type": context.job_type or "", "x-job-status": status}
+        if context.credits_remaining is not None:
+            headers["x-credits-remaining"] = f"{Decimal(context.credits_remaining).normalize():f}"
+        return headers
 
 
 plugin = JobsPlugin()

@@ -75,4 +75,5 @@ def decide_call(
         key_hash=caller.key_hash,
         user_id=caller.user_id,
         job_metadata=tag.job_metadata,
+        job_type_given=tag.job_type is not None,
     )

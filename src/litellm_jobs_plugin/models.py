@@ -49,6 +49,8 @@ class CallContext:
     key_hash: str | None
     user_id: str | None
     job_metadata: dict[str, Any] | None = None
+    job_type_given: bool = False  # the request named the type (a different job type is a 409)
+    credits_remaining: str | None = None  # after admission, for the x-credits-remaining header
 
     @property
     def job_key(self) -> tuple[str, str] | None:
@@ -67,6 +69,8 @@ class CallContext:
             "key_hash": self.key_hash,
             "user_id": self.user_id,
             "job_metadata": self.job_metadata,
+            "job_type_given": self.job_type_given,
+            "credits_remaining": self.credits_remaining,
         }
 
     @classmethod
@@ -85,6 +89,8 @@ class CallContext:
             key_hash=text("key_hash"),
             user_id=text("user_id"),
             job_metadata=meta if isinstance(meta, dict) else None,
+            job_type_given=bool(stash.get("job_type_given")),
+            credits_remaining=text("credits_remaining"),
         )
 
 
@@ -132,11 +138,13 @@ class Job(_Frozen):
     status: JobStatus
     single_call: bool
     metadata: dict[str, Any]
+    user_id: str | None
     created_at: datetime
     updated_at: datetime
     first_call_at: datetime | None
     last_call_at: datetime | None
     completed_at: datetime | None
+    last_activity_at: datetime
     total_calls: int
     successful_calls: int
     failed_calls: int
@@ -145,7 +153,13 @@ class Job(_Frozen):
     total_cost_usd: Decimal
     total_latency_ms: int
     models_used: list[str]
+    max_calls: int | None
+    max_cost_usd: Decimal | None
+    admitted_calls: int
+    credits_held: Decimal
     credits_charged: Decimal
+    result: Any = None
+    error_message: str | None = None
 
 
 class Call(_Frozen):
@@ -177,3 +191,53 @@ class Call(_Frozen):
     started_at: datetime
     ended_at: datetime
     recorded_at: datetime
+
+
+class LedgerKind(enum.StrEnum):
+    GRANT = "grant"
+    HOLD = "hold"
+    CAPTURE = "capture"
+    RELEASE = "release"
+    ADJUST = "adjust"
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """One balance change. ``idempotency_key`` makes a replayed entry a no-op in the ledger."""
+
+    team_id: str
+    kind: LedgerKind
+    amount: Decimal
+    idempotency_key: str
+    job_id: str | None = None
+    job_type: str | None = None
+    single_call: bool = False
+    note: str | None = None
+    enqueued_at: float = field(default=0.0, compare=False)
+
+    @property
+    def job_key(self) -> tuple[str, str] | None:
+        return None if self.job_id is None else (self.team_id, self.job_id)
+
+    @property
+    def event_id(self) -> str:  # the writer logs items by this name
+        return self.idempotency_key
+
+
+def ledger_key(kind: LedgerKind, team_id: str, job_id: str) -> str:
+    """The idempotency key of a job's hold/capture/release (length-prefixed: ids may hold ':')."""
+    return f"{kind.value}:{len(team_id)}:{team_id}:{job_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class JobCaps:
+    max_calls: int | None = None
+    max_cost_usd: Decimal | None = None
+
+
+class Balance(_Frozen):
+    team_id: str
+    credits_allocated: Decimal
+    credits_remaining: Decimal
+    credits_held: Decimal
+    credits_charged: Decimal

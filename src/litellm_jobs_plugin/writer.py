@@ -15,13 +15,16 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .errors import StoreUnavailable
-from .models import CallEvent
+from .models import CallEvent, LedgerEntry
 
 _log = logging.getLogger(__name__)
 
 
+Item = CallEvent | LedgerEntry
+
+
 class EventSink(Protocol):
-    async def write_events(self, events: Sequence[CallEvent]) -> int: ...
+    async def write_batch(self, items: Sequence[Item]) -> int: ...
 
 
 @dataclass(slots=True)
@@ -35,7 +38,7 @@ class WriterStats:
 
 
 class Writer:
-    """Buffers :class:`CallEvent` values and writes them to an :class:`EventSink` in batches.
+    """Buffers :class:`CallEvent` and :class:`LedgerEntry` values and writes them to an :class:`EventSink` in batches.
 
     Example::
 
@@ -60,7 +63,7 @@ class Writer:
         self.enqueue_timeout_s = enqueue_timeout_s
         self.retry_max_s = retry_max_s
         self.stats = WriterStats()
-        self._queue: asyncio.Queue[CallEvent] = asyncio.Queue(maxsize=max_size)
+        self._queue: asyncio.Queue[Item] = asyncio.Queue(maxsize=max_size)
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._give_up_at: float | None = None
@@ -85,7 +88,7 @@ class Writer:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="litellm-jobs-writer")
 
-    async def put(self, event: CallEvent) -> None:
+    async def put(self, event: Item) -> None:
         """Buffer one event. Waits (off the request path) while the buffer is full."""
         try:
             self._queue.put_nowait(event)
@@ -95,12 +98,7 @@ class Writer:
             except TimeoutError:
                 self.stats.dropped += 1
                 self.stats.enqueued += 1
-                _log.error(
-                    "litellm-jobs: buffer full for %.1fs, dropped event %s of call %s",
-                    self.enqueue_timeout_s,
-                    event.event_id,
-                    event.call_id,
-                )
+                _log.error("litellm-jobs: buffer full for %.1fs, dropped %s", self.enqueue_timeout_s, event.event_id)
                 return
         self.stats.enqueued += 1
 
@@ -137,12 +135,12 @@ class Writer:
                 for _ in batch:
                     self._queue.task_done()
 
-    async def _write(self, batch: list[CallEvent]) -> None:
+    async def _write(self, batch: list[Item]) -> None:
         assert self.sink is not None
         delay = 0.05
         while True:
             try:
-                new = await self.sink.write_events(batch)
+                new = await self.sink.write_batch(batch)
             except StoreUnavailable as exc:
                 # Transient: keep the batch and retry; the buffer absorbs new events meanwhile.
                 self.stats.store_errors += 1
@@ -170,7 +168,7 @@ class Writer:
             self.stats.duplicates += len(batch) - new
             return
 
-    def _drop(self, batch: Sequence[CallEvent], why: str) -> None:
+    def _drop(self, batch: Sequence[Item], why: str) -> None:
         self.stats.dropped += len(batch)
         _log.error(
             "litellm-jobs: dropped %d events (%s): %s", len(batch), why, ", ".join(e.event_id for e in batch[:10])

@@ -19,6 +19,8 @@ def test_repository_config_runs_with_an_embedded_database(tmp_path: Path) -> Non
     data_dir = tmp_path / "data"
     proxy = Proxy.launch(ROOT / "litellm_config.yaml", tmp_path, env={"JOBS_DATA_DIR": str(data_dir)})
     try:
+        granted = proxy.grant("demo-team-a", 10, admin_key="sk-local-master")
+        assert granted["credits_remaining"] == 10
         oai = openai.OpenAI(base_url=proxy.url, api_key="sk-demo-team-a", max_retries=0)
         raw = oai.chat.completions.with_raw_response.create(
             model="ChatAgent",

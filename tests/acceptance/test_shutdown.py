@@ -36,6 +36,7 @@ def test_sigterm_right_after_500_concurrent_calls_loses_nothing(
     start_proxy: Callable[..., Proxy], database_url: str
 ) -> None:
     proxy = start_proxy(database_url)
+    proxy.grant("team-a", 1000)
     # Hold the writer back: while this lock is held, no call event can be inserted. Calls must
     # still be answered (the request path never waits for PostgreSQL), and at SIGTERM every
     # event is still buffered, so only the shutdown flush can save them.

@@ -92,17 +92,6 @@ async def test_failed_call_is_recorded_with_its_error(store: PostgresStore) -> N
     assert (job.total_calls, job.failed_calls) == (1, 1)
 
 
-async def test_single_call_job_follows_its_call(store: PostgresStore) -> None:
-    ok, bad = context(job_id="call-ok", single_call=True), context(job_id="call-bad", single_call=True)
-    await store.write_events([event("ok", ctx=ok), event("bad", ctx=bad, status=CallStatus.FAILURE)])
-    ok_job, bad_job = await store.get_job("team-a", "call-ok"), await store.get_job("team-a", "call-bad")
-    assert ok_job is not None
-    assert ok_job.status is JobStatus.COMPLETED
-    assert ok_job.completed_at is not None
-    assert bad_job is not None
-    assert bad_job.status is JobStatus.FAILED
-
-
 async def test_untagged_allowed_calls_have_no_job(store: PostgresStore, database_url: str) -> None:
     await store.write_events([event("free", ctx=context(job_id=None))])
     assert query(database_url, "SELECT job_id FROM calls WHERE call_id = 'free'") == [{"job_id": None}]

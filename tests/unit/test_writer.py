@@ -18,7 +18,7 @@ class Sink:
         self.down = False
         self.attempts = 0
 
-    async def write_events(self, events: Sequence[CallEvent]) -> int:
+    async def write_batch(self, events: Sequence[CallEvent]) -> int:  # type: ignore[override]
         self.attempts += 1
         if self.down:
             raise StoreUnavailable("down")
@@ -76,7 +76,7 @@ async def test_a_full_buffer_waits_then_counts_a_drop() -> None:
 
 async def test_a_poison_event_is_isolated_from_its_batch() -> None:
     class Picky(Sink):
-        async def write_events(self, events: Sequence[CallEvent]) -> int:
+        async def write_batch(self, events: Sequence[CallEvent]) -> int:  # type: ignore[override]
             if any(e.call_id == "bad" for e in events):
                 raise ValueError("numeric field overflow")
             return await super().write_events(events)

@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Sequence
+from decimal import Decimal
 from typing import Any
 
 import psycopg
@@ -13,7 +14,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from ..errors import StoreUnavailable
-from ..models import Call, CallEvent, Job
+from ..models import Balance, Call, CallEvent, Job, LedgerEntry
 from .migrations import apply_migrations
 from .sql import query
 
@@ -108,55 +109,142 @@ class PostgresStore:
             await conn.execute(query("ping"))
 
     async def write_events(self, events: Sequence[CallEvent]) -> int:
-        """Record a batch of events in one transaction; returns how many were new.
+        """Record a batch of call events; returns how many were new (replays change nothing)."""
+        return await self.write_batch(events)
 
-        Replayed events insert nothing and change nothing.
-        """
-        if not events:
-            return 0
-        params = _batch_params(events)
-        # The first event of a job in the batch opens it (type, metadata); keys sorted so that
+    async def write_batch(self, items: Sequence[CallEvent | LedgerEntry]) -> int:
+        """Record call events and ledger entries in one transaction; returns how many were new."""
+        events = [i for i in items if isinstance(i, CallEvent)]
+        entries = [i for i in items if isinstance(i, LedgerEntry)]
+        # The first item of a job in the batch opens it (type, metadata); keys sorted so that
         # concurrent writers lock jobs in one order.
-        opening: dict[tuple[str, str], CallEvent] = {}
+        opening: dict[tuple[str, str], tuple[str, bool, dict[str, Any] | None]] = {}
+        for entry in entries:
+            if entry.job_key is not None:
+                opening.setdefault(entry.job_key, (entry.job_type or "default", entry.single_call, None))
         for event in events:
-            if event.context.job_key is not None:
-                opening.setdefault(event.context.job_key, event)
+            key = event.context.job_key
+            if key is not None:
+                c = event.context
+                opening.setdefault(key, (c.job_type or "default", c.single_call, c.job_metadata))
         keys = sorted(opening)
         job_keys = {"team_ids": [k[0] for k in keys], "job_ids": [k[1] for k in keys]}
+        new = 0
         async with wrap_errors(), self._pool.connection() as conn, conn.transaction():
             if keys:
-                first = [opening[k].context for k in keys]
-                await conn.execute(
-                    query("ensure_jobs"),
-                    {
-                        **job_keys,
-                        "job_types": [c.job_type or "default" for c in first],
-                        "single_calls": [c.single_call for c in first],
-                        "metadatas": [json.dumps(c.job_metadata or {}) for c in first],
-                    },
-                )
+                await conn.execute(query("ensure_jobs"), {
+                    **job_keys,
+                    "job_types": [opening[k][0] for k in keys],
+                    "single_calls": [opening[k][1] for k in keys],
+                    "metadatas": [json.dumps(opening[k][2] or {}) for k in keys],
+                })
                 await conn.execute(query("lock_jobs"), job_keys)
-            cur = await conn.execute(query("insert_call_events"), params)
-            inserted = [row["call_id"] for row in await cur.fetchall()]
-            if not inserted:
-                return 0
-            await conn.execute(query("upsert_calls"), {"call_ids": sorted(set(inserted))})
-            new_calls = set(inserted)
-            touched = sorted(
-                {e.context.job_key for e in events if e.call_id in new_calls and e.context.job_key is not None}
-            )
-            if touched:
-                await conn.execute(
-                    query("refresh_job_aggregates"),
-                    {"team_ids": [t[0] for t in touched], "job_ids": [t[1] for t in touched]},
-                )
+            if entries:
+                new += len(await self._apply_ledger(conn, entries))
+            if events:
+                new += await self._insert_events(conn, events)
+        return new
+
+    async def _insert_events(self, conn: psycopg.AsyncConnection[dict[str, Any]],
+                             events: Sequence[CallEvent]) -> int:
+        cur = await conn.execute(query("insert_call_events"), _batch_params(events))
+        inserted = [row["call_id"] for row in await cur.fetchall()]
+        if not inserted:
+            return 0
+        await conn.execute(query("upsert_calls"), {"call_ids": sorted(set(inserted))})
+        new_calls = set(inserted)
+        touched = sorted({k for e in events if e.call_id in new_calls and (k := e.context.job_key) is not None})
+        if touched:
+            await conn.execute(query("refresh_job_aggregates"), {
+                "team_ids": [t[0] for t in touched], "job_ids": [t[1] for t in touched]})
         return len(inserted)
+
+    async def apply_ledger_in(self, conn: psycopg.AsyncConnection[dict[str, Any]],
+                              entries: Sequence[LedgerEntry]) -> list[dict[str, Any]]:
+        """Append ledger entries inside the caller's transaction (whose job rows it has locked)."""
+        return await self._apply_ledger(conn, entries)
+
+    async def grant(self, team_id: str, amount: Decimal, *, kind: str, idempotency_key: str,
+                    note: str | None) -> int:
+        """Append a grant/adjust under the account lock; returns its ledger entry id (also on replay)."""
+        from ..models import LedgerKind
+
+        key = f"{kind}:{len(team_id)}:{team_id}:{idempotency_key}"
+        async with self.transaction() as conn:
+            await self.fetch_all("ensure_account", {"team_id": team_id}, conn)
+            await self.fetch_all("lock_account", {"team_id": team_id}, conn)
+            await self._apply_ledger(conn, [LedgerEntry(team_id=team_id, kind=LedgerKind(kind), amount=amount,
+                                                        idempotency_key=key, note=note)])
+            row = await self.fetch_one("ledger_entry_id", {"key": key}, conn)
+        assert row is not None
+        return int(row["entry_id"])
+
+    @staticmethod
+    async def _apply_ledger(conn: psycopg.AsyncConnection[dict[str, Any]],
+                            entries: Sequence[LedgerEntry]) -> list[dict[str, Any]]:
+        cur = await conn.execute(query("apply_ledger"), {
+            "team_ids": [e.team_id for e in entries],
+            "kinds": [e.kind.value for e in entries],
+            "amounts": [e.amount for e in entries],
+            "job_ids": [e.job_id for e in entries],
+            "keys": [e.idempotency_key for e in entries],
+            "notes": [e.note for e in entries],
+        })
+        return await cur.fetchall()
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[psycopg.AsyncConnection[dict[str, Any]]]:
+        """A connection inside a transaction, for the credit rules of PostgreSQL mode."""
+        async with wrap_errors(), self._pool.connection() as conn, conn.transaction():
+            yield conn
+
+    async def apply_ledger(self, entries: Sequence[LedgerEntry]) -> int:
+        """Append ledger entries now (idempotent); returns how many were new."""
+        if not entries:
+            return 0
+        return await self.write_batch(entries)
+
+    async def fetch_one(self, name: str, params: dict[str, Any],
+                        conn: psycopg.AsyncConnection[dict[str, Any]] | None = None) -> dict[str, Any] | None:
+        rows = await self.fetch_all(name, params, conn)
+        return rows[0] if rows else None
+
+    async def fetch_all(self, name: str, params: dict[str, Any],
+                        conn: psycopg.AsyncConnection[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+        """Rows of the named query (on ``conn`` inside a transaction, else on a pooled connection)."""
+        if conn is not None:
+            cur = await conn.execute(query(name), params)
+            return await cur.fetchall() if cur.description is not None else []
+        async with wrap_errors(), self._pool.connection() as pooled:
+            cur = await pooled.execute(query(name), params)
+            return await cur.fetchall() if cur.description is not None else []
 
     async def get_job(self, team_id: str, job_id: str) -> Job | None:
         async with wrap_errors(), self._pool.connection() as conn:
             cur = await conn.execute(query("get_job"), {"team_id": team_id, "job_id": job_id})
             row = await cur.fetchone()
         return None if row is None else Job.model_validate(row)
+
+    async def list_jobs(self, team_id: str, *, status: str | None = None, job_type: str | None = None,
+                        since: Any = None, until: Any = None, cursor: tuple[Any, str] | None = None,
+                        limit: int = 50) -> list[Job]:
+        rows = await self.fetch_all("list_jobs", {
+            "team_id": team_id, "status": status, "job_type": job_type, "since": since, "until": until,
+            "cursor_at": cursor[0] if cursor else None, "cursor_id": cursor[1] if cursor else None,
+            "limit": limit})
+        return [Job.model_validate(r) for r in rows]
+
+    async def count_calls(self, team_id: str, job_id: str) -> int:
+        row = await self.fetch_one("count_job_calls", {"team_id": team_id, "job_id": job_id})
+        return int(row["n"]) if row else 0
+
+    async def balance(self, team_id: str) -> Balance:
+        row = await self.fetch_one("get_balance", {"team_id": team_id})
+        if row is None:
+            zero = Decimal(0)
+            return Balance(team_id=team_id, credits_allocated=zero, credits_remaining=zero, credits_held=zero,
+                           credits_charged=zero)
+        return Balance.model_validate(row)
 
     async def list_calls(self, team_id: str, job_id: str) -> list[Call]:
         async with wrap_errors(), self._pool.connection() as conn:

@@ -85,7 +85,7 @@ ON CONFLICT (call_id) DO UPDATE SET
 
 -- name: refresh_job_aggregates
 -- Job aggregates are recomputed from the job's call rows under the job lock, so they always
--- equal the sums over those rows. A single-call job's status follows its one call.
+-- equal the sums over those rows.
 UPDATE jobs j SET
     total_calls = a.total_calls,
     successful_calls = a.successful_calls,
@@ -98,15 +98,9 @@ UPDATE jobs j SET
     first_call_at = a.first_call_at,
     last_call_at = a.last_call_at,
     updated_at = now(),
-    status = CASE
-        WHEN j.single_call AND j.status IN ('pending', 'in_progress', 'failed')
-            THEN CASE WHEN a.successful_calls > 0 THEN 'completed' ELSE 'failed' END
-        WHEN j.status = 'pending' THEN 'in_progress'
-        ELSE j.status END,
-    completed_at = CASE
-        WHEN j.single_call AND j.status IN ('pending', 'in_progress', 'failed')
-            THEN a.last_call_at
-        ELSE j.completed_at END
+    -- A job opened by the route becomes in_progress with its first call; closed jobs stay closed
+    -- (late calls are attached, never reopen or re-charge it).
+    status = CASE WHEN j.status = 'pending' THEN 'in_progress' ELSE j.status END
 FROM (
     SELECT c.team_id, c.job_id,
            count(*)::integer AS total_calls,
@@ -128,10 +122,10 @@ FROM (
 WHERE j.team_id = a.team_id AND j.job_id = a.job_id;
 
 -- name: get_job
-SELECT team_id, job_id, job_type, status, single_call, metadata, created_at, updated_at,
-       first_call_at, last_call_at, completed_at, total_calls, successful_calls, failed_calls,
-       prompt_tokens, completion_tokens, total_cost_usd, total_latency_ms, models_used,
-       credits_charged
+SELECT team_id, job_id, job_type, status, single_call, metadata, user_id, created_at, updated_at,
+       first_call_at, last_call_at, completed_at, last_activity_at, total_calls, successful_calls,
+       failed_calls, prompt_tokens, completion_tokens, total_cost_usd, total_latency_ms, models_used,
+       max_calls, max_cost_usd, admitted_calls, credits_held, credits_charged, result, error_message
 FROM jobs
 WHERE team_id = %(team_id)s AND job_id = %(job_id)s;
 
@@ -166,3 +160,145 @@ SELECT version, checksum FROM schema_migrations ORDER BY version;
 
 -- name: record_migration
 INSERT INTO schema_migrations (version, name, checksum) VALUES (%(version)s, %(name)s, %(checksum)s);
+
+-- name: list_jobs
+-- Newest first; the cursor is the (created_at, job_id) of the last row of the previous page.
+SELECT team_id, job_id, job_type, status, single_call, metadata, user_id, created_at, updated_at,
+       first_call_at, last_call_at, completed_at, last_activity_at, total_calls, successful_calls,
+       failed_calls, prompt_tokens, completion_tokens, total_cost_usd, total_latency_ms, models_used,
+       max_calls, max_cost_usd, admitted_calls, credits_held, credits_charged, result, error_message
+FROM jobs
+WHERE team_id = %(team_id)s
+  AND (%(status)s::text IS NULL OR status = %(status)s)
+  AND (%(job_type)s::text IS NULL OR job_type = %(job_type)s)
+  AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s)
+  AND (%(until)s::timestamptz IS NULL OR created_at < %(until)s)
+  AND (%(cursor_at)s::timestamptz IS NULL OR (created_at, job_id) < (%(cursor_at)s, %(cursor_id)s))
+ORDER BY created_at DESC, job_id DESC
+LIMIT %(limit)s;
+
+-- name: count_job_calls
+SELECT count(*)::integer AS n FROM calls WHERE team_id = %(team_id)s AND job_id = %(job_id)s;
+
+-- name: apply_ledger
+-- Appends entries (a replayed idempotency_key is skipped) and moves the cached balances of the
+-- accounts and jobs by exactly the entries inserted: balances stay derivable from the ledger.
+WITH input AS (
+    SELECT *
+    FROM unnest(%(team_ids)s::text[], %(kinds)s::text[], %(amounts)s::numeric[], %(job_ids)s::text[],
+                %(keys)s::text[], %(notes)s::text[])
+         AS t(team_id, kind, amount, job_id, idempotency_key, note)
+), ins AS (
+    INSERT INTO credit_ledger (team_id, kind, amount, job_id, idempotency_key, note)
+    SELECT team_id, kind, amount, job_id, idempotency_key, note FROM input ORDER BY idempotency_key
+    ON CONFLICT (idempotency_key) DO NOTHING
+    RETURNING entry_id, team_id, kind, amount, job_id
+), account_moves AS (
+    INSERT INTO credit_accounts AS a (team_id, credits_allocated, credits_charged, credits_held)
+    SELECT team_id,
+           coalesce(sum(amount) FILTER (WHERE kind IN ('grant', 'adjust')), 0),
+           coalesce(sum(amount) FILTER (WHERE kind = 'capture'), 0),
+           coalesce(sum(amount) FILTER (WHERE kind = 'hold'), 0)
+             - coalesce(sum(amount) FILTER (WHERE kind IN ('capture', 'release')), 0)
+    FROM ins GROUP BY team_id ORDER BY team_id
+    ON CONFLICT (team_id) DO UPDATE SET
+        credits_allocated = a.credits_allocated + EXCLUDED.credits_allocated,
+        credits_charged = a.credits_charged + EXCLUDED.credits_charged,
+        credits_held = a.credits_held + EXCLUDED.credits_held,
+        updated_at = now()
+    RETURNING a.team_id
+), job_moves AS (
+    UPDATE jobs j SET
+        credits_held = j.credits_held + m.held_delta,
+        credits_charged = j.credits_charged + m.charged
+    FROM (SELECT team_id, job_id,
+                 coalesce(sum(amount) FILTER (WHERE kind = 'hold'), 0)
+                   - coalesce(sum(amount) FILTER (WHERE kind IN ('capture', 'release')), 0) AS held_delta,
+                 coalesce(sum(amount) FILTER (WHERE kind = 'capture'), 0) AS charged
+          FROM ins WHERE job_id IS NOT NULL GROUP BY team_id, job_id) m
+    WHERE j.team_id = m.team_id AND j.job_id = m.job_id
+    RETURNING j.job_id
+)
+SELECT entry_id, team_id, kind FROM ins;
+
+-- name: get_balance
+SELECT team_id, credits_allocated, credits_remaining, credits_held, credits_charged
+FROM credit_accounts WHERE team_id = %(team_id)s;
+
+-- name: ensure_account
+INSERT INTO credit_accounts (team_id) VALUES (%(team_id)s) ON CONFLICT (team_id) DO NOTHING;
+
+-- name: lock_account
+-- Serialises every balance decision of one team (PostgreSQL mode and grants).
+SELECT team_id, credits_allocated, credits_remaining, credits_held, credits_charged
+FROM credit_accounts WHERE team_id = %(team_id)s FOR UPDATE;
+
+-- name: ledger_totals
+SELECT team_id,
+       coalesce(sum(amount) FILTER (WHERE kind IN ('grant', 'adjust')), 0) AS allocated,
+       coalesce(sum(amount) FILTER (WHERE kind = 'capture'), 0) AS charged,
+       coalesce(sum(amount) FILTER (WHERE kind = 'hold'), 0)
+         - coalesce(sum(amount) FILTER (WHERE kind IN ('capture', 'release')), 0) AS held
+FROM credit_ledger GROUP BY team_id;
+
+-- name: lock_job
+SELECT team_id, job_id, job_type, status, single_call, max_calls, max_cost_usd, admitted_calls,
+       total_cost_usd, credits_held, last_activity_at
+FROM jobs WHERE team_id = %(team_id)s AND job_id = %(job_id)s FOR UPDATE;
+
+-- name: insert_job
+INSERT INTO jobs (team_id, job_id, job_type, status, single_call, metadata, user_id, max_calls,
+                  max_cost_usd, admitted_calls)
+VALUES (%(team_id)s, %(job_id)s, %(job_type)s, %(status)s, %(single_call)s, %(metadata)s::jsonb,
+        %(user_id)s, %(max_calls)s, %(max_cost_usd)s, %(admitted_calls)s)
+ON CONFLICT (team_id, job_id) DO NOTHING
+RETURNING job_id, created_at;
+
+-- name: touch_job
+UPDATE jobs SET
+    admitted_calls = admitted_calls + %(calls)s,
+    status = CASE WHEN status = 'pending' AND %(calls)s > 0 THEN 'in_progress' ELSE status END,
+    last_activity_at = now()
+WHERE team_id = %(team_id)s AND job_id = %(job_id)s
+RETURNING status;
+
+-- name: close_job_row
+-- Closes a job in PostgreSQL (creating the row if no event of it was written yet). A closed job
+-- is never reopened.
+INSERT INTO jobs AS j (team_id, job_id, job_type, status, single_call, completed_at, result, error_message)
+VALUES (%(team_id)s, %(job_id)s, %(job_type)s, %(status)s, %(single_call)s, now(), %(result)s::jsonb,
+        %(error_message)s)
+ON CONFLICT (team_id, job_id) DO UPDATE SET
+    status = EXCLUDED.status,
+    completed_at = EXCLUDED.completed_at,
+    result = coalesce(EXCLUDED.result, j.result),
+    error_message = coalesce(EXCLUDED.error_message, j.error_message),
+    updated_at = now()
+WHERE j.status IN ('pending', 'in_progress')
+RETURNING status, completed_at;
+
+-- name: idle_jobs
+SELECT team_id, job_id FROM jobs
+WHERE status IN ('pending', 'in_progress') AND last_activity_at < now() - make_interval(secs => %(idle_s)s)
+ORDER BY last_activity_at
+LIMIT %(limit)s;
+
+-- name: account_snapshot
+-- One consistent view of an account for loading it into Redis: balances and every grant included.
+SELECT a.team_id, a.credits_remaining, a.credits_held,
+       coalesce((SELECT array_agg(l.entry_id ORDER BY l.entry_id) FROM credit_ledger l
+                 WHERE l.team_id = a.team_id AND l.kind IN ('grant', 'adjust')), '{}') AS grant_ids
+FROM credit_accounts a
+WHERE (%(team_id)s::text IS NULL OR a.team_id = %(team_id)s);
+
+-- name: ledger_entry_id
+SELECT entry_id FROM credit_ledger WHERE idempotency_key = %(key)s;
+
+-- name: job_idle_for
+SELECT last_activity_at < now() - make_interval(secs => %(idle_s)s) AS idle
+FROM jobs WHERE team_id = %(team_id)s AND job_id = %(job_id)s;
+
+-- name: set_job_outcome
+UPDATE jobs SET result = coalesce(%(result)s::jsonb, result),
+                error_message = coalesce(%(error_message)s, error_message), updated_at = now()
+WHERE team_id = %(team_id)s AND job_id = %(job_id)s;

@@ -1,0 +1,83 @@
+"""What every credit backend does, and the values it returns (DESIGN §4)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Protocol
+
+from ..models import Balance, JobCaps, JobStatus
+
+MICRO = Decimal(1_000_000)
+CREDIT_QUANTUM = Decimal("0.000001")
+
+
+def to_micro(amount: Decimal) -> int:
+    return int((amount * MICRO).to_integral_value())
+
+
+def from_micro(value: int | str | bytes) -> Decimal:
+    raw = value.decode() if isinstance(value, bytes) else value
+    return (Decimal(int(Decimal(str(raw)))) / MICRO).quantize(CREDIT_QUANTUM)
+
+
+@dataclass(frozen=True, slots=True)
+class OpenJob:
+    """A request to admit a call to a job, opening the job (and holding its price) if it is new."""
+
+    team_id: str
+    job_id: str
+    new_type: str  # the type a new job gets
+    requested_type: str | None  # the type the request names; another job type is a 409
+    price: Decimal
+    single_call: bool = False
+    caps: JobCaps = field(default_factory=JobCaps)
+    count_call: bool = True  # False when the route creates the job (no call yet)
+    create_only: bool = False
+    metadata: dict[str, Any] | None = None
+    user_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    created: bool  # this request opened the job and held its price
+    status: JobStatus
+    job_type: str
+    hold: Decimal
+    credits_remaining: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class Closure:
+    status: JobStatus
+    repeated: bool  # the job was already closed with this status: nothing changed
+    job_type: str
+    hold: Decimal
+    admitted_calls: int
+    credits_remaining: Decimal | None
+
+
+class CreditBackend(Protocol):
+    """Holds, captures and releases, exact under concurrency. Raises JobsError subclasses."""
+
+    #: True when ledger entries must be written by the caller (Redis); False when the backend
+    #: writes them in its own transaction (PostgreSQL).
+    emits_ledger: bool
+
+    async def open_job(self, request: OpenJob) -> Admission: ...
+
+    async def close_job(self, team_id: str, job_id: str, status: JobStatus, *,
+                        idle_cutoff_s: float | None = None) -> Closure | None:
+        """None: unknown job, or (with ``idle_cutoff_s``) a job that was active since."""
+        ...
+
+    async def grant(self, team_id: str, amount: Decimal, *, kind: str, idempotency_key: str,
+                    note: str | None) -> Balance: ...
+
+    async def balance(self, team_id: str) -> Balance: ...
+
+    async def idle_jobs(self, idle_s: float, limit: int) -> list[tuple[str, str]]: ...
+
+    async def add_cost(self, team_id: str, job_id: str, cost_usd: Decimal) -> None: ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,53 @@
+-- Admit a call to a job, or open the job by holding its price: atomically, for every replica.
+-- KEYS: account hash, job hash, open-jobs zset
+-- ARGV: now_ms, requested_type ('' = any), new_type, price (micro-credits), max_calls (0 = none),
+--       max_cost_usd (0 = none), create_only ('1'/'0'), count ('1'/'0'), member, initial_state
+local acct, job, open = KEYS[1], KEYS[2], KEYS[3]
+local state = redis.call('HGET', job, 'state')
+if state then
+  local jtype = redis.call('HGET', job, 'type')
+  local avail = redis.call('HGET', acct, 'avail') or '0'
+  if state ~= 'pending' and state ~= 'in_progress' then
+    return {'closed', state, jtype}
+  end
+  if ARGV[2] ~= '' and ARGV[2] ~= jtype then
+    return {'type_mismatch', state, jtype}
+  end
+  if ARGV[7] == '1' then
+    return {'exists', state, jtype, avail, redis.call('HGET', job, 'hold') or '0'}
+  end
+  if ARGV[8] == '1' then
+    local calls = tonumber(redis.call('HGET', job, 'calls') or '0')
+    local max_calls = tonumber(redis.call('HGET', job, 'max_calls') or '0')
+    if max_calls > 0 and calls >= max_calls then
+      return {'over_calls', state, jtype, tostring(max_calls)}
+    end
+    local max_cost = tonumber(redis.call('HGET', job, 'max_cost') or '0')
+    local cost = tonumber(redis.call('HGET', job, 'cost') or '0')
+    if max_cost > 0 and cost >= max_cost then
+      return {'over_cost', state, jtype, tostring(max_cost)}
+    end
+    redis.call('HSET', job, 'calls', calls + 1, 'state', 'in_progress', 'last', ARGV[1])
+    state = 'in_progress'
+  else
+    redis.call('HSET', job, 'last', ARGV[1])
+  end
+  redis.call('ZADD', open, ARGV[1], ARGV[9])
+  return {'ok', state, jtype, avail, redis.call('HGET', job, 'hold') or '0', '0'}
+end
+if redis.call('HGET', acct, 'loaded') ~= '1' then
+  return {'not_loaded'}
+end
+local avail = tonumber(redis.call('HGET', acct, 'avail'))
+local price = tonumber(ARGV[4])
+if avail < price then
+  return {'insufficient', '', ARGV[3], tostring(avail)}
+end
+redis.call('HINCRBY', acct, 'avail', -price)
+redis.call('HINCRBY', acct, 'held', price)
+local calls = 0
+if ARGV[8] == '1' then calls = 1 end
+redis.call('HSET', job, 'state', ARGV[10], 'type', ARGV[3], 'hold', price, 'calls', calls,
+           'max_calls', ARGV[5], 'max_cost', ARGV[6], 'cost', '0', 'last', ARGV[1])
+redis.call('ZADD', open, ARGV[1], ARGV[9])
+return {'ok', ARGV[10], ARGV[3], tostring(avail - price), tostring(price), '1'}

@@ -1,0 +1,124 @@
+"""Credits in PostgreSQL alone: conditional updates under row locks, one transaction each.
+
+Used when no Redis is configured. Exact with any number of processes: every decision about a
+team's balance holds that team's ``credit_accounts`` row lock, every decision about a job its row
+lock. The cost is a database round trip when a call is admitted.
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any
+
+from ..models import Balance, JobStatus, LedgerEntry, LedgerKind, ledger_key
+from ..store.postgres import PostgresStore
+from . import rules
+from .base import Admission, Closure, OpenJob
+
+_OPEN = {"pending", "in_progress"}
+
+
+def check_existing(job: dict[str, Any], request: OpenJob) -> None:
+    if job["status"] not in _OPEN:
+        raise rules.closed(request.job_id, job["status"])
+    if request.requested_type is not None and request.requested_type != job["job_type"]:
+        raise rules.type_mismatch(request.job_id, job["job_type"], request.requested_type)
+    if request.count_call and not request.create_only:
+        if job["max_calls"] is not None and job["admitted_calls"] >= job["max_calls"]:
+            raise rules.over_calls(request.job_id, job["max_calls"])
+        if job["max_cost_usd"] is not None and job["total_cost_usd"] >= job["max_cost_usd"]:
+            raise rules.over_cost(request.job_id, job["max_cost_usd"])
+
+
+class PostgresCredits:
+    emits_ledger = False
+
+    def __init__(self, store: PostgresStore) -> None:
+        self.store = store
+
+    async def open_job(self, request: OpenJob) -> Admission:
+        s = self.store
+        key = {"team_id": request.team_id, "job_id": request.job_id}
+        for _ in range(3):
+            async with s.transaction() as conn:
+                job = await s.fetch_one("lock_job", key, conn)
+                if job is not None:
+                    check_existing(job, request)
+                    status = job["status"]
+                    if not request.create_only:
+                        touched = await s.fetch_one("touch_job", {**key, "calls": int(request.count_call)}, conn)
+                        status = touched["status"] if touched else status
+                    balance = await s.fetch_one("get_balance", key, conn)
+                    return Admission(created=False, status=JobStatus(status), job_type=job["job_type"],
+                                     hold=job["credits_held"],
+                                     credits_remaining=balance["credits_remaining"] if balance else Decimal(0))
+                await s.fetch_all("ensure_account", key, conn)
+                account = await s.fetch_one("lock_account", key, conn)
+                remaining: Decimal = account["credits_remaining"] if account else Decimal(0)
+                if remaining < request.price:
+                    raise rules.insufficient(request.team_id, request.price, remaining)
+                status = JobStatus.IN_PROGRESS if request.count_call else JobStatus.PENDING
+                row = await s.fetch_one("insert_job", {
+                    **key, "job_type": request.new_type, "status": status.value,
+                    "single_call": request.single_call, "metadata": json.dumps(request.metadata or {}),
+                    "user_id": request.user_id, "max_calls": request.caps.max_calls,
+                    "max_cost_usd": request.caps.max_cost_usd, "admitted_calls": int(request.count_call),
+                }, conn)
+                if row is None:
+                    continue  # opened concurrently by another request: admit as an existing job
+                await s.apply_ledger_in(conn, [LedgerEntry(
+                    team_id=request.team_id, kind=LedgerKind.HOLD, amount=request.price,
+                    idempotency_key=ledger_key(LedgerKind.HOLD, request.team_id, request.job_id),
+                    job_id=request.job_id, job_type=request.new_type, single_call=request.single_call)])
+                return Admission(created=True, status=status, job_type=request.new_type, hold=request.price,
+                                 credits_remaining=remaining - request.price)
+        raise RuntimeError("job row neither found nor created")  # pragma: no cover
+
+    async def close_job(self, team_id: str, job_id: str, status: JobStatus, *,
+                        idle_cutoff_s: float | None = None) -> Closure | None:
+        s = self.store
+        key = {"team_id": team_id, "job_id": job_id}
+        async with s.transaction() as conn:
+            job = await s.fetch_one("lock_job", key, conn)
+            if job is None:
+                return None
+            if job["status"] not in _OPEN:
+                if job["status"] != status.value:
+                    raise rules.conflict(job_id, job["status"])
+                return Closure(status=status, repeated=True, job_type=job["job_type"], hold=job["credits_held"],
+                               admitted_calls=job["admitted_calls"], credits_remaining=None)
+            if idle_cutoff_s is not None:
+                idle = await s.fetch_one("job_idle_for", {**key, "idle_s": idle_cutoff_s}, conn)
+                if not (idle and idle["idle"]):
+                    return None
+            kind = LedgerKind.CAPTURE if status is JobStatus.COMPLETED else LedgerKind.RELEASE
+            hold: Decimal = job["credits_held"]
+            await s.apply_ledger_in(conn, [LedgerEntry(
+                team_id=team_id, kind=kind, amount=hold, idempotency_key=ledger_key(kind, team_id, job_id),
+                job_id=job_id, job_type=job["job_type"])])
+            await s.fetch_all("close_job_row", {**key, "job_type": job["job_type"], "status": status.value,
+                                                "single_call": job["single_call"], "result": None,
+                                                "error_message": None}, conn)
+            balance = await s.fetch_one("get_balance", key, conn)
+        return Closure(status=status, repeated=False, job_type=job["job_type"], hold=hold,
+                       admitted_calls=job["admitted_calls"],
+                       credits_remaining=balance["credits_remaining"] if balance else None)
+
+    async def grant(self, team_id: str, amount: Decimal, *, kind: str, idempotency_key: str,
+                    note: str | None) -> Balance:
+        await self.store.grant(team_id, amount, kind=kind, idempotency_key=idempotency_key, note=note)
+        return await self.store.balance(team_id)
+
+    async def balance(self, team_id: str) -> Balance:
+        return await self.store.balance(team_id)
+
+    async def idle_jobs(self, idle_s: float, limit: int) -> list[tuple[str, str]]:
+        rows = await self.store.fetch_all("idle_jobs", {"idle_s": idle_s, "limit": limit})
+        return [(r["team_id"], r["job_id"]) for r in rows]
+
+    async def add_cost(self, team_id: str, job_id: str, cost_usd: Decimal) -> None:
+        return None  # max_cost_usd is checked against the recorded aggregates
+
+    async def aclose(self) -> None:
+        return None

@@ -1,0 +1,223 @@
+"""Credit rules against real PostgreSQL (and Redis), checked against a reference model."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from litellm_jobs_plugin.credits import CreditService, PostgresCredits, RedisCredits
+from litellm_jobs_plugin.credits.base import CreditBackend
+from litellm_jobs_plugin.errors import InsufficientCredits, JobClosed, JobsError
+from litellm_jobs_plugin.models import CallContext, JobStatus
+from litellm_jobs_plugin.settings import Settings
+from litellm_jobs_plugin.store.postgres import PostgresStore
+from litellm_jobs_plugin.writer import Writer
+from tests.conftest import query
+
+PRICES = {"cheap": Decimal(1), "big": Decimal(2)}
+_run = itertools.count()
+_SESSION = uuid.uuid4().hex[:8]  # Redis outlives a test run: never reuse another run's keys
+
+
+def ctx(team: str, job: str, job_type: str, single_call: bool = False) -> CallContext:
+    return CallContext(team_id=team, job_id=job, job_type=job_type, single_call=single_call, requested_model="m",
+                       key_hash="h", user_id="u", job_type_given=True)
+
+
+@dataclass
+class Model:
+    """The reference: what the credit rules say should happen."""
+
+    remaining: dict[str, Decimal] = field(default_factory=dict)
+    granted: dict[str, Decimal] = field(default_factory=dict)
+    jobs: dict[tuple[str, str], tuple[str, Decimal]] = field(default_factory=dict)  # state, hold
+
+    def open(self, team: str, job: str, price: Decimal) -> str:
+        state = self.jobs.get((team, job))
+        if state is not None:
+            return "closed" if state[0] not in ("pending", "in_progress") else "ok"
+        if self.remaining.get(team, Decimal(0)) < price:
+            return "insufficient"
+        self.remaining[team] = self.remaining.get(team, Decimal(0)) - price
+        self.jobs[(team, job)] = ("in_progress", price)
+        return "ok"
+
+    def close(self, team: str, job: str, status: str) -> str:
+        state = self.jobs.get((team, job))
+        if state is None:
+            return "unknown"
+        if state[0] not in ("pending", "in_progress"):
+            return "same" if state[0] == status else "conflict"
+        if status != "completed":
+            self.remaining[team] += state[1]
+        self.jobs[(team, job)] = (status, state[1])
+        return "closed"
+
+
+Backend = Callable[[PostgresStore, str], Awaitable[CreditBackend]]
+
+
+async def run_workload(database_url: str, make_backend: Backend, ops: list[tuple[Any, ...]]) -> None:
+    run = next(_run)
+    teams = [f"r{run}-t{i}" for i in range(2)]
+    store = PostgresStore(database_url, max_size=4)
+    await store.open()
+    writer = Writer(store)
+    writer.start()
+    backend = await make_backend(store, f"run{run}")
+    credits = CreditService(Settings(job_prices=PRICES, default_price=Decimal(1)), store, writer, backend)
+    model = Model()
+    try:
+        for op in ops:
+            kind, t, j = op[0], teams[op[1]], f"job-{op[2]}"
+            if kind == "grant":
+                amount = Decimal(op[3])
+                await credits.grant(t, amount, kind="grant", idempotency_key=f"g-{op[4]}")
+                if f"{t}/g-{op[4]}" not in model.granted:
+                    model.granted[f"{t}/g-{op[4]}"] = amount
+                    model.remaining[t] = model.remaining.get(t, Decimal(0)) + amount
+            elif kind == "open":
+                job_type = "big" if op[2] % 3 == 0 else "cheap"
+                expected = model.open(t, j, PRICES[job_type])
+                try:
+                    await credits.admit_call(ctx(t, j, job_type))
+                    got = "ok"
+                except InsufficientCredits:
+                    got = "insufficient"
+                except JobClosed:
+                    got = "closed"
+                assert got == expected, (op, got, expected)
+            else:
+                status = {"complete": JobStatus.COMPLETED, "fail": JobStatus.FAILED,
+                          "expire": JobStatus.EXPIRED}[kind]
+                expected = model.close(t, j, status.value)
+                try:
+                    closure = await credits.close_job(t, j, status)
+                    got = "unknown" if closure is None else ("same" if closure.repeated else "closed")
+                except JobClosed:
+                    got = "conflict"
+                assert got == expected, (op, got, expected)
+            for team in teams:
+                balance = await credits.balance(team)
+                assert balance.credits_remaining == model.remaining.get(team, Decimal(0)), (op, team)
+                assert balance.credits_held >= 0
+        await writer.flush()
+        # Cached balances equal the ledger; charges never exceed grants; one capture per completed job.
+        accounts = {r["team_id"]: r for r in query(database_url, "SELECT * FROM credit_accounts")}
+        for row in query(database_url, "SELECT * FROM (" + LEDGER_TOTALS + ") t"):
+            if row["team_id"] not in teams:
+                continue
+            account = accounts[row["team_id"]]
+            assert (account["credits_allocated"], account["credits_charged"], account["credits_held"]) == (
+                row["allocated"], row["charged"], row["held"])
+            assert row["charged"] <= row["allocated"]
+            assert row["held"] >= 0
+            assert account["credits_remaining"] == model.remaining.get(row["team_id"], Decimal(0))
+        captures = query(database_url, """SELECT l.job_id, l.team_id, count(*) AS n, max(j.status) AS status
+            FROM credit_ledger l JOIN jobs j USING (team_id, job_id) WHERE kind = 'capture' AND l.team_id = ANY(%s)
+            GROUP BY l.team_id, l.job_id""", teams)
+        assert all(c["n"] == 1 and c["status"] == "completed" for c in captures)
+        completed = {k for k, v in model.jobs.items() if v[0] == "completed"}
+        assert {(c["team_id"], c["job_id"]) for c in captures} == completed
+        states = {(r["team_id"], r["job_id"]): r["status"] for r in query(
+            database_url, "SELECT team_id, job_id, status FROM jobs WHERE team_id = ANY(%s)", teams)}
+        assert states == {k: v[0] for k, v in model.jobs.items()}
+    finally:
+        await writer.aclose()
+        await credits.aclose()
+        await store.close()
+
+
+LEDGER_TOTALS = """SELECT team_id,
+       coalesce(sum(amount) FILTER (WHERE kind IN ('grant', 'adjust')), 0) AS allocated,
+       coalesce(sum(amount) FILTER (WHERE kind = 'capture'), 0) AS charged,
+       coalesce(sum(amount) FILTER (WHERE kind = 'hold'), 0)
+         - coalesce(sum(amount) FILTER (WHERE kind IN ('capture', 'release')), 0) AS held
+FROM credit_ledger GROUP BY team_id"""
+
+OPS = st.lists(st.one_of(
+    st.tuples(st.just("grant"), st.integers(0, 1), st.just(0), st.integers(1, 3), st.integers(0, 5)),
+    st.tuples(st.sampled_from(["open", "open", "complete", "fail", "expire"]), st.integers(0, 1),
+              st.integers(0, 5)),
+), min_size=1, max_size=30)
+
+
+def backends(redis_server_url: str | None) -> dict[str, Backend]:
+    async def pg(store: PostgresStore, prefix: str) -> CreditBackend:
+        return PostgresCredits(store)
+
+    async def rd(store: PostgresStore, prefix: str) -> CreditBackend:
+        assert redis_server_url is not None
+        b = RedisCredits(redis_server_url, store, prefix=f"ljp-test-{_SESSION}-{prefix}")
+        await b.load_accounts()
+        return b
+
+    return {"postgres": pg, "redis": rd} if redis_server_url else {"postgres": pg}
+
+
+@pytest.mark.parametrize("backend_name", ["postgres", "redis"])
+def test_random_workloads_keep_every_invariant(database_url: str, redis_server_url: str | None,
+                                               backend_name: str) -> None:
+    available = backends(redis_server_url)
+    if backend_name not in available:
+        pytest.skip("no Redis server (JOBS_TEST_REDIS_URL unset and no redis-server binary)")
+
+    @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(OPS)
+    def check(ops: list[tuple[Any, ...]]) -> None:
+        asyncio.run(run_workload(database_url, available[backend_name], ops))
+
+    check()
+
+
+@pytest.mark.parametrize("backend_name", ["postgres", "redis"])
+def test_concurrent_opens_never_overspend(database_url: str, redis_server_url: str | None,
+                                          backend_name: str) -> None:
+    available = backends(redis_server_url)
+    if backend_name not in available:
+        pytest.skip("no Redis server")
+
+    async def main() -> None:
+        stores = [PostgresStore(database_url, max_size=8) for _ in range(2)]
+        for s in stores:
+            await s.open()
+        writers = [Writer(s) for s in stores]
+        for w in writers:
+            w.start()
+        services = [CreditService(Settings(), s, w, await available[backend_name](s, "conc"))
+                    for s, w in zip(stores, writers, strict=True)]
+        try:
+            await services[0].grant("conc", Decimal(10), kind="grant", idempotency_key="once")
+            await services[1].grant("conc", Decimal(10), kind="grant", idempotency_key="once")  # a replay
+
+            async def attempt(i: int) -> bool:
+                try:
+                    await services[i % 2].admit_call(ctx("conc", f"j{i}", "cheap", single_call=True))
+                    return True
+                except InsufficientCredits:
+                    return False
+                except JobsError:
+                    raise
+
+            results = await asyncio.gather(*(attempt(i) for i in range(100)))
+            assert sum(results) == 10
+            for w in writers:
+                await w.flush()
+            balance = await services[0].balance("conc")
+            assert (balance.credits_remaining, balance.credits_held) == (0, 10)
+        finally:
+            for svc, w, s in zip(services, writers, stores, strict=True):
+                await w.aclose()
+                await svc.aclose()
+                await s.close()
+
+    asyncio.run(main())
