@@ -116,8 +116,9 @@ class JobsPlugin(CustomLogger):
         self._credits = CreditService(s, store, self.writer, backend)
         self._credits.start_reaper()
         self._store = store
-        _log.info("litellm-jobs: ready (schema %s, credits in %s)", s.db_schema,
-                  "Redis" if s.redis_url else "PostgreSQL")
+        _log.info(
+            "litellm-jobs: ready (schema %s, credits in %s)", s.db_schema, "Redis" if s.redis_url else "PostgreSQL"
+        )
         return store
 
     async def start(self) -> PostgresStore:
@@ -235,20 +236,24 @@ class JobsPlugin(CustomLogger):
             return
         await self.writer.put(event)
         key = event.context.job_key
-        if key is None or status is not CallStatus.SUCCESS:
+        if key is None:
             return
         try:
             credits = await self.credits()
-            if event.cost_usd > 0:
-                await credits.add_cost(key[0], key[1], event.cost_usd)
-            if event.context.single_call:
+            await credits.add_cost(key[0], key[1], event.cost_usd)
+            if event.context.single_call and status is CallStatus.SUCCESS:
                 # The call is its own job: its success completes it (a replay is a no-op).
                 await credits.close_job(key[0], key[1], JobStatus.COMPLETED, single_call=True)
         except JobsError as exc:
             _log.warning("litellm-jobs: could not settle job %s after its call: %s", key[1], exc.message)
 
-    async def async_post_call_failure_hook(self, request_data: dict[str, Any], original_exception: Exception,
-                                           user_api_key_dict: Any, traceback_str: str | None = None) -> Any:
+    async def async_post_call_failure_hook(
+        self,
+        request_data: dict[str, Any],
+        original_exception: Exception,
+        user_api_key_dict: Any,
+        traceback_str: str | None = None,
+    ) -> Any:
         """The request failed for good (after fallbacks): a single-call job fails, its hold released."""
         stash = adapter.litellm_metadata(request_data).get(adapter.STASH_KEY)
         if not isinstance(stash, dict):
@@ -256,8 +261,9 @@ class JobsPlugin(CustomLogger):
         context = CallContext.from_stash(stash)
         if context.single_call and context.job_key is not None:
             try:
-                await (await self.credits()).close_job(context.job_key[0], context.job_key[1], JobStatus.FAILED,
-                                                       single_call=True)
+                await (await self.credits()).close_job(
+                    context.job_key[0], context.job_key[1], JobStatus.FAILED, single_call=True
+                )
             except JobsError as exc:
                 _log.warning("litellm-jobs: could not fail job %s: %s", context.job_key[1], exc.message)
         return None

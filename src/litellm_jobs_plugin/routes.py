@@ -144,16 +144,20 @@ def build_router(plugin: JobsPlugin) -> APIRouter:
 
     def caller_of(key: Any) -> Caller:
         team_id, key_hash, user_id = litellm_adapter.key_identity(key)
-        return Caller(team_id=team_id, key_hash=key_hash, user_id=user_id,
-                      is_admin=litellm_adapter.is_proxy_admin(key))
+        return Caller(team_id=team_id, key_hash=key_hash, user_id=user_id, is_admin=litellm_adapter.is_proxy_admin(key))
 
     def team_for(key: Any, team_id: object) -> str:
-        tag = JobTag(job_id=None, job_type=None, job_metadata=None,
-                     team_id=None if team_id is None else check_team_id(team_id, param="team_id"))
+        tag = JobTag(
+            job_id=None,
+            job_type=None,
+            job_metadata=None,
+            team_id=None if team_id is None else check_team_id(team_id, param="team_id"),
+        )
         team = paying_team(tag, caller_of(key))
         if team is None:
-            raise TeamRequired("This key belongs to no team: use a team key, or pass team_id as the proxy admin.",
-                               param="team_id")
+            raise TeamRequired(
+                "This key belongs to no team: use a team key, or pass team_id as the proxy admin.", param="team_id"
+            )
         return team
 
     async def job_or_404(team: str, job_id: str) -> Job:
@@ -197,32 +201,58 @@ def build_router(plugin: JobsPlugin) -> APIRouter:
         metadata = check_job_metadata(req.metadata, param="metadata") if req.metadata is not None else None
         credits = await plugin.credits()
         created, job = await credits.create_job(
-            team_id=team, job_id=job_id, job_type=job_type, metadata=metadata,
+            team_id=team,
+            job_id=job_id,
+            job_type=job_type,
+            metadata=metadata,
             caps=JobCaps(max_calls=req.max_calls, max_cost_usd=req.max_cost_usd),
-            user_id=req.user_id or caller_of(key).user_id)
-        payload = {"job_id": job.job_id, "team_id": job.team_id, "job_type": job.job_type,
-                   "status": job.status.value, "created_at": job.created_at.isoformat(),
-                   "max_calls": job.max_calls, "max_cost_usd": job.max_cost_usd,
-                   "credits_held": _money(job.credits_held)}
+            user_id=req.user_id or caller_of(key).user_id,
+        )
+        payload = {
+            "job_id": job.job_id,
+            "team_id": job.team_id,
+            "job_type": job.job_type,
+            "status": job.status.value,
+            "created_at": job.created_at.isoformat(),
+            "max_calls": job.max_calls,
+            "max_cost_usd": job.max_cost_usd,
+            "credits_held": _money(job.credits_held),
+        }
         return JSONResponse(json.loads(json.dumps(payload, default=str)), status_code=201 if created else 200)
 
     @router.get("/api/jobs")
     @answer
-    async def list_jobs(status: str | None = Query(default=None), job_type: str | None = Query(default=None),
-                        since: str | None = Query(default=None), until: str | None = Query(default=None),
-                        cursor: str | None = Query(default=None), limit: int = Query(default=50, ge=1, le=500),
-                        team_id: str | None = Query(default=None), key: Any = auth) -> JSONResponse:
+    async def list_jobs(
+        status: str | None = Query(default=None),
+        job_type: str | None = Query(default=None),
+        since: str | None = Query(default=None),
+        until: str | None = Query(default=None),
+        cursor: str | None = Query(default=None),
+        limit: int = Query(default=50, ge=1, le=500),
+        team_id: str | None = Query(default=None),
+        key: Any = auth,
+    ) -> JSONResponse:
         team = team_for(key, team_id)
         if status is not None and status not in {s.value for s in JobStatus}:
-            raise InvalidJobMetadata(f"status must be one of {', '.join(s.value for s in JobStatus)}.",
-                                     param="status")
+            raise InvalidJobMetadata(f"status must be one of {', '.join(s.value for s in JobStatus)}.", param="status")
         if job_type is not None:
             check_job_type(job_type, param="job_type")
         store = await plugin.ready()
-        jobs = await store.list_jobs(team, status=status, job_type=job_type, since=_time(since, "since"),
-                                     until=_time(until, "until"), cursor=_cursor(cursor), limit=limit)
-        return JSONResponse({"jobs": [j.model_dump(mode="json") for j in jobs],
-                             "next_cursor": _next_cursor(jobs[-1]) if len(jobs) == limit else None})
+        jobs = await store.list_jobs(
+            team,
+            status=status,
+            job_type=job_type,
+            since=_time(since, "since"),
+            until=_time(until, "until"),
+            cursor=_cursor(cursor),
+            limit=limit,
+        )
+        return JSONResponse(
+            {
+                "jobs": [j.model_dump(mode="json") for j in jobs],
+                "next_cursor": _next_cursor(jobs[-1]) if len(jobs) == limit else None,
+            }
+        )
 
     @router.get("/api/jobs/{job_id}")
     @answer
@@ -233,8 +263,7 @@ def build_router(plugin: JobsPlugin) -> APIRouter:
 
     @router.get("/api/jobs/{job_id}/calls")
     @answer
-    async def get_job_calls(job_id: str, team_id: str | None = Query(default=None),
-                            key: Any = auth) -> JSONResponse:
+    async def get_job_calls(job_id: str, team_id: str | None = Query(default=None), key: Any = auth) -> JSONResponse:
         team = team_for(key, team_id)
         await job_or_404(team, check_job_id(job_id, param="job_id"))
         calls = await (await plugin.ready()).list_calls(team, job_id)
@@ -248,8 +277,9 @@ def build_router(plugin: JobsPlugin) -> APIRouter:
         check_job_id(job_id, param="job_id")
         credits = await plugin.credits()
         store = await plugin.ready()
-        closure = await credits.close_job(team, job_id, JobStatus(req.status), result=req.result,
-                                          error_message=req.error_message)
+        closure = await credits.close_job(
+            team, job_id, JobStatus(req.status), result=req.result, error_message=req.error_message
+        )
         if closure is None:
             raise JobNotFound(f"No job {job_id!r} for team {team!r}.", param="job_id")
         # Totals include every call that finished before complete was asked for: wait (bounded)
@@ -265,20 +295,28 @@ def build_router(plugin: JobsPlugin) -> APIRouter:
         balance = await credits.balance(team)
         ok = [c for c in calls if c.status.value == "success"]
         costs = {
-            "total_calls": job.total_calls, "successful_calls": job.successful_calls,
-            "failed_calls": job.failed_calls, "prompt_tokens": job.prompt_tokens,
-            "completion_tokens": job.completion_tokens, "total_tokens": job.prompt_tokens + job.completion_tokens,
+            "total_calls": job.total_calls,
+            "successful_calls": job.successful_calls,
+            "failed_calls": job.failed_calls,
+            "prompt_tokens": job.prompt_tokens,
+            "completion_tokens": job.completion_tokens,
+            "total_tokens": job.prompt_tokens + job.completion_tokens,
             "total_cost_usd": _money(job.total_cost_usd),
             "avg_latency_ms": round(job.total_latency_ms / job.total_calls, 1) if job.total_calls else 0.0,
-            "credits_charged": _money(job.credits_charged), "credit_applied": job.credits_charged > 0,
+            "credits_charged": _money(job.credits_charged),
+            "credit_applied": job.credits_charged > 0,
             "credits_remaining": _money(balance.credits_remaining),
         }
-        return JSONResponse({
-            "job_id": job.job_id, "status": job.status.value,
-            "completed_at": job.completed_at.isoformat() if job.completed_at else None,
-            "costs": costs, "calls": [c.model_dump(mode="json") for c in calls],
-            "successful_call_ids": [c.call_id for c in ok],
-        })
+        return JSONResponse(
+            {
+                "job_id": job.job_id,
+                "status": job.status.value,
+                "completed_at": job.completed_at.isoformat() if job.completed_at else None,
+                "costs": costs,
+                "calls": [c.model_dump(mode="json") for c in calls],
+                "successful_call_ids": [c.call_id for c in ok],
+            }
+        )
 
     @router.get("/api/teams/{team_id}")
     @answer
@@ -294,19 +332,23 @@ def build_router(plugin: JobsPlugin) -> APIRouter:
         team = check_team_id(team_id, param="team_id")
         req: GrantBody = _parse(GrantBody, body)
         if req.kind == "grant" and req.amount <= 0:
-            raise InvalidJobMetadata("A grant must be positive; use kind=adjust to take credits back.",
-                                     param="amount")
-        balance = await (await plugin.credits()).grant(team, req.amount, kind=req.kind,
-                                                       idempotency_key=req.idempotency_key, note=req.note)
+            raise InvalidJobMetadata("A grant must be positive; use kind=adjust to take credits back.", param="amount")
+        balance = await (await plugin.credits()).grant(
+            team, req.amount, kind=req.kind, idempotency_key=req.idempotency_key, note=req.note
+        )
         return JSONResponse(_balance_json(balance))
 
     return router
 
 
 def _balance_json(balance: Balance) -> dict[str, Any]:
-    return {"team_id": balance.team_id, "credits_allocated": _money(balance.credits_allocated),
-            "credits_remaining": _money(balance.credits_remaining), "credits_held": _money(balance.credits_held),
-            "credits_charged": _money(balance.credits_charged)}
+    return {
+        "team_id": balance.team_id,
+        "credits_allocated": _money(balance.credits_allocated),
+        "credits_remaining": _money(balance.credits_remaining),
+        "credits_held": _money(balance.credits_held),
+        "credits_charged": _money(balance.credits_charged),
+    }
 
 
 def _uuid() -> str:

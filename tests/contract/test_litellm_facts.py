@@ -43,8 +43,12 @@ def test_logging_worker_can_be_flushed() -> None:
 
 def test_hook_signatures_match_what_the_plugin_defines() -> None:
     plugin_cls = type(litellm_jobs_plugin.plugin)
-    for name in ("async_pre_call_hook", "async_log_success_event", "async_log_failure_event",
-                 "async_post_call_response_headers_hook"):
+    for name in (
+        "async_pre_call_hook",
+        "async_log_success_event",
+        "async_log_failure_event",
+        "async_post_call_response_headers_hook",
+    ):
         base = list(inspect.signature(getattr(CustomLogger, name)).parameters)
         ours = list(inspect.signature(getattr(plugin_cls, name)).parameters)
         assert ours == base, name

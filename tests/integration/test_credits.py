@@ -29,8 +29,16 @@ _SESSION = uuid.uuid4().hex[:8]  # Redis outlives a test run: never reuse anothe
 
 
 def ctx(team: str, job: str, job_type: str, single_call: bool = False) -> CallContext:
-    return CallContext(team_id=team, job_id=job, job_type=job_type, single_call=single_call, requested_model="m",
-                       key_hash="h", user_id="u", job_type_given=True)
+    return CallContext(
+        team_id=team,
+        job_id=job,
+        job_type=job_type,
+        single_call=single_call,
+        requested_model="m",
+        key_hash="h",
+        user_id="u",
+        job_type_given=True,
+    )
 
 
 @dataclass
@@ -97,8 +105,7 @@ async def run_workload(database_url: str, make_backend: Backend, ops: list[tuple
                     got = "closed"
                 assert got == expected, (op, got, expected)
             else:
-                status = {"complete": JobStatus.COMPLETED, "fail": JobStatus.FAILED,
-                          "expire": JobStatus.EXPIRED}[kind]
+                status = {"complete": JobStatus.COMPLETED, "fail": JobStatus.FAILED, "expire": JobStatus.EXPIRED}[kind]
                 expected = model.close(t, j, status.value)
                 try:
                     closure = await credits.close_job(t, j, status)
@@ -118,18 +125,27 @@ async def run_workload(database_url: str, make_backend: Backend, ops: list[tuple
                 continue
             account = accounts[row["team_id"]]
             assert (account["credits_allocated"], account["credits_charged"], account["credits_held"]) == (
-                row["allocated"], row["charged"], row["held"])
+                row["allocated"],
+                row["charged"],
+                row["held"],
+            )
             assert row["charged"] <= row["allocated"]
             assert row["held"] >= 0
             assert account["credits_remaining"] == model.remaining.get(row["team_id"], Decimal(0))
-        captures = query(database_url, """SELECT l.job_id, l.team_id, count(*) AS n, max(j.status) AS status
+        captures = query(
+            database_url,
+            """SELECT l.job_id, l.team_id, count(*) AS n, max(j.status) AS status
             FROM credit_ledger l JOIN jobs j USING (team_id, job_id) WHERE kind = 'capture' AND l.team_id = ANY(%s)
-            GROUP BY l.team_id, l.job_id""", teams)
+            GROUP BY l.team_id, l.job_id""",
+            teams,
+        )
         assert all(c["n"] == 1 and c["status"] == "completed" for c in captures)
         completed = {k for k, v in model.jobs.items() if v[0] == "completed"}
         assert {(c["team_id"], c["job_id"]) for c in captures} == completed
-        states = {(r["team_id"], r["job_id"]): r["status"] for r in query(
-            database_url, "SELECT team_id, job_id, status FROM jobs WHERE team_id = ANY(%s)", teams)}
+        states = {
+            (r["team_id"], r["job_id"]): r["status"]
+            for r in query(database_url, "SELECT team_id, job_id, status FROM jobs WHERE team_id = ANY(%s)", teams)
+        }
         assert states == {k: v[0] for k, v in model.jobs.items()}
     finally:
         await writer.aclose()
@@ -144,11 +160,16 @@ LEDGER_TOTALS = """SELECT team_id,
          - coalesce(sum(amount) FILTER (WHERE kind IN ('capture', 'release')), 0) AS held
 FROM credit_ledger GROUP BY team_id"""
 
-OPS = st.lists(st.one_of(
-    st.tuples(st.just("grant"), st.integers(0, 1), st.just(0), st.integers(1, 3), st.integers(0, 5)),
-    st.tuples(st.sampled_from(["open", "open", "complete", "fail", "expire"]), st.integers(0, 1),
-              st.integers(0, 5)),
-), min_size=1, max_size=30)
+OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("grant"), st.integers(0, 1), st.just(0), st.integers(1, 3), st.integers(0, 5)),
+        st.tuples(
+            st.sampled_from(["open", "open", "complete", "fail", "expire"]), st.integers(0, 1), st.integers(0, 5)
+        ),
+    ),
+    min_size=1,
+    max_size=30,
+)
 
 
 def backends(redis_server_url: str | None) -> dict[str, Backend]:
@@ -165,8 +186,9 @@ def backends(redis_server_url: str | None) -> dict[str, Backend]:
 
 
 @pytest.mark.parametrize("backend_name", ["postgres", "redis"])
-def test_random_workloads_keep_every_invariant(database_url: str, redis_server_url: str | None,
-                                               backend_name: str) -> None:
+def test_random_workloads_keep_every_invariant(
+    database_url: str, redis_server_url: str | None, backend_name: str
+) -> None:
     available = backends(redis_server_url)
     if backend_name not in available:
         pytest.skip("no Redis server (JOBS_TEST_REDIS_URL unset and no redis-server binary)")
@@ -180,8 +202,7 @@ def test_random_workloads_keep_every_invariant(database_url: str, redis_server_u
 
 
 @pytest.mark.parametrize("backend_name", ["postgres", "redis"])
-def test_concurrent_opens_never_overspend(database_url: str, redis_server_url: str | None,
-                                          backend_name: str) -> None:
+def test_concurrent_opens_never_overspend(database_url: str, redis_server_url: str | None, backend_name: str) -> None:
     available = backends(redis_server_url)
     if backend_name not in available:
         pytest.skip("no Redis server")
@@ -193,8 +214,10 @@ def test_concurrent_opens_never_overspend(database_url: str, redis_server_url: s
         writers = [Writer(s) for s in stores]
         for w in writers:
             w.start()
-        services = [CreditService(Settings(), s, w, await available[backend_name](s, "conc"))
-                    for s, w in zip(stores, writers, strict=True)]
+        services = [
+            CreditService(Settings(), s, w, await available[backend_name](s, "conc"))
+            for s, w in zip(stores, writers, strict=True)
+        ]
         try:
             await services[0].grant("conc", Decimal(10), kind="grant", idempotency_key="once")
             await services[1].grant("conc", Decimal(10), kind="grant", idempotency_key="once")  # a replay
@@ -219,5 +242,57 @@ def test_concurrent_opens_never_overspend(database_url: str, redis_server_url: s
                 await w.aclose()
                 await svc.aclose()
                 await s.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("backend_name", ["postgres", "redis"])
+def test_the_reaper_expires_idle_jobs_once_and_releases_their_holds(
+    database_url: str, redis_server_url: str | None, backend_name: str
+) -> None:
+    available = backends(redis_server_url)
+    if backend_name not in available:
+        pytest.skip("no Redis server")
+
+    async def main() -> None:
+        store = PostgresStore(database_url)
+        await store.open()
+        writer = Writer(store)
+        writer.start()
+        settings_ = Settings(idle_timeout_s=0.3)
+        # Two replicas' reapers on the same jobs: each job is expired exactly once.
+        services = [
+            CreditService(settings_, store, writer, await available[backend_name](store, "reap")) for _ in range(2)
+        ]
+        try:
+            await services[0].grant("reap", Decimal(5), kind="grant", idempotency_key="g")
+            for i in range(3):
+                await services[0].admit_call(ctx("reap", f"idle-{i}", "cheap"))
+            assert (await services[0].balance("reap")).credits_held == 3
+            assert await services[0].reap_once() + await services[1].reap_once() == 0  # not idle yet
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 20
+            expired = 0
+            while expired < 3:
+                assert loop.time() < deadline, "the reaper did not expire the idle jobs"
+                counts = await asyncio.gather(services[0].reap_once(), services[1].reap_once())
+                expired += sum(counts)
+                await asyncio.sleep(0.05)
+            assert expired == 3
+            balance = await services[1].balance("reap")
+            assert (balance.credits_remaining, balance.credits_held, balance.credits_charged) == (5, 0, 0)
+            await writer.flush()
+            rows = query(database_url, "SELECT status FROM jobs WHERE team_id = 'reap'")
+            assert [r["status"] for r in rows] == ["expired"] * 3
+            (ledger,) = query(
+                database_url,
+                "SELECT count(*) FILTER (WHERE kind = 'release') AS releases FROM credit_ledger WHERE team_id = 'reap'",
+            )
+            assert ledger["releases"] == 3
+        finally:
+            await writer.aclose()
+            for svc in services:
+                await svc.aclose()
+            await store.close()
 
     asyncio.run(main())

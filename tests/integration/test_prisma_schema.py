@@ -134,7 +134,13 @@ def test_schema_file_is_valid_and_matches_the_migrated_tables(migrated: str) -> 
     result = dmmf(SCHEMA_FILE.read_text())
     assert "errors" not in result, result.get("errors")
     assert {m["dbName"] for m in result["dmmf"]["models"]} == {
-        "jobs", "calls", "call_events", "credit_accounts", "credit_ledger", "schema_migrations"}
+        "jobs",
+        "calls",
+        "call_events",
+        "credit_accounts",
+        "credit_ledger",
+        "schema_migrations",
+    }
     assert mismatches(result["dmmf"], migrated) == []
 
 

@@ -144,7 +144,7 @@ async def test_migrations_are_safe_to_run_concurrently(database_url: str) -> Non
     stores = [PostgresStore(database_url) for _ in range(4)]
     await asyncio.gather(*(s.open() for s in stores))
     try:
-        assert [r["version"] for r in query(database_url, "SELECT version FROM schema_migrations")] == [1]
+        assert [r["version"] for r in query(database_url, "SELECT version FROM schema_migrations ORDER BY 1")] == [1, 2]
         assert await asyncio.gather(*(s.migrate() for s in stores)) == [[], [], [], []]
     finally:
         for s in stores:

@@ -181,12 +181,16 @@ class Proxy:
         except TimeoutError as exc:
             raise TimeoutError(f"{exc}\n--- proxy log ---\n{self.log_tail()}") from exc
 
-    def grant(self, team_id: str, amount: float | str, *, key: str | None = None,
-              admin_key: str = "sk-master") -> dict[str, Any]:
+    def grant(
+        self, team_id: str, amount: float | str, *, key: str | None = None, admin_key: str = "sk-master"
+    ) -> dict[str, Any]:
         """Grant credits through the admin route, as an operator would."""
-        r = httpx.post(f"{self.url}/api/teams/{team_id}/credits", headers={"Authorization": f"Bearer {admin_key}"},
-                       json={"amount": str(amount), "idempotency_key": key or f"grant-{uuid.uuid4().hex}"},
-                       timeout=30)
+        r = httpx.post(
+            f"{self.url}/api/teams/{team_id}/credits",
+            headers={"Authorization": f"Bearer {admin_key}"},
+            json={"amount": str(amount), "idempotency_key": key or f"grant-{uuid.uuid4().hex}"},
+            timeout=30,
+        )
         r.raise_for_status()
         body: dict[str, Any] = r.json()
         return body

@@ -16,6 +16,8 @@ TEAM_KEYS = {
     "sk-team-a": "team-a",
     "sk-team-b": "team-b",
     "sk-team-c": "team-c",
+    "sk-team-d": "team-d",
+    "sk-team-e": "team-e",
 }
 NO_TEAM_KEY = "sk-noteam"
 

@@ -79,7 +79,7 @@ async def test_a_poison_event_is_isolated_from_its_batch() -> None:
         async def write_batch(self, events: Sequence[CallEvent]) -> int:  # type: ignore[override]
             if any(e.call_id == "bad" for e in events):
                 raise ValueError("numeric field overflow")
-            return await super().write_events(events)
+            return await super().write_batch(events)
 
     sink = Picky()
     writer = Writer(sink)

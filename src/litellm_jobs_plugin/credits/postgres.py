@@ -50,33 +50,62 @@ class PostgresCredits:
                         touched = await s.fetch_one("touch_job", {**key, "calls": int(request.count_call)}, conn)
                         status = touched["status"] if touched else status
                     balance = await s.fetch_one("get_balance", key, conn)
-                    return Admission(created=False, status=JobStatus(status), job_type=job["job_type"],
-                                     hold=job["credits_held"],
-                                     credits_remaining=balance["credits_remaining"] if balance else Decimal(0))
+                    return Admission(
+                        created=False,
+                        status=JobStatus(status),
+                        job_type=job["job_type"],
+                        hold=job["credits_held"],
+                        credits_remaining=balance["credits_remaining"] if balance else Decimal(0),
+                    )
                 await s.fetch_all("ensure_account", key, conn)
                 account = await s.fetch_one("lock_account", key, conn)
                 remaining: Decimal = account["credits_remaining"] if account else Decimal(0)
                 if remaining < request.price:
                     raise rules.insufficient(request.team_id, request.price, remaining)
                 status = JobStatus.IN_PROGRESS if request.count_call else JobStatus.PENDING
-                row = await s.fetch_one("insert_job", {
-                    **key, "job_type": request.new_type, "status": status.value,
-                    "single_call": request.single_call, "metadata": json.dumps(request.metadata or {}),
-                    "user_id": request.user_id, "max_calls": request.caps.max_calls,
-                    "max_cost_usd": request.caps.max_cost_usd, "admitted_calls": int(request.count_call),
-                }, conn)
+                row = await s.fetch_one(
+                    "insert_job",
+                    {
+                        **key,
+                        "job_type": request.new_type,
+                        "status": status.value,
+                        "single_call": request.single_call,
+                        "metadata": json.dumps(request.metadata or {}),
+                        "user_id": request.user_id,
+                        "max_calls": request.caps.max_calls,
+                        "max_cost_usd": request.caps.max_cost_usd,
+                        "admitted_calls": int(request.count_call),
+                    },
+                    conn,
+                )
                 if row is None:
                     continue  # opened concurrently by another request: admit as an existing job
-                await s.apply_ledger_in(conn, [LedgerEntry(
-                    team_id=request.team_id, kind=LedgerKind.HOLD, amount=request.price,
-                    idempotency_key=ledger_key(LedgerKind.HOLD, request.team_id, request.job_id),
-                    job_id=request.job_id, job_type=request.new_type, single_call=request.single_call)])
-                return Admission(created=True, status=status, job_type=request.new_type, hold=request.price,
-                                 credits_remaining=remaining - request.price)
+                await s.apply_ledger_in(
+                    conn,
+                    [
+                        LedgerEntry(
+                            team_id=request.team_id,
+                            kind=LedgerKind.HOLD,
+                            amount=request.price,
+                            idempotency_key=ledger_key(LedgerKind.HOLD, request.team_id, request.job_id),
+                            job_id=request.job_id,
+                            job_type=request.new_type,
+                            single_call=request.single_call,
+                        )
+                    ],
+                )
+                return Admission(
+                    created=True,
+                    status=status,
+                    job_type=request.new_type,
+                    hold=request.price,
+                    credits_remaining=remaining - request.price,
+                )
         raise RuntimeError("job row neither found nor created")  # pragma: no cover
 
-    async def close_job(self, team_id: str, job_id: str, status: JobStatus, *,
-                        idle_cutoff_s: float | None = None) -> Closure | None:
+    async def close_job(
+        self, team_id: str, job_id: str, status: JobStatus, *, idle_cutoff_s: float | None = None
+    ) -> Closure | None:
         s = self.store
         key = {"team_id": team_id, "job_id": job_id}
         async with s.transaction() as conn:
@@ -86,27 +115,58 @@ class PostgresCredits:
             if job["status"] not in _OPEN:
                 if job["status"] != status.value:
                     raise rules.conflict(job_id, job["status"])
-                return Closure(status=status, repeated=True, job_type=job["job_type"], hold=job["credits_held"],
-                               admitted_calls=job["admitted_calls"], credits_remaining=None)
+                return Closure(
+                    status=status,
+                    repeated=True,
+                    job_type=job["job_type"],
+                    hold=job["credits_held"],
+                    admitted_calls=job["admitted_calls"],
+                    credits_remaining=None,
+                )
             if idle_cutoff_s is not None:
                 idle = await s.fetch_one("job_idle_for", {**key, "idle_s": idle_cutoff_s}, conn)
                 if not (idle and idle["idle"]):
                     return None
             kind = LedgerKind.CAPTURE if status is JobStatus.COMPLETED else LedgerKind.RELEASE
             hold: Decimal = job["credits_held"]
-            await s.apply_ledger_in(conn, [LedgerEntry(
-                team_id=team_id, kind=kind, amount=hold, idempotency_key=ledger_key(kind, team_id, job_id),
-                job_id=job_id, job_type=job["job_type"])])
-            await s.fetch_all("close_job_row", {**key, "job_type": job["job_type"], "status": status.value,
-                                                "single_call": job["single_call"], "result": None,
-                                                "error_message": None}, conn)
+            await s.apply_ledger_in(
+                conn,
+                [
+                    LedgerEntry(
+                        team_id=team_id,
+                        kind=kind,
+                        amount=hold,
+                        idempotency_key=ledger_key(kind, team_id, job_id),
+                        job_id=job_id,
+                        job_type=job["job_type"],
+                    )
+                ],
+            )
+            await s.fetch_all(
+                "close_job_row",
+                {
+                    **key,
+                    "job_type": job["job_type"],
+                    "status": status.value,
+                    "single_call": job["single_call"],
+                    "result": None,
+                    "error_message": None,
+                },
+                conn,
+            )
             balance = await s.fetch_one("get_balance", key, conn)
-        return Closure(status=status, repeated=False, job_type=job["job_type"], hold=hold,
-                       admitted_calls=job["admitted_calls"],
-                       credits_remaining=balance["credits_remaining"] if balance else None)
+        return Closure(
+            status=status,
+            repeated=False,
+            job_type=job["job_type"],
+            hold=hold,
+            admitted_calls=job["admitted_calls"],
+            credits_remaining=balance["credits_remaining"] if balance else None,
+        )
 
-    async def grant(self, team_id: str, amount: Decimal, *, kind: str, idempotency_key: str,
-                    note: str | None) -> Balance:
+    async def grant(
+        self, team_id: str, amount: Decimal, *, kind: str, idempotency_key: str, note: str | None
+    ) -> Balance:
         await self.store.grant(team_id, amount, kind=kind, idempotency_key=idempotency_key, note=note)
         return await self.store.balance(team_id)
 

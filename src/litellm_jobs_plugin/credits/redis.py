@@ -56,15 +56,24 @@ class RedisKeys:
     def parse_member(member: str) -> tuple[str, str]:
         length, rest = member.split(":", 1)
         n = int(length)
-        return rest[:n], rest[n + 1:]
+        return rest[:n], rest[n + 1 :]
 
 
 class RedisCredits:
     emits_ledger = True
 
-    def __init__(self, url: str, store: PostgresStore, *, prefix: str = "ljp",
-                 closed_ttl_s: int = 7 * 24 * 3600) -> None:
-        self.client: aioredis.Redis = aioredis.from_url(url)
+    def __init__(
+        self,
+        url: str,
+        store: PostgresStore,
+        *,
+        prefix: str = "ljp",
+        closed_ttl_s: int = 7 * 24 * 3600,
+        max_connections: int = 50,
+    ) -> None:
+        # A blocking pool: under a burst, calls wait for a connection instead of failing.
+        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=10)
+        self.client: aioredis.Redis = aioredis.Redis(connection_pool=pool)
         self.store = store
         self.keys = RedisKeys(prefix)
         self.closed_ttl_s = closed_ttl_s
@@ -87,22 +96,30 @@ class RedisCredits:
         """Load accounts Redis does not have yet from PostgreSQL (all of them, or one team's)."""
         rows = await self.store.fetch_all("account_snapshot", {"team_id": team_id})
         if team_id is not None and not rows:
-            rows = [{"team_id": team_id, "credits_remaining": Decimal(0), "credits_held": Decimal(0),
-                     "grant_ids": []}]
+            rows = [{"team_id": team_id, "credits_remaining": Decimal(0), "credits_held": Decimal(0), "grant_ids": []}]
         for row in rows:
-            await self._call(self._load, [self.keys.account(row["team_id"]), self.keys.grants(row["team_id"])],
-                             [to_micro(row["credits_remaining"]), to_micro(row["credits_held"]),
-                              *row["grant_ids"]])
+            await self._call(
+                self._load,
+                [self.keys.account(row["team_id"]), self.keys.grants(row["team_id"])],
+                [to_micro(row["credits_remaining"]), to_micro(row["credits_held"]), *row["grant_ids"]],
+            )
         return len(rows)
 
     async def open_job(self, request: OpenJob) -> Admission:
-        keys = [self.keys.account(request.team_id), self.keys.job(request.team_id, request.job_id),
-                self.keys.open_jobs]
+        keys = [self.keys.account(request.team_id), self.keys.job(request.team_id, request.job_id), self.keys.open_jobs]
         caps = request.caps
-        args = [int(time.time() * 1000), request.requested_type or "", request.new_type, to_micro(request.price),
-                caps.max_calls or 0, str(caps.max_cost_usd or 0), "1" if request.create_only else "0",
-                "1" if request.count_call else "0", self.keys.member(request.team_id, request.job_id),
-                (JobStatus.IN_PROGRESS if request.count_call else JobStatus.PENDING).value]
+        args = [
+            int(time.time() * 1000),
+            request.requested_type or "",
+            request.new_type,
+            to_micro(request.price),
+            caps.max_calls or 0,
+            str(caps.max_cost_usd or 0),
+            "1" if request.create_only else "0",
+            "1" if request.count_call else "0",
+            self.keys.member(request.team_id, request.job_id),
+            (JobStatus.IN_PROGRESS if request.count_call else JobStatus.PENDING).value,
+        ]
         result = await self._call(self._open, keys, args)
         if result[0] == "not_loaded":
             # A team Redis has not seen since it started: one PostgreSQL read, then never again.
@@ -121,27 +138,41 @@ class RedisCredits:
             raise rules.insufficient(request.team_id, request.price, from_micro(result[3]))
         if outcome not in ("ok", "exists"):
             raise StoreUnavailable(f"unexpected answer from Redis: {result!r}")
-        return Admission(created=outcome == "ok" and result[5] == "1", status=JobStatus(result[1]),
-                         job_type=result[2], hold=from_micro(result[4]), credits_remaining=from_micro(result[3]))
+        return Admission(
+            created=outcome == "ok" and result[5] == "1",
+            status=JobStatus(result[1]),
+            job_type=result[2],
+            hold=from_micro(result[4]),
+            credits_remaining=from_micro(result[3]),
+        )
 
-    async def close_job(self, team_id: str, job_id: str, status: JobStatus, *,
-                        idle_cutoff_s: float | None = None) -> Closure | None:
+    async def close_job(
+        self, team_id: str, job_id: str, status: JobStatus, *, idle_cutoff_s: float | None = None
+    ) -> Closure | None:
         now_ms = int(time.time() * 1000)
         cutoff = "" if idle_cutoff_s is None else str(now_ms - int(idle_cutoff_s * 1000))
         result = await self._call(
             self._close,
             [self.keys.account(team_id), self.keys.job(team_id, job_id), self.keys.open_jobs],
-            [status.value, now_ms, cutoff, self.keys.member(team_id, job_id), self.closed_ttl_s])
+            [status.value, now_ms, cutoff, self.keys.member(team_id, job_id), self.closed_ttl_s],
+        )
         outcome = result[0]
         if outcome in ("unknown", "active"):
             return None
         if outcome == "conflict":
             raise rules.conflict(job_id, result[1])
-        return Closure(status=status, repeated=outcome == "same", job_type=result[4], hold=from_micro(result[2]),
-                       admitted_calls=int(result[3]), credits_remaining=from_micro(result[5]))
+        return Closure(
+            status=status,
+            repeated=outcome == "same",
+            job_type=result[4],
+            hold=from_micro(result[2]),
+            admitted_calls=int(result[3]),
+            credits_remaining=from_micro(result[5]),
+        )
 
-    async def grant(self, team_id: str, amount: Decimal, *, kind: str, idempotency_key: str,
-                    note: str | None) -> Balance:
+    async def grant(
+        self, team_id: str, amount: Decimal, *, kind: str, idempotency_key: str, note: str | None
+    ) -> Balance:
         entry_id = await self.store.grant(team_id, amount, kind=kind, idempotency_key=idempotency_key, note=note)
         keys = [self.keys.account(team_id), self.keys.grants(team_id)]
         result = await self._call(self._apply_grant, keys, [entry_id, to_micro(amount)])
@@ -159,9 +190,13 @@ class RedisCredits:
         if avail is None:
             return durable
         remaining, on_hold = from_micro(avail), from_micro(held or 0)
-        return Balance(team_id=team_id, credits_allocated=durable.credits_allocated, credits_remaining=remaining,
-                       credits_held=on_hold,
-                       credits_charged=durable.credits_allocated - remaining - on_hold)
+        return Balance(
+            team_id=team_id,
+            credits_allocated=durable.credits_allocated,
+            credits_remaining=remaining,
+            credits_held=on_hold,
+            credits_charged=durable.credits_allocated - remaining - on_hold,
+        )
 
     async def idle_jobs(self, idle_s: float, limit: int) -> list[tuple[str, str]]:
         cutoff = int((time.time() - idle_s) * 1000)
@@ -169,8 +204,11 @@ class RedisCredits:
         return [RedisKeys.parse_member(_text(m)) for m in members]
 
     async def add_cost(self, team_id: str, job_id: str, cost_usd: Decimal) -> None:
-        if cost_usd > 0:
-            await self._call(self._add_cost, [self.keys.job(team_id, job_id)], [str(cost_usd)])
+        await self._call(
+            self._add_cost,
+            [self.keys.job(team_id, job_id), self.keys.open_jobs],
+            [str(cost_usd), int(time.time() * 1000), self.keys.member(team_id, job_id)],
+        )
 
     async def aclose(self) -> None:
         await self.client.aclose()

@@ -9,7 +9,7 @@ import logging
 from decimal import Decimal
 from typing import Any
 
-from ..errors import JobNotFound
+from ..errors import JobClosed, JobNotFound
 from ..models import Balance, CallContext, Job, JobCaps, JobStatus, LedgerEntry, LedgerKind, ledger_key
 from ..settings import Settings
 from ..store.postgres import PostgresStore
@@ -36,49 +36,101 @@ class CreditService:
         self.backend = backend
         self._reaper: asyncio.Task[None] | None = None
 
-    def _hold_entry(self, team_id: str, job_id: str, job_type: str, amount: Decimal,
-                    single_call: bool) -> LedgerEntry:
-        return LedgerEntry(team_id=team_id, kind=LedgerKind.HOLD, amount=amount,
-                           idempotency_key=ledger_key(LedgerKind.HOLD, team_id, job_id), job_id=job_id,
-                           job_type=job_type, single_call=single_call)
+    def _hold_entry(self, team_id: str, job_id: str, job_type: str, amount: Decimal, single_call: bool) -> LedgerEntry:
+        return LedgerEntry(
+            team_id=team_id,
+            kind=LedgerKind.HOLD,
+            amount=amount,
+            idempotency_key=ledger_key(LedgerKind.HOLD, team_id, job_id),
+            job_id=job_id,
+            job_type=job_type,
+            single_call=single_call,
+        )
 
     async def admit_call(self, context: CallContext) -> Admission:
         """Admit a tracked call before it is routed: open its job (holding the price) or join it."""
         assert context.team_id is not None
         assert context.job_id is not None
         job_type = context.job_type or self.settings.default_job_type
-        admission = await self.backend.open_job(OpenJob(
-            team_id=context.team_id, job_id=context.job_id, new_type=job_type,
-            requested_type=context.job_type if context.job_type_given else None,
-            price=self.settings.price_of(job_type), single_call=context.single_call,
-            metadata=context.job_metadata, user_id=context.user_id))
+        admission = await self.backend.open_job(
+            OpenJob(
+                team_id=context.team_id,
+                job_id=context.job_id,
+                new_type=job_type,
+                requested_type=context.job_type if context.job_type_given else None,
+                price=self.settings.price_of(job_type),
+                single_call=context.single_call,
+                metadata=context.job_metadata,
+                user_id=context.user_id,
+            )
+        )
         if admission.created and self.backend.emits_ledger:
             # Off the request path: the hold becomes durable through the writer's buffer.
-            await self.writer.put(self._hold_entry(context.team_id, context.job_id, admission.job_type,
-                                                   admission.hold, context.single_call))
+            await self.writer.put(
+                self._hold_entry(
+                    context.team_id, context.job_id, admission.job_type, admission.hold, context.single_call
+                )
+            )
         return admission
 
-    async def create_job(self, *, team_id: str, job_id: str, job_type: str, caps: JobCaps,
-                         metadata: dict[str, Any] | None, user_id: str | None) -> tuple[bool, Job]:
+    async def create_job(
+        self,
+        *,
+        team_id: str,
+        job_id: str,
+        job_type: str,
+        caps: JobCaps,
+        metadata: dict[str, Any] | None,
+        user_id: str | None,
+    ) -> tuple[bool, Job]:
         """``POST /api/jobs/create``: a pending job with its price held. Returns (created, job)."""
-        admission = await self.backend.open_job(OpenJob(
-            team_id=team_id, job_id=job_id, new_type=job_type, requested_type=job_type,
-            price=self.settings.price_of(job_type), caps=caps, count_call=False, create_only=True,
-            metadata=metadata, user_id=user_id))
+        admission = await self.backend.open_job(
+            OpenJob(
+                team_id=team_id,
+                job_id=job_id,
+                new_type=job_type,
+                requested_type=job_type,
+                price=self.settings.price_of(job_type),
+                caps=caps,
+                count_call=False,
+                create_only=True,
+                metadata=metadata,
+                user_id=user_id,
+            )
+        )
         if admission.created and self.backend.emits_ledger:
-            await self.store.fetch_all("insert_job", {
-                "team_id": team_id, "job_id": job_id, "job_type": job_type, "status": JobStatus.PENDING.value,
-                "single_call": False, "metadata": json.dumps(metadata or {}), "user_id": user_id,
-                "max_calls": caps.max_calls, "max_cost_usd": caps.max_cost_usd, "admitted_calls": 0})
+            await self.store.fetch_all(
+                "insert_job",
+                {
+                    "team_id": team_id,
+                    "job_id": job_id,
+                    "job_type": job_type,
+                    "status": JobStatus.PENDING.value,
+                    "single_call": False,
+                    "metadata": json.dumps(metadata or {}),
+                    "user_id": user_id,
+                    "max_calls": caps.max_calls,
+                    "max_cost_usd": caps.max_cost_usd,
+                    "admitted_calls": 0,
+                },
+            )
             await self.store.apply_ledger([self._hold_entry(team_id, job_id, job_type, admission.hold, False)])
         job = await self.store.get_job(team_id, job_id)
         if job is None:  # pragma: no cover - the row was just written
             raise JobNotFound(f"Job {job_id!r} vanished while it was created.")
         return admission.created, job
 
-    async def close_job(self, team_id: str, job_id: str, status: JobStatus, *, single_call: bool = False,
-                        result: Any = None, error_message: str | None = None,
-                        idle_cutoff_s: float | None = None) -> Closure | None:
+    async def close_job(
+        self,
+        team_id: str,
+        job_id: str,
+        status: JobStatus,
+        *,
+        single_call: bool = False,
+        result: Any = None,
+        error_message: str | None = None,
+        idle_cutoff_s: float | None = None,
+    ) -> Closure | None:
         """Complete (capture the hold), fail or expire (release it). Idempotent per status.
 
         Raises JobClosed when the job is already closed with the other status; returns None for an
@@ -90,22 +142,46 @@ class CreditService:
         if self.backend.emits_ledger:
             # Make the closure durable now (a repeated close re-runs it harmlessly).
             kind = LedgerKind.CAPTURE if status is JobStatus.COMPLETED else LedgerKind.RELEASE
-            await self.store.apply_ledger([
-                self._hold_entry(team_id, job_id, closure.job_type, closure.hold, single_call),
-                LedgerEntry(team_id=team_id, kind=kind, amount=closure.hold, job_id=job_id,
-                            job_type=closure.job_type, idempotency_key=ledger_key(kind, team_id, job_id)),
-            ])
-            await self.store.fetch_all("close_job_row", {
-                "team_id": team_id, "job_id": job_id, "job_type": closure.job_type, "status": status.value,
-                "single_call": single_call, "result": None, "error_message": None})
+            await self.store.apply_ledger(
+                [
+                    self._hold_entry(team_id, job_id, closure.job_type, closure.hold, single_call),
+                    LedgerEntry(
+                        team_id=team_id,
+                        kind=kind,
+                        amount=closure.hold,
+                        job_id=job_id,
+                        job_type=closure.job_type,
+                        idempotency_key=ledger_key(kind, team_id, job_id),
+                    ),
+                ]
+            )
+            await self.store.fetch_all(
+                "close_job_row",
+                {
+                    "team_id": team_id,
+                    "job_id": job_id,
+                    "job_type": closure.job_type,
+                    "status": status.value,
+                    "single_call": single_call,
+                    "result": None,
+                    "error_message": None,
+                },
+            )
         if result is not None or error_message is not None:
-            await self.store.fetch_all("set_job_outcome", {
-                "team_id": team_id, "job_id": job_id,
-                "result": None if result is None else json.dumps(result), "error_message": error_message})
+            await self.store.fetch_all(
+                "set_job_outcome",
+                {
+                    "team_id": team_id,
+                    "job_id": job_id,
+                    "result": None if result is None else json.dumps(result),
+                    "error_message": error_message,
+                },
+            )
         return closure
 
-    async def grant(self, team_id: str, amount: Decimal, *, kind: str, idempotency_key: str,
-                    note: str | None = None) -> Balance:
+    async def grant(
+        self, team_id: str, amount: Decimal, *, kind: str, idempotency_key: str, note: str | None = None
+    ) -> Balance:
         return await self.backend.grant(team_id, amount, kind=kind, idempotency_key=idempotency_key, note=note)
 
     async def balance(self, team_id: str) -> Balance:
@@ -123,7 +199,10 @@ class CreditService:
         for team_id, job_id in await self.backend.idle_jobs(idle, 100):
             # The backend re-checks idleness atomically: a job touched meanwhile is left open, and
             # a job another replica expired first answers as a repeat.
-            closure = await self.close_job(team_id, job_id, JobStatus.EXPIRED, idle_cutoff_s=idle)
+            try:
+                closure = await self.close_job(team_id, job_id, JobStatus.EXPIRED, idle_cutoff_s=idle)
+            except JobClosed:
+                continue  # completed or failed meanwhile: nothing to expire
             if closure is not None and not closure.repeated:
                 expired += 1
         return expired

@@ -132,12 +132,15 @@ class PostgresStore:
         new = 0
         async with wrap_errors(), self._pool.connection() as conn, conn.transaction():
             if keys:
-                await conn.execute(query("ensure_jobs"), {
-                    **job_keys,
-                    "job_types": [opening[k][0] for k in keys],
-                    "single_calls": [opening[k][1] for k in keys],
-                    "metadatas": [json.dumps(opening[k][2] or {}) for k in keys],
-                })
+                await conn.execute(
+                    query("ensure_jobs"),
+                    {
+                        **job_keys,
+                        "job_types": [opening[k][0] for k in keys],
+                        "single_calls": [opening[k][1] for k in keys],
+                        "metadatas": [json.dumps(opening[k][2] or {}) for k in keys],
+                    },
+                )
                 await conn.execute(query("lock_jobs"), job_keys)
             if entries:
                 new += len(await self._apply_ledger(conn, entries))
@@ -145,8 +148,7 @@ class PostgresStore:
                 new += await self._insert_events(conn, events)
         return new
 
-    async def _insert_events(self, conn: psycopg.AsyncConnection[dict[str, Any]],
-                             events: Sequence[CallEvent]) -> int:
+    async def _insert_events(self, conn: psycopg.AsyncConnection[dict[str, Any]], events: Sequence[CallEvent]) -> int:
         cur = await conn.execute(query("insert_call_events"), _batch_params(events))
         inserted = [row["call_id"] for row in await cur.fetchall()]
         if not inserted:
@@ -155,17 +157,19 @@ class PostgresStore:
         new_calls = set(inserted)
         touched = sorted({k for e in events if e.call_id in new_calls and (k := e.context.job_key) is not None})
         if touched:
-            await conn.execute(query("refresh_job_aggregates"), {
-                "team_ids": [t[0] for t in touched], "job_ids": [t[1] for t in touched]})
+            await conn.execute(
+                query("refresh_job_aggregates"),
+                {"team_ids": [t[0] for t in touched], "job_ids": [t[1] for t in touched]},
+            )
         return len(inserted)
 
-    async def apply_ledger_in(self, conn: psycopg.AsyncConnection[dict[str, Any]],
-                              entries: Sequence[LedgerEntry]) -> list[dict[str, Any]]:
+    async def apply_ledger_in(
+        self, conn: psycopg.AsyncConnection[dict[str, Any]], entries: Sequence[LedgerEntry]
+    ) -> list[dict[str, Any]]:
         """Append ledger entries inside the caller's transaction (whose job rows it has locked)."""
         return await self._apply_ledger(conn, entries)
 
-    async def grant(self, team_id: str, amount: Decimal, *, kind: str, idempotency_key: str,
-                    note: str | None) -> int:
+    async def grant(self, team_id: str, amount: Decimal, *, kind: str, idempotency_key: str, note: str | None) -> int:
         """Append a grant/adjust under the account lock; returns its ledger entry id (also on replay)."""
         from ..models import LedgerKind
 
@@ -173,23 +177,29 @@ class PostgresStore:
         async with self.transaction() as conn:
             await self.fetch_all("ensure_account", {"team_id": team_id}, conn)
             await self.fetch_all("lock_account", {"team_id": team_id}, conn)
-            await self._apply_ledger(conn, [LedgerEntry(team_id=team_id, kind=LedgerKind(kind), amount=amount,
-                                                        idempotency_key=key, note=note)])
+            await self._apply_ledger(
+                conn,
+                [LedgerEntry(team_id=team_id, kind=LedgerKind(kind), amount=amount, idempotency_key=key, note=note)],
+            )
             row = await self.fetch_one("ledger_entry_id", {"key": key}, conn)
         assert row is not None
         return int(row["entry_id"])
 
     @staticmethod
-    async def _apply_ledger(conn: psycopg.AsyncConnection[dict[str, Any]],
-                            entries: Sequence[LedgerEntry]) -> list[dict[str, Any]]:
-        cur = await conn.execute(query("apply_ledger"), {
-            "team_ids": [e.team_id for e in entries],
-            "kinds": [e.kind.value for e in entries],
-            "amounts": [e.amount for e in entries],
-            "job_ids": [e.job_id for e in entries],
-            "keys": [e.idempotency_key for e in entries],
-            "notes": [e.note for e in entries],
-        })
+    async def _apply_ledger(
+        conn: psycopg.AsyncConnection[dict[str, Any]], entries: Sequence[LedgerEntry]
+    ) -> list[dict[str, Any]]:
+        cur = await conn.execute(
+            query("apply_ledger"),
+            {
+                "team_ids": [e.team_id for e in entries],
+                "kinds": [e.kind.value for e in entries],
+                "amounts": [e.amount for e in entries],
+                "job_ids": [e.job_id for e in entries],
+                "keys": [e.idempotency_key for e in entries],
+                "notes": [e.note for e in entries],
+            },
+        )
         return await cur.fetchall()
 
     @contextlib.asynccontextmanager
@@ -204,13 +214,15 @@ class PostgresStore:
             return 0
         return await self.write_batch(entries)
 
-    async def fetch_one(self, name: str, params: dict[str, Any],
-                        conn: psycopg.AsyncConnection[dict[str, Any]] | None = None) -> dict[str, Any] | None:
+    async def fetch_one(
+        self, name: str, params: dict[str, Any], conn: psycopg.AsyncConnection[dict[str, Any]] | None = None
+    ) -> dict[str, Any] | None:
         rows = await self.fetch_all(name, params, conn)
         return rows[0] if rows else None
 
-    async def fetch_all(self, name: str, params: dict[str, Any],
-                        conn: psycopg.AsyncConnection[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    async def fetch_all(
+        self, name: str, params: dict[str, Any], conn: psycopg.AsyncConnection[dict[str, Any]] | None = None
+    ) -> list[dict[str, Any]]:
         """Rows of the named query (on ``conn`` inside a transaction, else on a pooled connection)."""
         if conn is not None:
             cur = await conn.execute(query(name), params)
@@ -225,13 +237,30 @@ class PostgresStore:
             row = await cur.fetchone()
         return None if row is None else Job.model_validate(row)
 
-    async def list_jobs(self, team_id: str, *, status: str | None = None, job_type: str | None = None,
-                        since: Any = None, until: Any = None, cursor: tuple[Any, str] | None = None,
-                        limit: int = 50) -> list[Job]:
-        rows = await self.fetch_all("list_jobs", {
-            "team_id": team_id, "status": status, "job_type": job_type, "since": since, "until": until,
-            "cursor_at": cursor[0] if cursor else None, "cursor_id": cursor[1] if cursor else None,
-            "limit": limit})
+    async def list_jobs(
+        self,
+        team_id: str,
+        *,
+        status: str | None = None,
+        job_type: str | None = None,
+        since: Any = None,
+        until: Any = None,
+        cursor: tuple[Any, str] | None = None,
+        limit: int = 50,
+    ) -> list[Job]:
+        rows = await self.fetch_all(
+            "list_jobs",
+            {
+                "team_id": team_id,
+                "status": status,
+                "job_type": job_type,
+                "since": since,
+                "until": until,
+                "cursor_at": cursor[0] if cursor else None,
+                "cursor_id": cursor[1] if cursor else None,
+                "limit": limit,
+            },
+        )
         return [Job.model_validate(r) for r in rows]
 
     async def count_calls(self, team_id: str, job_id: str) -> int:
@@ -242,8 +271,9 @@ class PostgresStore:
         row = await self.fetch_one("get_balance", {"team_id": team_id})
         if row is None:
             zero = Decimal(0)
-            return Balance(team_id=team_id, credits_allocated=zero, credits_remaining=zero, credits_held=zero,
-                           credits_charged=zero)
+            return Balance(
+                team_id=team_id, credits_allocated=zero, credits_remaining=zero, credits_held=zero, credits_charged=zero
+            )
         return Balance.model_validate(row)
 
     async def list_calls(self, team_id: str, job_id: str) -> list[Call]:

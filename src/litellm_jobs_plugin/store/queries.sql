@@ -97,6 +97,8 @@ UPDATE jobs j SET
     models_used = a.models_used,
     first_call_at = a.first_call_at,
     last_call_at = a.last_call_at,
+    -- a finished call is activity: the idle reaper counts from the last call's start or end
+    last_activity_at = greatest(j.last_activity_at, a.last_call_at),
     updated_at = now(),
     -- A job opened by the route becomes in_progress with its first call; closed jobs stay closed
     -- (late calls are attached, never reopen or re-charge it).
