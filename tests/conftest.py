@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -96,17 +97,24 @@ def redis_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str |
         yield url
 
 
-@pytest.fixture
-def redis_prefix(redis_server_url: str | None) -> Iterator[str]:
-    """A key prefix of this test's own; its keys are deleted afterwards (never FLUSHALL)."""
-    import uuid
+#: Every Redis key a test run writes starts with this; the run deletes them at its end (never FLUSHALL:
+#: the Redis may be the machine's own).
+REDIS_TEST_PREFIX = f"ljp-test-{uuid.uuid4().hex[:10]}"
 
-    prefix = f"ljp-test-{uuid.uuid4().hex[:10]}"
-    yield prefix
+
+@pytest.fixture(scope="session", autouse=True)
+def _clean_test_redis_keys(redis_server_url: str | None) -> Iterator[None]:
+    yield
     if redis_server_url:
         import redis
 
         client = redis.Redis.from_url(redis_server_url)
-        for key in client.scan_iter(f"{prefix}:*"):
+        for key in client.scan_iter(f"{REDIS_TEST_PREFIX}*", count=1000):
             client.delete(key)
         client.close()
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    """A key prefix of this test's own."""
+    return f"{REDIS_TEST_PREFIX}-{uuid.uuid4().hex[:8]}"

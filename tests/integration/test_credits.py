@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -21,11 +20,11 @@ from litellm_jobs_plugin.models import CallContext, JobStatus
 from litellm_jobs_plugin.settings import Settings
 from litellm_jobs_plugin.store.postgres import PostgresStore
 from litellm_jobs_plugin.writer import Writer
-from tests.conftest import query
+from tests.conftest import REDIS_TEST_PREFIX, query
 
 PRICES = {"cheap": Decimal(1), "big": Decimal(2)}
 _run = itertools.count()
-_SESSION = uuid.uuid4().hex[:8]  # Redis outlives a test run: never reuse another run's keys
+
 
 
 def ctx(team: str, job: str, job_type: str, single_call: bool = False) -> CallContext:
@@ -178,7 +177,7 @@ def backends(redis_server_url: str | None) -> dict[str, Backend]:
 
     async def rd(store: PostgresStore, prefix: str) -> CreditBackend:
         assert redis_server_url is not None
-        b = RedisCredits(redis_server_url, store, prefix=f"ljp-test-{_SESSION}-{prefix}")
+        b = RedisCredits(redis_server_url, store, prefix=f"{REDIS_TEST_PREFIX}-{prefix}")
         await b.load_accounts()
         return b
 
