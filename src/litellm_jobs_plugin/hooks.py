@@ -20,6 +20,7 @@ from litellm.integrations.custom_logger import CustomLogger
 from . import litellm_adapter as adapter
 from .credits import CreditService, PostgresCredits, RedisCredits
 from .credits.base import CreditBackend
+from .credits.local import choose_backend, describe
 from .errors import JobsError, StoreUnavailable, to_proxy_exception
 from .jobs import Caller, decide_call
 from .metadata import parse_job_tag
@@ -110,15 +111,16 @@ class JobsPlugin(CustomLogger):
             redis_backend = RedisCredits(s.redis_url, store, prefix=s.redis_prefix, closed_ttl_s=s.closed_job_ttl_s)
             await redis_backend.load_accounts()
             backend = redis_backend
+        elif s.local_credits:
+            self.writer.start(store)  # the in-process backend writes its ledger through the writer
+            backend = await choose_backend(store, self.writer, url, closed_ttl_s=s.closed_job_ttl_s)
         else:
             backend = PostgresCredits(store)
         self.writer.start(store)
         self._credits = CreditService(s, store, self.writer, backend)
         self._credits.start_reaper()
         self._store = store
-        _log.info(
-            "litellm-jobs: ready (schema %s, credits in %s)", s.db_schema, "Redis" if s.redis_url else "PostgreSQL"
-        )
+        _log.info("litellm-jobs: ready (schema %s, credits: %s)", s.db_schema, describe(backend))
         return store
 
     async def start(self) -> PostgresStore:

@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     startup_timeout_s: float = Field(default=60.0, gt=0)
     reaper_interval_s: float = Field(default=30.0, gt=0, description="How often idle jobs are looked for.")
     complete_wait_s: float = Field(default=5.0, ge=0, description="complete waits this long for in-flight calls.")
+    local_credits: bool = Field(
+        default=True,
+        description="Without Redis: decide credits in memory while this process is alone on the database.",
+    )
     redis_prefix: str = Field(default="ljp", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     closed_job_ttl_s: int = Field(default=7 * 24 * 3600, gt=0, description="Redis keeps closed jobs this long.")
 

@@ -85,7 +85,7 @@ class Writer:
             self.sink = sink
         if self.sink is None:
             raise RuntimeError("Writer.start() needs a sink")
-        if self._task is None:
+        if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name="litellm-jobs-writer")
 
     async def put(self, event: Item) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -16,22 +16,29 @@ from tests.conftest import query
 from tests.support.services import FakeUpstream, Proxy, wait_for
 
 
-@pytest.fixture
+@pytest.fixture(params=["redis", "postgres"])
 def replicas(
-    start_proxy: Callable[..., Proxy], database_url: str, redis_server_url: str | None, redis_prefix: str
-) -> Iterator[list[Proxy]]:
-    if redis_server_url is None:
-        pytest.skip("no Redis server (JOBS_TEST_REDIS_URL unset and no redis-server binary)")
-    env = {
-        "JOBS_REDIS_URL": redis_server_url,
-        "JOBS_REDIS_PREFIX": redis_prefix,
-        "JOBS_IDLE_TIMEOUT_S": "10",
-        "JOBS_REAPER_INTERVAL_S": "0.2",
-    }
-    first = start_proxy(database_url, env=env, wait=False)
-    second = start_proxy(database_url, env=env, wait=False)
-    first.wait_ready()
-    second.wait_ready()
+    request: pytest.FixtureRequest,
+    start_proxy: Callable[..., Proxy],
+    database_url: str,
+    redis_server_url: str | None,
+    redis_prefix: str,
+) -> list[Proxy]:
+    """Two replicas on one database: holds in Redis, or (no Redis) in PostgreSQL — the first replica
+    starts alone and decides in memory, and hands over to PostgreSQL when the second one arrives."""
+    env = {"JOBS_IDLE_TIMEOUT_S": "10", "JOBS_REAPER_INTERVAL_S": "0.2"}
+    if request.param == "redis":
+        if redis_server_url is None:
+            pytest.skip("no Redis server (JOBS_TEST_REDIS_URL unset and no redis-server binary)")
+        env |= {"JOBS_REDIS_URL": redis_server_url, "JOBS_REDIS_PREFIX": redis_prefix}
+    first = start_proxy(database_url, env=env)
+    second = start_proxy(database_url, env=env)
+    if request.param == "postgres":
+        wait_for(
+            lambda: "moving credits to PostgreSQL" in first.log_path.read_text(errors="replace"),
+            timeout=30,
+            what="the first replica to hand its credits over",
+        )
     return [first, second]
 
 

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from litellm_jobs_plugin.credits import CreditService, PostgresCredits, RedisCredits
 from litellm_jobs_plugin.credits.base import CreditBackend
+from litellm_jobs_plugin.credits.local import LocalCredits, SharedPostgresCredits, choose_backend
 from litellm_jobs_plugin.errors import InsufficientCredits, JobClosed, JobsError
 from litellm_jobs_plugin.models import CallContext, JobStatus
 from litellm_jobs_plugin.settings import Settings
@@ -24,7 +25,6 @@ from tests.conftest import REDIS_TEST_PREFIX, query
 
 PRICES = {"cheap": Decimal(1), "big": Decimal(2)}
 _run = itertools.count()
-
 
 
 def ctx(team: str, job: str, job_type: str, single_call: bool = False) -> CallContext:
@@ -70,7 +70,7 @@ class Model:
         return "closed"
 
 
-Backend = Callable[[PostgresStore, str], Awaitable[CreditBackend]]
+Backend = Callable[[PostgresStore, Writer, str], Awaitable[CreditBackend]]
 
 
 async def run_workload(database_url: str, make_backend: Backend, ops: list[tuple[Any, ...]]) -> None:
@@ -80,7 +80,7 @@ async def run_workload(database_url: str, make_backend: Backend, ops: list[tuple
     await store.open()
     writer = Writer(store)
     writer.start()
-    backend = await make_backend(store, f"run{run}")
+    backend = await make_backend(store, writer, f"run{run}")
     credits = CreditService(Settings(job_prices=PRICES, default_price=Decimal(1)), store, writer, backend)
     model = Model()
     try:
@@ -172,19 +172,26 @@ OPS = st.lists(
 
 
 def backends(redis_server_url: str | None) -> dict[str, Backend]:
-    async def pg(store: PostgresStore, prefix: str) -> CreditBackend:
+    async def pg(store: PostgresStore, writer: Writer, prefix: str) -> CreditBackend:
         return PostgresCredits(store)
 
-    async def rd(store: PostgresStore, prefix: str) -> CreditBackend:
+    async def local(store: PostgresStore, writer: Writer, prefix: str) -> CreditBackend:
+        # Alone on its database, a process decides in memory; a second one makes it hand over.
+        return await choose_backend(store, writer, store.url)
+
+    async def rd(store: PostgresStore, writer: Writer, prefix: str) -> CreditBackend:
         assert redis_server_url is not None
         b = RedisCredits(redis_server_url, store, prefix=f"{REDIS_TEST_PREFIX}-{prefix}")
         await b.load_accounts()
         return b
 
-    return {"postgres": pg, "redis": rd} if redis_server_url else {"postgres": pg}
+    found: dict[str, Backend] = {"postgres": pg, "local": local}
+    if redis_server_url:
+        found["redis"] = rd
+    return found
 
 
-@pytest.mark.parametrize("backend_name", ["postgres", "redis"])
+@pytest.mark.parametrize("backend_name", ["postgres", "local", "redis"])
 def test_random_workloads_keep_every_invariant(
     database_url: str, redis_server_url: str | None, backend_name: str
 ) -> None:
@@ -200,7 +207,7 @@ def test_random_workloads_keep_every_invariant(
     check()
 
 
-@pytest.mark.parametrize("backend_name", ["postgres", "redis"])
+@pytest.mark.parametrize("backend_name", ["postgres", "local", "redis"])
 def test_concurrent_opens_never_overspend(database_url: str, redis_server_url: str | None, backend_name: str) -> None:
     available = backends(redis_server_url)
     if backend_name not in available:
@@ -214,7 +221,7 @@ def test_concurrent_opens_never_overspend(database_url: str, redis_server_url: s
         for w in writers:
             w.start()
         services = [
-            CreditService(Settings(), s, w, await available[backend_name](s, "conc"))
+            CreditService(Settings(), s, w, await available[backend_name](s, w, "conc"))
             for s, w in zip(stores, writers, strict=True)
         ]
         try:
@@ -245,7 +252,7 @@ def test_concurrent_opens_never_overspend(database_url: str, redis_server_url: s
     asyncio.run(main())
 
 
-@pytest.mark.parametrize("backend_name", ["postgres", "redis"])
+@pytest.mark.parametrize("backend_name", ["postgres", "local", "redis"])
 def test_the_reaper_expires_idle_jobs_once_and_releases_their_holds(
     database_url: str, redis_server_url: str | None, backend_name: str
 ) -> None:
@@ -261,7 +268,8 @@ def test_the_reaper_expires_idle_jobs_once_and_releases_their_holds(
         settings_ = Settings(idle_timeout_s=0.3)
         # Two replicas' reapers on the same jobs: each job is expired exactly once.
         services = [
-            CreditService(settings_, store, writer, await available[backend_name](store, "reap")) for _ in range(2)
+            CreditService(settings_, store, writer, await available[backend_name](store, writer, "reap"))
+            for _ in range(2)
         ]
         try:
             await services[0].grant("reap", Decimal(5), kind="grant", idempotency_key="g")
@@ -293,5 +301,67 @@ def test_the_reaper_expires_idle_jobs_once_and_releases_their_holds(
             for svc in services:
                 await svc.aclose()
             await store.close()
+
+    asyncio.run(main())
+
+
+def test_an_in_process_replica_hands_over_when_a_second_process_arrives(database_url: str) -> None:
+    async def main() -> None:
+        stores = [PostgresStore(database_url, max_size=8) for _ in range(2)]
+        for s in stores:
+            await s.open()
+        writers = [Writer(s) for s in stores]
+        for w in writers:
+            w.start()
+        first = await choose_backend(stores[0], writers[0], database_url)
+        assert isinstance(first, LocalCredits)
+        one = CreditService(Settings(), stores[0], writers[0], first)
+        try:
+            await one.grant("solo", Decimal(10), kind="grant", idempotency_key="g")
+            for i in range(4):
+                await one.admit_call(ctx("solo", f"early-{i}", "cheap"))
+            await one.close_job("solo", "early-0", JobStatus.COMPLETED)
+            assert first.mode == "in-process"
+
+            second = await choose_backend(stores[1], writers[1], database_url)
+            assert isinstance(second, SharedPostgresCredits)
+            two = CreditService(Settings(), stores[1], writers[1], second)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 20
+            while first.mode == "in-process":
+                assert loop.time() < deadline, "the in-process replica did not hand over"
+                await asyncio.sleep(0.05)
+
+            async def attempt(i: int) -> bool:
+                try:
+                    await (one, two)[i % 2].admit_call(ctx("solo", f"late-{i}", "cheap", single_call=True))
+                    return True
+                except InsufficientCredits:
+                    return False
+
+            results = await asyncio.gather(*(attempt(i) for i in range(60)))
+            assert sum(results) == 6  # 10 granted - 1 charged - 3 still held
+            # The jobs opened in memory are known to PostgreSQL now: the other process closes them.
+            closure = await two.close_job("solo", "early-1", JobStatus.FAILED)
+            assert closure is not None
+            assert closure.hold == 1
+            with pytest.raises(JobClosed):
+                await two.close_job("solo", "early-0", JobStatus.FAILED)
+            with pytest.raises(JobClosed):
+                await two.admit_call(ctx("solo", "early-0", "cheap"))
+            for w in writers:
+                await w.flush()
+            for svc in (one, two):
+                balance = await svc.balance("solo")
+                assert (balance.credits_remaining, balance.credits_held, balance.credits_charged) == (1, 8, 1)
+            (row,) = query(database_url, "SELECT * FROM credit_accounts WHERE team_id = 'solo'")
+            assert (row["credits_remaining"], row["credits_held"], row["credits_charged"]) == (1, 8, 1)
+            await two.aclose()
+        finally:
+            for w in writers:
+                await w.aclose()
+            await one.aclose()
+            for s in stores:
+                await s.close()
 
     asyncio.run(main())

@@ -304,3 +304,29 @@ FROM jobs WHERE team_id = %(team_id)s AND job_id = %(job_id)s;
 UPDATE jobs SET result = coalesce(%(result)s::jsonb, result),
                 error_message = coalesce(%(error_message)s, error_message), updated_at = now()
 WHERE team_id = %(team_id)s AND job_id = %(job_id)s;
+
+-- name: authority_try_exclusive
+SELECT pg_try_advisory_lock(%(key)s);
+
+-- name: authority_shared
+SELECT pg_advisory_lock_shared(%(key)s);
+
+-- name: authority_unlock
+SELECT pg_advisory_unlock(%(key)s);
+
+-- name: authority_waiters
+-- Processes waiting for the credits authority lock (a bigint key shows as classid<<32 | objid).
+SELECT count(*) FROM pg_locks
+WHERE locktype = 'advisory' AND NOT granted AND objsubid = 1
+  AND ((classid::bigint << 32) | objid::bigint) = %(key)s;
+
+-- name: open_jobs
+SELECT team_id, job_id, job_type, status, credits_held, admitted_calls, max_calls, max_cost_usd,
+       total_cost_usd, last_activity_at
+FROM jobs WHERE status IN ('pending', 'in_progress');
+
+-- name: sync_open_jobs
+-- Hands in-process job counters to PostgreSQL when an in-process replica demotes itself.
+UPDATE jobs j SET admitted_calls = greatest(j.admitted_calls, t.calls), last_activity_at = now()
+FROM unnest(%(team_ids)s::text[], %(job_ids)s::text[], %(calls)s::integer[]) AS t(team_id, job_id, calls)
+WHERE j.team_id = t.team_id AND j.job_id = t.job_id;

@@ -1,0 +1,413 @@
+"""Credits held in this process's memory, while it provably is the only one using the database.
+
+The process holds an exclusive PostgreSQL advisory lock (:class:`Authority`); every process that
+decides credits in PostgreSQL holds the same lock in shared mode, so the two modes never run side
+by side. The state is loaded from PostgreSQL when the lock is taken; decisions are plain Python on
+dicts, atomic because they never await; ledger entries reach PostgreSQL through the writer.
+
+When another process asks for the shared lock (a second replica, ``--num_workers``), this process
+*demotes itself*: it writes what it has buffered, hands its job counters to PostgreSQL, switches
+to PostgreSQL mode and takes the lock in shared mode. Calls arriving during the switch wait for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+
+from ..errors import StoreUnavailable
+from ..models import Balance, JobStatus
+from ..store.postgres import PostgresStore
+from ..store.sql import query
+from ..writer import Writer
+from . import rules
+from .base import Admission, Closure, CreditBackend, OpenJob
+from .postgres import PostgresCredits
+
+_log = logging.getLogger(__name__)
+_OPEN = (JobStatus.PENDING, JobStatus.IN_PROGRESS)
+#: The advisory lock key of "who decides credits" (positive, so pg_locks shows it as classid<<32|objid).
+AUTHORITY_LOCK_KEY = 0x2F1C_8E0B_6A41_93D7
+
+
+@dataclass(slots=True)
+class _Account:
+    avail: Decimal
+    held: Decimal
+    grants: set[int]
+
+
+@dataclass(slots=True)
+class _Job:
+    state: JobStatus
+    job_type: str
+    hold: Decimal
+    calls: int
+    max_calls: int | None
+    max_cost: Decimal | None
+    cost: Decimal
+    last: float
+    closed_at: float = 0.0
+
+
+class Authority:
+    """The advisory lock that decides between in-process and PostgreSQL credits."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+
+    async def _connection(self) -> psycopg.AsyncConnection[Any]:
+        if self._conn is None or self._conn.closed:
+            self._conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
+        return self._conn
+
+    async def _one(self, name: str) -> Any:
+        conn = await self._connection()
+        row = await (await conn.execute(query(name), {"key": AUTHORITY_LOCK_KEY})).fetchone()
+        return row[0] if row else None
+
+    async def try_exclusive(self) -> bool:
+        return bool(await self._one("authority_try_exclusive"))
+
+    async def shared(self) -> None:
+        """Wait for the lock in shared mode (an exclusive holder sees this process waiting)."""
+        await self._one("authority_shared")
+
+    async def release_exclusive_for_shared(self) -> None:
+        # Shared first, then drop exclusive: the lock is never free for another exclusive taker.
+        await self._one("authority_shared")
+        await self._one("authority_unlock")
+
+    async def waiters(self) -> int:
+        return int(await self._one("authority_waiters") or 0)
+
+    async def aclose(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+
+
+class LocalCredits:
+    """In-process credits for a single replica (see the module docstring)."""
+
+    emits_ledger = True
+
+    def __init__(
+        self,
+        store: PostgresStore,
+        writer: Writer,
+        authority: Authority,
+        *,
+        closed_ttl_s: float = 7 * 24 * 3600,
+        max_closed: int = 100_000,
+        watch_s: float = 0.5,
+    ) -> None:
+        self.store = store
+        self.writer = writer
+        self.authority = authority
+        self.closed_ttl_s = closed_ttl_s
+        self.max_closed = max_closed
+        self.watch_s = watch_s
+        self._accounts: dict[str, _Account] = {}
+        self._jobs: dict[tuple[str, str], _Job] = {}
+        self._closed: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._delegate: PostgresCredits | None = None  # set once demoted
+        self._switching: asyncio.Event | None = None
+        self._watcher: asyncio.Task[None] | None = None
+
+    @property
+    def mode(self) -> str:
+        return "postgres (demoted)" if self._delegate is not None else "in-process"
+
+    async def load(self) -> None:
+        """Load balances and open jobs from PostgreSQL (the exclusive lock is held)."""
+        for row in await self.store.fetch_all("account_snapshot", {"team_id": None}):
+            self._accounts[row["team_id"]] = _Account(
+                row["credits_remaining"], row["credits_held"], set(row["grant_ids"])
+            )
+        for row in await self.store.fetch_all("open_jobs", {}):
+            self._jobs[(row["team_id"], row["job_id"])] = _Job(
+                state=JobStatus(row["status"]),
+                job_type=row["job_type"],
+                hold=row["credits_held"],
+                calls=row["admitted_calls"],
+                max_calls=row["max_calls"],
+                max_cost=row["max_cost_usd"],
+                cost=row["total_cost_usd"],
+                last=row["last_activity_at"].timestamp(),
+            )
+        self._watcher = asyncio.get_running_loop().create_task(self._watch(), name="litellm-jobs-authority")
+
+    async def _watch(self) -> None:
+        while self._delegate is None:
+            await asyncio.sleep(self.watch_s)
+            try:
+                waiting = await self.authority.waiters()
+            except psycopg.Error:
+                # The lock's connection is gone, and the lock with it: another process may take it.
+                # Stop deciding in memory at once; PostgreSQL mode answers 503 until the database is back.
+                _log.error("litellm-jobs: lost the credits authority lock; moving credits to PostgreSQL")
+                self._delegate = PostgresCredits(self.store)
+                return
+            if waiting:
+                await self.demote()
+
+    async def demote(self) -> None:
+        """Hand the credit decisions to PostgreSQL so other processes can share them."""
+        if self._delegate is not None or self._switching is not None:
+            return
+        self._switching = asyncio.Event()
+        try:
+            _log.warning("litellm-jobs: another process uses this database; moving credits to PostgreSQL")
+            await self.writer.flush()  # every hold/capture/release entry is in the ledger now
+            open_jobs = [(k, j) for k, j in self._jobs.items() if j.state in _OPEN]
+            if open_jobs:
+                await self.store.fetch_all(
+                    "sync_open_jobs",
+                    {
+                        "team_ids": [k[0] for k, _ in open_jobs],
+                        "job_ids": [k[1] for k, _ in open_jobs],
+                        "calls": [j.calls for _, j in open_jobs],
+                    },
+                )
+            self._delegate = PostgresCredits(self.store)
+            await self.authority.release_exclusive_for_shared()
+            self._accounts.clear()
+            self._jobs.clear()
+        finally:
+            self._switching.set()
+            self._switching = None
+
+    async def _ready(self) -> PostgresCredits | None:
+        if self._switching is not None:
+            await self._switching.wait()
+        return self._delegate
+
+    def _account(self, team_id: str) -> _Account:
+        account = self._accounts.get(team_id)
+        if account is None:
+            account = self._accounts[team_id] = _Account(Decimal(0), Decimal(0), set())
+        return account
+
+    def _forget_closed(self, now: float) -> None:
+        while self._closed:
+            key = next(iter(self._closed))
+            job = self._jobs.get(key)
+            if len(self._closed) <= self.max_closed and job is not None and now - job.closed_at < self.closed_ttl_s:
+                break
+            self._closed.popitem(last=False)
+            self._jobs.pop(key, None)
+
+    async def open_job(self, request: OpenJob) -> Admission:
+        delegate = await self._ready()
+        if delegate is not None:
+            return await delegate.open_job(request)
+        # From here to the return nothing awaits: the decision is atomic within the process.
+        now = time.time()
+        key = (request.team_id, request.job_id)
+        account = self._account(request.team_id)
+        job = self._jobs.get(key)
+        if job is not None:
+            if job.state not in _OPEN:
+                raise rules.closed(request.job_id, job.state.value)
+            if request.requested_type is not None and request.requested_type != job.job_type:
+                raise rules.type_mismatch(request.job_id, job.job_type, request.requested_type)
+            if not request.create_only and request.count_call:
+                if job.max_calls is not None and job.calls >= job.max_calls:
+                    raise rules.over_calls(request.job_id, job.max_calls)
+                if job.max_cost is not None and job.cost >= job.max_cost:
+                    raise rules.over_cost(request.job_id, job.max_cost)
+                job.calls += 1
+                job.state = JobStatus.IN_PROGRESS
+            job.last = now
+            return Admission(
+                created=False, status=job.state, job_type=job.job_type, hold=job.hold, credits_remaining=account.avail
+            )
+        if account.avail < request.price:
+            raise rules.insufficient(request.team_id, request.price, account.avail)
+        account.avail -= request.price
+        account.held += request.price
+        status = JobStatus.IN_PROGRESS if request.count_call else JobStatus.PENDING
+        self._jobs[key] = _Job(
+            state=status,
+            job_type=request.new_type,
+            hold=request.price,
+            calls=int(request.count_call),
+            max_calls=request.caps.max_calls,
+            max_cost=request.caps.max_cost_usd,
+            cost=Decimal(0),
+            last=now,
+        )
+        return Admission(
+            created=True, status=status, job_type=request.new_type, hold=request.price, credits_remaining=account.avail
+        )
+
+    async def close_job(
+        self, team_id: str, job_id: str, status: JobStatus, *, idle_cutoff_s: float | None = None
+    ) -> Closure | None:
+        delegate = await self._ready()
+        if delegate is not None:
+            return await delegate.close_job(team_id, job_id, status, idle_cutoff_s=idle_cutoff_s)
+        now = time.time()
+        job = self._jobs.get((team_id, job_id))
+        if job is None:
+            return None
+        account = self._account(team_id)
+        if job.state not in _OPEN:
+            if job.state is not status:
+                raise rules.conflict(job_id, job.state.value)
+            return Closure(
+                status=status,
+                repeated=True,
+                job_type=job.job_type,
+                hold=job.hold,
+                admitted_calls=job.calls,
+                credits_remaining=account.avail,
+            )
+        if idle_cutoff_s is not None and job.last > now - idle_cutoff_s:
+            return None
+        account.held -= job.hold
+        if status is not JobStatus.COMPLETED:
+            account.avail += job.hold
+        job.state, job.closed_at = status, now
+        self._closed[(team_id, job_id)] = None
+        self._forget_closed(now)
+        return Closure(
+            status=status,
+            repeated=False,
+            job_type=job.job_type,
+            hold=job.hold,
+            admitted_calls=job.calls,
+            credits_remaining=account.avail,
+        )
+
+    async def grant(
+        self, team_id: str, amount: Decimal, *, kind: str, idempotency_key: str, note: str | None
+    ) -> Balance:
+        delegate = await self._ready()
+        if delegate is not None:
+            return await delegate.grant(team_id, amount, kind=kind, idempotency_key=idempotency_key, note=note)
+        entry_id = await self.store.grant(team_id, amount, kind=kind, idempotency_key=idempotency_key, note=note)
+        if self._delegate is None:
+            account = self._account(team_id)
+            if entry_id not in account.grants:
+                account.grants.add(entry_id)
+                account.avail += amount
+        return await self.balance(team_id)
+
+    async def balance(self, team_id: str) -> Balance:
+        delegate = await self._ready()
+        if delegate is not None:
+            return await delegate.balance(team_id)
+        durable = await self.store.balance(team_id)
+        account = self._account(team_id)
+        return Balance(
+            team_id=team_id,
+            credits_allocated=durable.credits_allocated,
+            credits_remaining=account.avail,
+            credits_held=account.held,
+            credits_charged=durable.credits_allocated - account.avail - account.held,
+        )
+
+    async def idle_jobs(self, idle_s: float, limit: int) -> list[tuple[str, str]]:
+        delegate = await self._ready()
+        if delegate is not None:
+            return await delegate.idle_jobs(idle_s, limit)
+        cutoff = time.time() - idle_s
+        return [k for k, j in self._jobs.items() if j.state in _OPEN and j.last < cutoff][:limit]
+
+    async def add_cost(self, team_id: str, job_id: str, cost_usd: Decimal) -> None:
+        delegate = await self._ready()
+        if delegate is not None:
+            return await delegate.add_cost(team_id, job_id, cost_usd)
+        job = self._jobs.get((team_id, job_id))
+        if job is not None:
+            job.cost += cost_usd
+            if job.state in _OPEN:
+                job.last = time.time()
+        return None
+
+    async def aclose(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
+        await self.authority.aclose()
+
+
+class SharedPostgresCredits(PostgresCredits):
+    """PostgreSQL credits for a process that shares the database: holds the authority lock shared.
+
+    Until the lock is granted (an in-process replica is still demoting itself), decisions wait for
+    it, at most ``wait_s``, then answer ``503 jobs_store_unavailable``.
+    """
+
+    def __init__(self, store: PostgresStore, authority: Authority, *, wait_s: float = 10.0) -> None:
+        super().__init__(store)
+        self.authority = authority
+        self.wait_s = wait_s
+        self._granted = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._take(), name="litellm-jobs-authority")
+
+    async def _take(self) -> None:
+        await self.authority.shared()
+        self._granted.set()
+
+    async def _wait(self) -> None:
+        if self._granted.is_set():
+            return
+        try:
+            await asyncio.wait_for(self._granted.wait(), timeout=self.wait_s)
+        except TimeoutError as exc:
+            raise StoreUnavailable("Another process is handing over the credit decisions; retry shortly.") from exc
+
+    async def open_job(self, request: OpenJob) -> Admission:
+        await self._wait()
+        return await super().open_job(request)
+
+    async def close_job(
+        self, team_id: str, job_id: str, status: JobStatus, *, idle_cutoff_s: float | None = None
+    ) -> Closure | None:
+        await self._wait()
+        return await super().close_job(team_id, job_id, status, idle_cutoff_s=idle_cutoff_s)
+
+    async def grant(
+        self, team_id: str, amount: Decimal, *, kind: str, idempotency_key: str, note: str | None
+    ) -> Balance:
+        await self._wait()
+        return await super().grant(team_id, amount, kind=kind, idempotency_key=idempotency_key, note=note)
+
+    async def aclose(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._task
+        await self.authority.aclose()
+
+
+async def choose_backend(store: PostgresStore, writer: Writer, url: str, **local: Any) -> CreditBackend:
+    """In-process credits if this process gets the authority lock alone, else shared PostgreSQL."""
+    authority = Authority(url)
+    if await authority.try_exclusive():
+        backend = LocalCredits(store, writer, authority, **local)
+        await backend.load()
+        return backend
+    return SharedPostgresCredits(store, authority)
+
+
+def describe(backend: CreditBackend) -> str:
+    """Where credit decisions are made, for logs and the health route."""
+    if isinstance(backend, LocalCredits):
+        return backend.mode
+    if isinstance(backend, SharedPostgresCredits):
+        return "postgres (shared)"
+    return type(backend).__name__.removesuffix("Credits").lower()
