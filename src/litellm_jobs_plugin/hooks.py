@@ -24,7 +24,7 @@ from .credits.local import choose_backend, describe
 from .errors import JobsError, StoreUnavailable, to_proxy_exception
 from .jobs import Caller, decide_call
 from .metadata import parse_job_tag
-from .models import CallContext, CallStatus, JobStatus
+from .models import CallStatus, JobStatus
 from .settings import Settings
 from .store.embedded import EmbeddedPostgres
 from .store.postgres import PostgresStore
@@ -257,10 +257,9 @@ class JobsPlugin(CustomLogger):
         traceback_str: str | None = None,
     ) -> Any:
         """The request failed for good (after fallbacks): a single-call job fails, its hold released."""
-        stash = adapter.litellm_metadata(request_data).get(adapter.STASH_KEY)
-        if not isinstance(stash, dict):
-            return None  # rejected before admission (by us): nothing was held
-        context = CallContext.from_stash(stash)
+        context = adapter.stash_of_request(request_data)
+        if context is None:
+            return None  # rejected before admission (by us or by LiteLLM's auth): nothing was held
         if context.single_call and context.job_key is not None:
             try:
                 await (await self.credits()).close_job(
@@ -278,11 +277,8 @@ class JobsPlugin(CustomLogger):
         request_headers: dict[str, str] | None = None,
         litellm_call_info: dict[str, Any] | None = None,
     ) -> dict[str, str] | None:
-        stash = adapter.litellm_metadata(data).get(adapter.STASH_KEY)
-        if not isinstance(stash, dict):
-            return None
-        context = CallContext.from_stash(stash)
-        if context.job_id is None:
+        context = adapter.stash_of_request(data)
+        if context is None or context.job_id is None:
             return None
         status = "in_progress"
         if context.single_call:

@@ -7,6 +7,8 @@ are listed in ``../shared/LITELLM-NOTES.md`` and covered by ``tests/contract``.
 from __future__ import annotations
 
 import hashlib
+import hmac
+import secrets
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -20,6 +22,12 @@ from .models import CallContext, CallEvent, CallStatus
 STASH_KEY = "litellm_jobs"
 #: LiteLLM keeps its own per-request fields under one of these keys of ``data``.
 _METADATA_KEYS = ("litellm_metadata", "metadata")
+#: A request is handled by one process from its pre-call hook to its last logging event, so a stash
+#: is trusted only if it carries this process's secret. A stash in a body that never went through our
+#: pre-call hook (LiteLLM passes the raw body to failure hooks when its auth rejects a request) is
+#: ignored, whatever it says.
+_STASH_SECRET = secrets.token_hex(16)
+_SECRET_FIELD = "_secret"
 
 
 def litellm_metadata(data: dict[str, Any]) -> dict[str, Any]:
@@ -63,7 +71,28 @@ def pop_stash(data: dict[str, Any]) -> None:
 
 
 def put_stash(data: dict[str, Any], context: CallContext) -> None:
-    litellm_metadata(data)[STASH_KEY] = context.to_stash()
+    litellm_metadata(data)[STASH_KEY] = {**context.to_stash(), _SECRET_FIELD: _STASH_SECRET}
+
+
+def read_stash(meta: object) -> CallContext | None:
+    """The CallContext this process's pre-call hook left in ``meta``, or None (absent or forged)."""
+    if not isinstance(meta, dict):
+        return None
+    stash = meta.get(STASH_KEY)
+    if not isinstance(stash, dict):
+        return None
+    secret = stash.get(_SECRET_FIELD)
+    if not isinstance(secret, str) or not hmac.compare_digest(secret, _STASH_SECRET):
+        return None
+    return CallContext.from_stash(stash)
+
+
+def stash_of_request(data: dict[str, Any]) -> CallContext | None:
+    for key in _METADATA_KEYS:
+        context = read_stash(data.get(key))
+        if context is not None:
+            return context
+    return None
 
 
 def add_request_tag(data: dict[str, Any], tag: str) -> None:
@@ -98,11 +127,9 @@ def _stash_of(kwargs: Mapping[str, Any]) -> CallContext | None:
     if not isinstance(params, dict):
         return None
     for key in _METADATA_KEYS:
-        meta = params.get(key)
-        if isinstance(meta, dict):
-            stash = meta.get(STASH_KEY)
-            if isinstance(stash, dict):
-                return CallContext.from_stash(stash)
+        context = read_stash(params.get(key))
+        if context is not None:
+            return context
     return None
 
 

@@ -57,6 +57,8 @@ def check_job_metadata(value: object, *, param: str = "metadata.job_metadata") -
         size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
     except (TypeError, ValueError) as exc:
         raise InvalidJobMetadata(f"{param} must be plain JSON.", param=param) from exc
+    if "\\u0000" in json.dumps(value):
+        raise InvalidJobMetadata(f"{param} must not contain NUL characters (\\u0000).", param=param)
     if size > MAX_JOB_METADATA_BYTES:
         raise InvalidJobMetadata(
             f"{param} is {size} bytes of JSON; at most {MAX_JOB_METADATA_BYTES} are kept.", param=param

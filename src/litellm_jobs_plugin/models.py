@@ -224,9 +224,15 @@ class LedgerEntry:
         return self.idempotency_key
 
 
-def ledger_key(kind: LedgerKind, team_id: str, job_id: str) -> str:
-    """The idempotency key of a job's hold/capture/release (length-prefixed: ids may hold ':')."""
-    return f"{kind.value}:{len(team_id)}:{team_id}:{job_id}"
+def ledger_key(kind: LedgerKind, team_id: str, job_id: str, incarnation: str = "") -> str:
+    """The idempotency key of a job's hold/capture/release (length-prefixed: ids may hold ':').
+
+    ``incarnation`` tells apart two openings of one job id: Redis and the in-process backend forget
+    closed jobs after JOBS_CLOSED_JOB_TTL_S, and a job id used again after that opens a new job, whose
+    entries must not collide with the old one's (job ids never hold '@').
+    """
+    key = f"{kind.value}:{len(team_id)}:{team_id}:{job_id}"
+    return f"{key}@{incarnation}" if incarnation else key
 
 
 @dataclass(frozen=True, slots=True)

@@ -88,6 +88,9 @@ async def json_object_body(request: Request) -> dict[str, Any]:
         raise to_proxy_exception(InvalidJobMetadata(f"The body is over {MAX_BODY_BYTES} bytes.", param="body"))
     if not raw.strip():
         return {}
+    if b"\\u0000" in raw or b"\x00" in raw:
+        # PostgreSQL text and jsonb cannot hold NUL: refuse it here rather than fail later.
+        raise to_proxy_exception(InvalidJobMetadata("The body must not contain NUL characters.", param="body"))
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):

@@ -229,3 +229,40 @@ def test_jobs_are_listed_newest_first_with_a_cursor(shared_proxy: Proxy) -> None
     assert len(seen) == 5
     assert all(j["status"] == "pending" for j in get(shared_proxy, f"/api/jobs?job_type={kind}").json()["jobs"])
     assert error_of(get(shared_proxy, "/api/jobs?status=bogus")) == (400, "invalid_job_metadata", "400")
+
+
+def test_a_forged_stash_in_a_rejected_request_changes_nothing(
+    shared_proxy: Proxy, upstream: FakeUpstream, module_database_url: str
+) -> None:
+    job = post(shared_proxy, "/api/jobs/create", {"job_type": "victim"}).json()
+    state = snapshot(shared_proxy, module_database_url, upstream)
+    forged = {
+        "job_id": job["job_id"],
+        "team_id": "team-a",
+        "job_type": "victim",
+        "single_call": True,
+        "_secret": "guess",
+    }
+    r = httpx.post(
+        f"{shared_proxy.url}/chat/completions",
+        headers={"Authorization": "Bearer sk-wrong"},
+        json={"model": "ChatAgent", "messages": MESSAGES, "metadata": {"litellm_jobs": forged}},
+        timeout=30,
+    )
+    assert r.status_code == 401
+    assert snapshot(shared_proxy, module_database_url, upstream) == state
+    assert get(shared_proxy, f"/api/jobs/{job['job_id']}").json()["status"] == "pending"
+
+
+def test_nul_characters_are_400s(shared_proxy: Proxy, upstream: FakeUpstream, module_database_url: str) -> None:
+    state = snapshot(shared_proxy, module_database_url, upstream)
+    expect_openai_error(
+        lambda: client(shared_proxy).chat.completions.create(
+            model="ChatAgent", messages=MESSAGES, extra_body=tag("nul-job", job_metadata={"x": "a\u0000b"})
+        ),
+        400,
+        "invalid_job_metadata",
+    )
+    r = post(shared_proxy, "/api/jobs/create", {"job_type": "nul", "metadata": {"x": "a\u0000b"}})
+    assert error_of(r) == (400, "invalid_job_metadata", "400")
+    assert snapshot(shared_proxy, module_database_url, upstream) == state

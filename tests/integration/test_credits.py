@@ -365,3 +365,32 @@ def test_an_in_process_replica_hands_over_when_a_second_process_arrives(database
                 await s.close()
 
     asyncio.run(main())
+
+
+def test_a_job_id_reused_after_it_was_forgotten_is_a_new_job_with_its_own_entries(database_url: str) -> None:
+    async def main() -> None:
+        store = PostgresStore(database_url)
+        await store.open()
+        writer = Writer(store)
+        writer.start()
+        backend = await choose_backend(store, writer, database_url, max_closed=0)  # forget closed jobs at once
+        assert isinstance(backend, LocalCredits)
+        credits = CreditService(Settings(), store, writer, backend)
+        try:
+            await credits.grant("reuse", Decimal(2), kind="grant", idempotency_key="g")
+            for outcome in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.COMPLETED):
+                await credits.admit_call(ctx("reuse", "same-id", "cheap"))
+                await credits.close_job("reuse", "same-id", outcome)
+            with pytest.raises(InsufficientCredits):
+                await credits.admit_call(ctx("reuse", "same-id", "cheap"))
+            await writer.flush()
+            (row,) = query(database_url, "SELECT * FROM (" + LEDGER_TOTALS + ") t WHERE team_id = 'reuse'")
+            assert (row["allocated"], row["charged"], row["held"]) == (2, 2, 0)
+            (account,) = query(database_url, "SELECT * FROM credit_accounts WHERE team_id = 'reuse'")
+            assert (account["credits_charged"], account["credits_held"], account["credits_remaining"]) == (2, 0, 0)
+        finally:
+            await writer.aclose()
+            await credits.aclose()
+            await store.close()
+
+    asyncio.run(main())

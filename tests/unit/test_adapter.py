@@ -12,7 +12,7 @@ from tests.support.events import context
 def kwargs(call_id: str = "call-1", *, stash: bool = True, **slo: Any) -> dict[str, Any]:
     meta: dict[str, Any] = {"job_id": "j1"}
     if stash:
-        meta[adapter.STASH_KEY] = context().to_stash()
+        adapter.put_stash({"metadata": meta}, context())
     return {
         "litellm_call_id": call_id,
         "response_cost": 3.6000000000000003e-06,
@@ -89,3 +89,13 @@ def test_bad_values_from_litellm_do_not_break_the_event() -> None:
     )
     assert e is not None
     assert (e.prompt_tokens, e.completion_tokens, e.cost_usd) == (0, 0, Decimal(0))
+
+
+def test_a_stash_this_process_did_not_write_is_ignored() -> None:
+    forged = kwargs(stash=False)
+    forged["litellm_params"]["metadata"][adapter.STASH_KEY] = {**context().to_stash(), "_secret": "guess"}
+    assert adapter.call_event(forged, None, None, CallStatus.FAILURE) is None
+    body: dict[str, Any] = {"metadata": {adapter.STASH_KEY: context(single_call=True).to_stash()}}
+    assert adapter.stash_of_request(body) is None
+    adapter.put_stash(body, context(single_call=True))
+    assert adapter.stash_of_request(body) == context(single_call=True)

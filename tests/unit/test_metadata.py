@@ -74,3 +74,8 @@ def test_metadata_must_be_an_object_and_is_optional() -> None:
     assert parse_job_tag({"other": 1}, {}).job_id is None
     with pytest.raises(InvalidJobMetadata, match="metadata must be a JSON object"):
         parse_job_tag(["job_id"], {})
+
+
+def test_nul_characters_are_refused_before_they_reach_postgresql() -> None:
+    with pytest.raises(InvalidJobMetadata, match="NUL"):
+        parse_job_tag({"job_id": "j", "job_metadata": {"note": "a\x00b"}}, {})

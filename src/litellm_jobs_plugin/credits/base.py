@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
@@ -45,6 +46,7 @@ class Admission:
     job_type: str
     hold: Decimal
     credits_remaining: Decimal
+    incarnation: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +57,7 @@ class Closure:
     hold: Decimal
     admitted_calls: int
     credits_remaining: Decimal | None
+    incarnation: str = ""
 
 
 class CreditBackend(Protocol):
@@ -82,6 +85,10 @@ class CreditBackend(Protocol):
 
     async def add_cost(self, team_id: str, job_id: str, cost_usd: Decimal) -> None:
         """A call of the job finished with this cost (activity for the reaper, spend for max_cost_usd)."""
+        ...
+
+    def closing(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """Brackets a closure and its durable write (the in-process backend's hand-over waits for it)."""
         ...
 
     async def aclose(self) -> None: ...

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -56,6 +57,7 @@ class _Job:
     cost: Decimal
     last: float
     closed_at: float = 0.0
+    incarnation: str = ""  # "" for jobs loaded from PostgreSQL (their entries have no suffix)
 
 
 class Authority:
@@ -122,6 +124,10 @@ class LocalCredits:
         self._closed: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._delegate: PostgresCredits | None = None  # set once demoted
         self._switching: asyncio.Event | None = None
+        self._draining: asyncio.Event | None = None
+        self._closes_in_flight = 0
+        self._no_closes = asyncio.Event()
+        self._no_closes.set()
         self._watcher: asyncio.Task[None] | None = None
 
     @property
@@ -144,6 +150,7 @@ class LocalCredits:
                 max_cost=row["max_cost_usd"],
                 cost=row["total_cost_usd"],
                 last=row["last_activity_at"].timestamp(),
+                incarnation=(row["hold_key"] or "").partition("@")[2],
             )
         self._watcher = asyncio.get_running_loop().create_task(self._watch(), name="litellm-jobs-authority")
 
@@ -151,23 +158,43 @@ class LocalCredits:
         while self._delegate is None:
             await asyncio.sleep(self.watch_s)
             try:
-                waiting = await self.authority.waiters()
-            except psycopg.Error:
-                # The lock's connection is gone, and the lock with it: another process may take it.
-                # Stop deciding in memory at once; PostgreSQL mode answers 503 until the database is back.
-                _log.error("litellm-jobs: lost the credits authority lock; moving credits to PostgreSQL")
-                self._delegate = PostgresCredits(self.store)
-                return
-            if waiting:
-                await self.demote()
+                lost = False
+                try:
+                    waiting = await self.authority.waiters()
+                except psycopg.Error:
+                    # The lock's connection is gone, and the lock with it: another process may take it.
+                    lost, waiting = True, 0
+                if lost or waiting:
+                    await self.demote(lock_lost=lost)
+            except Exception:
+                _log.exception("litellm-jobs: handing the credits over failed; retrying")
 
-    async def demote(self) -> None:
-        """Hand the credit decisions to PostgreSQL so other processes can share them."""
-        if self._delegate is not None or self._switching is not None:
-            return
-        self._switching = asyncio.Event()
+    @contextlib.asynccontextmanager
+    async def closing(self) -> AsyncIterator[None]:
+        """Brackets a closure and its durable write: a hand-over waits for those in flight."""
+        while self._draining is not None:
+            await self._draining.wait()
+        self._closes_in_flight += 1
+        self._no_closes.clear()
         try:
-            _log.warning("litellm-jobs: another process uses this database; moving credits to PostgreSQL")
+            yield
+        finally:
+            self._closes_in_flight -= 1
+            if self._closes_in_flight == 0:
+                self._no_closes.set()
+
+    async def demote(self, *, lock_lost: bool = False) -> None:
+        """Hand the credit decisions to PostgreSQL so other processes can share them."""
+        if self._delegate is not None or self._draining is not None:
+            return
+        self._draining = asyncio.Event()
+        try:
+            await self._no_closes.wait()  # closures already deciding finish their durable writes
+            self._switching = asyncio.Event()
+            _log.warning(
+                "litellm-jobs: %s; moving credits to PostgreSQL",
+                "lost the credits authority lock" if lock_lost else "another process uses this database",
+            )
             await self.writer.flush()  # every hold/capture/release entry is in the ledger now
             open_jobs = [(k, j) for k, j in self._jobs.items() if j.state in _OPEN]
             if open_jobs:
@@ -179,13 +206,20 @@ class LocalCredits:
                         "calls": [j.calls for _, j in open_jobs],
                     },
                 )
+            if lock_lost:
+                await self.authority.aclose()
+                await self.authority.shared()  # a fresh connection; waits out any new exclusive holder
+            else:
+                await self.authority.release_exclusive_for_shared()
             self._delegate = PostgresCredits(self.store)
-            await self.authority.release_exclusive_for_shared()
             self._accounts.clear()
             self._jobs.clear()
         finally:
-            self._switching.set()
-            self._switching = None
+            if self._switching is not None:
+                self._switching.set()
+                self._switching = None
+            self._draining.set()
+            self._draining = None
 
     async def _ready(self) -> PostgresCredits | None:
         if self._switching is not None:
@@ -230,13 +264,19 @@ class LocalCredits:
                 job.state = JobStatus.IN_PROGRESS
             job.last = now
             return Admission(
-                created=False, status=job.state, job_type=job.job_type, hold=job.hold, credits_remaining=account.avail
+                created=False,
+                status=job.state,
+                job_type=job.job_type,
+                hold=job.hold,
+                credits_remaining=account.avail,
+                incarnation=job.incarnation,
             )
         if account.avail < request.price:
             raise rules.insufficient(request.team_id, request.price, account.avail)
         account.avail -= request.price
         account.held += request.price
         status = JobStatus.IN_PROGRESS if request.count_call else JobStatus.PENDING
+        incarnation = str(time.time_ns())  # tells this opening from an earlier, forgotten one
         self._jobs[key] = _Job(
             state=status,
             job_type=request.new_type,
@@ -246,9 +286,15 @@ class LocalCredits:
             max_cost=request.caps.max_cost_usd,
             cost=Decimal(0),
             last=now,
+            incarnation=incarnation,
         )
         return Admission(
-            created=True, status=status, job_type=request.new_type, hold=request.price, credits_remaining=account.avail
+            created=True,
+            status=status,
+            job_type=request.new_type,
+            hold=request.price,
+            credits_remaining=account.avail,
+            incarnation=incarnation,
         )
 
     async def close_job(
@@ -272,6 +318,7 @@ class LocalCredits:
                 hold=job.hold,
                 admitted_calls=job.calls,
                 credits_remaining=account.avail,
+                incarnation=job.incarnation,
             )
         if idle_cutoff_s is not None and job.last > now - idle_cutoff_s:
             return None
@@ -288,6 +335,7 @@ class LocalCredits:
             hold=job.hold,
             admitted_calls=job.calls,
             credits_remaining=account.avail,
+            incarnation=job.incarnation,
         )
 
     async def grant(
@@ -374,6 +422,9 @@ class SharedPostgresCredits(PostgresCredits):
     async def open_job(self, request: OpenJob) -> Admission:
         await self._wait()
         return await super().open_job(request)
+
+    def closing(self) -> contextlib.AbstractAsyncContextManager[None]:
+        return contextlib.nullcontext()
 
     async def close_job(
         self, team_id: str, job_id: str, status: JobStatus, *, idle_cutoff_s: float | None = None

@@ -7,6 +7,7 @@ lock. The cost is a database round trip when a call is admitted.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from decimal import Decimal
 from typing import Any
@@ -179,6 +180,9 @@ class PostgresCredits:
 
     async def add_cost(self, team_id: str, job_id: str, cost_usd: Decimal) -> None:
         return None  # max_cost_usd is checked against the recorded aggregates
+
+    def closing(self) -> contextlib.AbstractAsyncContextManager[None]:
+        return contextlib.nullcontext()
 
     async def aclose(self) -> None:
         return None

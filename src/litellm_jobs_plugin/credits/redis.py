@@ -7,6 +7,7 @@ synchronously). Grants go to PostgreSQL first, then to Redis, at most once per l
 
 from __future__ import annotations
 
+import contextlib
 import time
 from decimal import Decimal
 from importlib import resources
@@ -144,6 +145,7 @@ class RedisCredits:
             job_type=result[2],
             hold=from_micro(result[4]),
             credits_remaining=from_micro(result[3]),
+            incarnation=result[6] if len(result) > 6 else "",
         )
 
     async def close_job(
@@ -168,6 +170,7 @@ class RedisCredits:
             hold=from_micro(result[2]),
             admitted_calls=int(result[3]),
             credits_remaining=from_micro(result[5]),
+            incarnation=result[6] if len(result) > 6 else "",
         )
 
     async def grant(
@@ -209,6 +212,9 @@ class RedisCredits:
             [self.keys.job(team_id, job_id), self.keys.open_jobs],
             [str(cost_usd), int(time.time() * 1000), self.keys.member(team_id, job_id)],
         )
+
+    def closing(self) -> contextlib.AbstractAsyncContextManager[None]:
+        return contextlib.nullcontext()
 
     async def aclose(self) -> None:
         await self.client.aclose()

@@ -9,7 +9,7 @@ import logging
 from decimal import Decimal
 from typing import Any
 
-from ..errors import JobClosed, JobNotFound
+from ..errors import JobClosed, JobNotFound, StoreUnavailable
 from ..models import Balance, CallContext, Job, JobCaps, JobStatus, LedgerEntry, LedgerKind, ledger_key
 from ..settings import Settings
 from ..store.postgres import PostgresStore
@@ -36,12 +36,14 @@ class CreditService:
         self.backend = backend
         self._reaper: asyncio.Task[None] | None = None
 
-    def _hold_entry(self, team_id: str, job_id: str, job_type: str, amount: Decimal, single_call: bool) -> LedgerEntry:
+    def _hold_entry(
+        self, team_id: str, job_id: str, job_type: str, amount: Decimal, single_call: bool, incarnation: str
+    ) -> LedgerEntry:
         return LedgerEntry(
             team_id=team_id,
             kind=LedgerKind.HOLD,
             amount=amount,
-            idempotency_key=ledger_key(LedgerKind.HOLD, team_id, job_id),
+            idempotency_key=ledger_key(LedgerKind.HOLD, team_id, job_id, incarnation),
             job_id=job_id,
             job_type=job_type,
             single_call=single_call,
@@ -68,7 +70,12 @@ class CreditService:
             # Off the request path: the hold becomes durable through the writer's buffer.
             await self.writer.put(
                 self._hold_entry(
-                    context.team_id, context.job_id, admission.job_type, admission.hold, context.single_call
+                    context.team_id,
+                    context.job_id,
+                    admission.job_type,
+                    admission.hold,
+                    context.single_call,
+                    admission.incarnation,
                 )
             )
         return admission
@@ -114,7 +121,9 @@ class CreditService:
                     "admitted_calls": 0,
                 },
             )
-            await self.store.apply_ledger([self._hold_entry(team_id, job_id, job_type, admission.hold, False)])
+            await self.store.apply_ledger(
+                [self._hold_entry(team_id, job_id, job_type, admission.hold, False, admission.incarnation)]
+            )
         job = await self.store.get_job(team_id, job_id)
         if job is None:  # pragma: no cover - the row was just written
             raise JobNotFound(f"Job {job_id!r} vanished while it was created.")
@@ -136,37 +145,43 @@ class CreditService:
         Raises JobClosed when the job is already closed with the other status; returns None for an
         unknown job (or one that was active again, for the reaper).
         """
-        closure = await self.backend.close_job(team_id, job_id, status, idle_cutoff_s=idle_cutoff_s)
-        if closure is None:
-            return None
-        if self.backend.emits_ledger:
-            # Make the closure durable now (a repeated close re-runs it harmlessly).
-            kind = LedgerKind.CAPTURE if status is JobStatus.COMPLETED else LedgerKind.RELEASE
-            await self.store.apply_ledger(
-                [
-                    self._hold_entry(team_id, job_id, closure.job_type, closure.hold, single_call),
+        async with self.backend.closing():
+            closure = await self.backend.close_job(team_id, job_id, status, idle_cutoff_s=idle_cutoff_s)
+            if closure is None:
+                return None
+            if self.backend.emits_ledger:
+                # Make the closure durable now (a repeated close re-runs it harmlessly).
+                kind = LedgerKind.CAPTURE if status is JobStatus.COMPLETED else LedgerKind.RELEASE
+                entries = [
+                    self._hold_entry(team_id, job_id, closure.job_type, closure.hold, single_call, closure.incarnation),
                     LedgerEntry(
                         team_id=team_id,
                         kind=kind,
                         amount=closure.hold,
                         job_id=job_id,
                         job_type=closure.job_type,
-                        idempotency_key=ledger_key(kind, team_id, job_id),
+                        idempotency_key=ledger_key(kind, team_id, job_id, closure.incarnation),
                     ),
                 ]
-            )
-            await self.store.fetch_all(
-                "close_job_row",
-                {
-                    "team_id": team_id,
-                    "job_id": job_id,
-                    "job_type": closure.job_type,
-                    "status": status.value,
-                    "single_call": single_call,
-                    "result": None,
-                    "error_message": None,
-                },
-            )
+                try:
+                    await self.store.apply_ledger(entries)
+                except StoreUnavailable:
+                    # The decision is made; the writer retries its record until PostgreSQL is back.
+                    for entry in entries:
+                        await self.writer.put(entry)
+                    raise
+                await self.store.fetch_all(
+                    "close_job_row",
+                    {
+                        "team_id": team_id,
+                        "job_id": job_id,
+                        "job_type": closure.job_type,
+                        "status": status.value,
+                        "single_call": single_call,
+                        "result": None,
+                        "error_message": None,
+                    },
+                )
         if result is not None or error_message is not None:
             await self.store.fetch_all(
                 "set_job_outcome",

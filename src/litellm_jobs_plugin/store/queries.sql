@@ -321,9 +321,17 @@ WHERE locktype = 'advisory' AND NOT granted AND objsubid = 1
   AND ((classid::bigint << 32) | objid::bigint) = %(key)s;
 
 -- name: open_jobs
-SELECT team_id, job_id, job_type, status, credits_held, admitted_calls, max_calls, max_cost_usd,
-       total_cost_usd, last_activity_at
-FROM jobs WHERE status IN ('pending', 'in_progress');
+-- With the idempotency key of each job's hold: its suffix is the opening (incarnation) the
+-- job's closing entries must name.
+SELECT j.team_id, j.job_id, j.job_type, j.status, j.credits_held, j.admitted_calls, j.max_calls,
+       j.max_cost_usd, j.total_cost_usd, j.last_activity_at, h.idempotency_key AS hold_key
+FROM jobs j
+LEFT JOIN LATERAL (
+    SELECT l.idempotency_key FROM credit_ledger l
+    WHERE l.team_id = j.team_id AND l.job_id = j.job_id AND l.kind = 'hold'
+    ORDER BY l.entry_id DESC LIMIT 1
+) h ON true
+WHERE j.status IN ('pending', 'in_progress');
 
 -- name: sync_open_jobs
 -- Hands in-process job counters to PostgreSQL when an in-process replica demotes itself.

@@ -9,9 +9,10 @@ end
 local hold = redis.call('HGET', job, 'hold') or '0'
 local calls = redis.call('HGET', job, 'calls') or '0'
 local jtype = redis.call('HGET', job, 'type') or ''
+local inc = redis.call('HGET', job, 'inc') or ''
 if state ~= 'pending' and state ~= 'in_progress' then
   if state == ARGV[1] then
-    return {'same', state, hold, calls, jtype, redis.call('HGET', acct, 'avail') or '0'}
+    return {'same', state, hold, calls, jtype, redis.call('HGET', acct, 'avail') or '0', inc}
   end
   return {'conflict', state, hold, calls, jtype}
 end
@@ -25,4 +26,4 @@ end
 redis.call('HSET', job, 'state', ARGV[1], 'closed_at', ARGV[2])
 redis.call('ZREM', open, ARGV[4])
 redis.call('EXPIRE', job, tonumber(ARGV[5]))
-return {'closed', ARGV[1], hold, calls, jtype, redis.call('HGET', acct, 'avail') or '0'}
+return {'closed', ARGV[1], hold, calls, jtype, redis.call('HGET', acct, 'avail') or '0', inc}

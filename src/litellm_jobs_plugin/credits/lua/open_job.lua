@@ -14,7 +14,8 @@ if state then
     return {'type_mismatch', state, jtype}
   end
   if ARGV[7] == '1' then
-    return {'exists', state, jtype, avail, redis.call('HGET', job, 'hold') or '0'}
+    return {'exists', state, jtype, avail, redis.call('HGET', job, 'hold') or '0', '0',
+            redis.call('HGET', job, 'inc') or ''}
   end
   if ARGV[8] == '1' then
     local calls = tonumber(redis.call('HGET', job, 'calls') or '0')
@@ -33,7 +34,8 @@ if state then
     redis.call('HSET', job, 'last', ARGV[1])
   end
   redis.call('ZADD', open, ARGV[1], ARGV[9])
-  return {'ok', state, jtype, avail, redis.call('HGET', job, 'hold') or '0', '0'}
+  return {'ok', state, jtype, avail, redis.call('HGET', job, 'hold') or '0', '0',
+          redis.call('HGET', job, 'inc') or ''}
 end
 if redis.call('HGET', acct, 'loaded') ~= '1' then
   return {'not_loaded'}
@@ -41,13 +43,14 @@ end
 local avail = tonumber(redis.call('HGET', acct, 'avail'))
 local price = tonumber(ARGV[4])
 if avail < price then
-  return {'insufficient', '', ARGV[3], tostring(avail)}
+  return {'insufficient', '', ARGV[3], string.format('%d', avail)}
 end
 redis.call('HINCRBY', acct, 'avail', -price)
 redis.call('HINCRBY', acct, 'held', price)
 local calls = 0
 if ARGV[8] == '1' then calls = 1 end
+-- 'inc' (the opening time) tells this opening of the job id from any earlier, forgotten one.
 redis.call('HSET', job, 'state', ARGV[10], 'type', ARGV[3], 'hold', price, 'calls', calls,
-           'max_calls', ARGV[5], 'max_cost', ARGV[6], 'cost', '0', 'last', ARGV[1])
+           'max_calls', ARGV[5], 'max_cost', ARGV[6], 'cost', '0', 'last', ARGV[1], 'inc', ARGV[1])
 redis.call('ZADD', open, ARGV[1], ARGV[9])
-return {'ok', ARGV[10], ARGV[3], tostring(avail - price), tostring(price), '1'}
+return {'ok', ARGV[10], ARGV[3], string.format('%d', avail - price), string.format('%d', price), '1', ARGV[1]}
