@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from .errors import Forbidden, JobIdRequired, TeamRequired
+from .metadata import JOB_ID_PATTERN
 from .models import CallContext, JobTag
 from .settings import Settings, UntaggedPolicy
 
@@ -33,7 +35,11 @@ def paying_team(tag: JobTag, caller: Caller) -> str | None:
 
 
 def single_call_job_id(call_id: str) -> str:
-    return f"call-{call_id}"
+    """The job id of an untagged call; LiteLLM's call ids are UUIDs, but a client may choose its own."""
+    job_id = f"call-{call_id}"
+    if JOB_ID_PATTERN.fullmatch(job_id):
+        return job_id
+    return f"call-h{hashlib.sha256(call_id.encode()).hexdigest()[:40]}"
 
 
 def decide_call(

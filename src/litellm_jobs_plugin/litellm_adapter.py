@@ -133,6 +133,19 @@ def _stash_of(kwargs: Mapping[str, Any]) -> CallContext | None:
     return None
 
 
+def event_id_of(team_id: str | None, call_id: str, status: CallStatus, attempt: str = "") -> str:
+    """The idempotency key of one logging event, scoped to the team (clients may choose call ids).
+
+    One success per call: a replayed success is the same event. Each failed attempt (primary,
+    retries, fallbacks) is its own event, named by a digest of the attempt, the same on a replay.
+    """
+    team = team_id or ""
+    scope = f"{len(team)}:{team}:{call_id}"
+    if status is CallStatus.SUCCESS:
+        return f"{scope}:success"
+    return f"{scope}:failure:{hashlib.sha256(attempt.encode()).hexdigest()[:24]}"
+
+
 def _int(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
@@ -181,16 +194,7 @@ def call_event(kwargs: Mapping[str, Any], start_time: object, end_time: object, 
     error_type = _text(error_info.get("error_class")) or (
         type(exception).__name__ if exception is not None and status is CallStatus.FAILURE else None
     )
-    if status is CallStatus.SUCCESS:
-        # One success per call id: a replayed success is the same event.
-        event_id = f"{call_id}:success"
-    else:
-        # Each failed attempt (primary, retries, fallbacks) is its own event; a replay of the
-        # same attempt hashes to the same id.
-        digest = hashlib.sha256(
-            f"{call_id}|{model_id}|{slo.get('model')}|{started.timestamp()!r}".encode()
-        ).hexdigest()[:24]
-        event_id = f"{call_id}:failure:{digest}"
+    event_id = event_id_of(context.team_id, call_id, status, f"{model_id}|{slo.get('model')}|{started.timestamp()!r}")
     response_cost = kwargs.get("response_cost")
     return CallEvent(
         event_id=event_id,

@@ -155,3 +155,18 @@ async def test_an_edited_applied_migration_is_refused(store: PostgresStore, data
     query(database_url, "UPDATE schema_migrations SET checksum = 'edited' WHERE version = 1")
     with pytest.raises(MigrationError, match="immutable"):
         await store.migrate()
+
+
+async def test_a_call_id_reused_by_another_team_touches_nothing_of_the_first(store: PostgresStore) -> None:
+    # LiteLLM accepts a client-chosen x-litellm-call-id: calls are keyed by team and call id.
+    mine = event("chosen-id", ctx=context(team_id="team-a", job_id="a-job"), cost="0.5")
+    theirs = event("chosen-id", ctx=context(team_id="team-b", job_id="b-job"), status=CallStatus.FAILURE)
+    assert await store.write_events([mine]) == 1
+    assert await store.write_events([theirs]) == 1
+    (a,) = await store.list_calls("team-a", "a-job")
+    (b,) = await store.list_calls("team-b", "b-job")
+    assert (a.status, a.cost_usd, a.attempts) == (CallStatus.SUCCESS, Decimal("0.5"), 1)
+    assert (b.status, b.attempts) == (CallStatus.FAILURE, 1)
+    job_a = await store.get_job("team-a", "a-job")
+    assert job_a is not None
+    assert (job_a.total_calls, job_a.failed_calls, job_a.total_cost_usd) == (1, 0, Decimal("0.5"))

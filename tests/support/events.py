@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from litellm_jobs_plugin.litellm_adapter import event_id_of
 from litellm_jobs_plugin.models import CallContext, CallEvent, CallStatus
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -47,11 +48,12 @@ def event(
     call_id = call_id or str(uuid.uuid4())
     started = T0 + timedelta(seconds=offset_s)
     ended = started + timedelta(milliseconds=250)
-    event_id = f"{call_id}:success" if status is CallStatus.SUCCESS else f"{call_id}:failure:{attempt}"
+    ctx = ctx or context()
+    event_id = event_id_of(ctx.team_id, call_id, status, attempt)
     return CallEvent(
         event_id=event_id,
         call_id=call_id,
-        context=ctx or context(),
+        context=ctx,
         status=status,
         call_type="acompletion",
         model_group=model_group,

@@ -39,7 +39,7 @@ def test_success_event_carries_litellms_cost_digit_for_digit() -> None:
     assert e is not None
     assert e.cost_usd == Decimal("3.6000000000000003E-6")
     assert (e.event_id, e.model_group, e.model, e.provider) == (
-        "call-1:success",
+        "6:team-a:call-1:success",
         "ChatAgent",
         "openai/gpt-4o-mini",
         "openai",

@@ -43,3 +43,13 @@ def test_untagged_policies() -> None:
     assert (allowed.job_id, allowed.team_id) == (None, None)  # type: ignore[attr-defined]
     with pytest.raises(JobIdRequired):
         decide(tag(job_id=None), TEAM, untagged=UntaggedPolicy.REJECT)
+
+
+def test_a_client_chosen_call_id_still_gives_a_valid_job_id() -> None:
+    from litellm_jobs_plugin.jobs import single_call_job_id
+    from litellm_jobs_plugin.metadata import JOB_ID_PATTERN
+
+    assert single_call_job_id("0b7e-uuid") == "call-0b7e-uuid"
+    weird = single_call_job_id("has spaces/and 300 chars" + "x" * 300)
+    assert JOB_ID_PATTERN.fullmatch(weird)
+    assert weird == single_call_job_id("has spaces/and 300 chars" + "x" * 300)

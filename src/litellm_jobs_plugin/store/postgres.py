@@ -150,12 +150,20 @@ class PostgresStore:
 
     async def _insert_events(self, conn: psycopg.AsyncConnection[dict[str, Any]], events: Sequence[CallEvent]) -> int:
         cur = await conn.execute(query("insert_call_events"), _batch_params(events))
-        inserted = [row["call_id"] for row in await cur.fetchall()]
+        inserted = [(row["team_id"], row["call_id"]) for row in await cur.fetchall()]
         if not inserted:
             return 0
-        await conn.execute(query("upsert_calls"), {"call_ids": sorted(set(inserted))})
-        new_calls = set(inserted)
-        touched = sorted({k for e in events if e.call_id in new_calls and (k := e.context.job_key) is not None})
+        new_calls = sorted(set(inserted))
+        await conn.execute(
+            query("upsert_calls"), {"team_ids": [k[0] for k in new_calls], "call_ids": [k[1] for k in new_calls]}
+        )
+        touched = sorted(
+            {
+                k
+                for e in events
+                if (e.context.team_id or "", e.call_id) in set(new_calls) and (k := e.context.job_key) is not None
+            }
+        )
         if touched:
             await conn.execute(
                 query("refresh_job_aggregates"),

@@ -28,7 +28,10 @@ INSERT INTO call_events (
     requested_model, status, model_group, model, model_id, provider, prompt_tokens,
     completion_tokens, cost_usd, cache_hit, stream, latency_ms, error_type, error_code,
     started_at, ended_at)
-SELECT *
+SELECT t.event_id, t.call_id, coalesce(t.team_id, ''), t.job_id, t.job_type, t.single_call, t.key_hash,
+       t.user_id, t.call_type, t.requested_model, t.status, t.model_group, t.model, t.model_id, t.provider,
+       t.prompt_tokens, t.completion_tokens, t.cost_usd, t.cache_hit, t.stream, t.latency_ms, t.error_type,
+       t.error_code, t.started_at, t.ended_at
 FROM unnest(
     %(event_ids)s::text[], %(call_ids)s::text[], %(team_ids)s::text[], %(job_ids)s::text[],
     %(job_types)s::text[], %(single_calls)s::boolean[], %(key_hashes)s::text[],
@@ -38,8 +41,12 @@ FROM unnest(
     %(costs)s::numeric[], %(cache_hits)s::boolean[], %(streams)s::boolean[],
     %(latencies)s::integer[], %(error_types)s::text[], %(error_codes)s::text[],
     %(started_ats)s::timestamptz[], %(ended_ats)s::timestamptz[])
+    AS t(event_id, call_id, team_id, job_id, job_type, single_call, key_hash, user_id, call_type,
+         requested_model, status, model_group, model, model_id, provider, prompt_tokens,
+         completion_tokens, cost_usd, cache_hit, stream, latency_ms, error_type, error_code,
+         started_at, ended_at)
 ON CONFLICT (event_id) DO NOTHING
-RETURNING call_id;
+RETURNING team_id, call_id;
 
 -- name: upsert_calls
 -- A call's row from all of its events: the success if there is one (never hidden by a failed
@@ -49,7 +56,7 @@ INSERT INTO calls (
     model_group, model, model_id, provider, status, prompt_tokens, completion_tokens, cost_usd,
     cache_hit, stream, latency_ms, error_type, error_code, attempts, failed_attempts,
     started_at, ended_at)
-SELECT DISTINCT ON (e.call_id)
+SELECT DISTINCT ON (e.team_id, e.call_id)
     e.call_id, e.team_id, e.job_id, e.job_type, e.key_hash, e.user_id, e.call_type,
     e.requested_model, e.model_group, e.model, e.model_id, e.provider, e.status,
     e.prompt_tokens, e.completion_tokens, e.cost_usd, e.cache_hit, e.stream,
@@ -60,10 +67,11 @@ SELECT DISTINCT ON (e.call_id)
     min(e.started_at) OVER w,
     e.ended_at
 FROM call_events e
-WHERE e.call_id = ANY(%(call_ids)s::text[])
-WINDOW w AS (PARTITION BY e.call_id)
-ORDER BY e.call_id, (e.status = 'success') DESC, e.ended_at DESC, e.event_id
-ON CONFLICT (call_id) DO UPDATE SET
+JOIN unnest(%(team_ids)s::text[], %(call_ids)s::text[]) AS k(team_id, call_id)
+  ON e.team_id = k.team_id AND e.call_id = k.call_id
+WINDOW w AS (PARTITION BY e.team_id, e.call_id)
+ORDER BY e.team_id, e.call_id, (e.status = 'success') DESC, e.ended_at DESC, e.event_id
+ON CONFLICT (team_id, call_id) DO UPDATE SET
     model_group = EXCLUDED.model_group,
     model = EXCLUDED.model,
     model_id = EXCLUDED.model_id,

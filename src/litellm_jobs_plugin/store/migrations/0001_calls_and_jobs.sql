@@ -32,10 +32,12 @@ CREATE TABLE jobs (
 CREATE INDEX jobs_team_created_idx ON jobs (team_id, created_at DESC);
 CREATE INDEX jobs_type_created_idx ON jobs (job_type, created_at);
 
--- One row per LiteLLM call id: the call as billed. Derived from call_events by the writer.
+-- One row per LiteLLM call id and team: the call as billed. Derived from call_events by the writer.
+-- Keyed by team too: a client may choose its call id (x-litellm-call-id), and must not be able to
+-- touch another team's call by reusing its id. team_id is '' for calls recorded against no team.
 CREATE TABLE calls (
-    call_id           text           PRIMARY KEY,
-    team_id           text,
+    team_id           text           NOT NULL DEFAULT '',
+    call_id           text           NOT NULL,
     job_id            text,
     job_type          text,
     key_hash          text,
@@ -60,6 +62,7 @@ CREATE TABLE calls (
     started_at        timestamptz    NOT NULL,
     ended_at          timestamptz    NOT NULL,
     recorded_at       timestamptz    NOT NULL DEFAULT now(),
+    PRIMARY KEY (team_id, call_id),
     CONSTRAINT calls_status_check CHECK (status IN ('success', 'failure')),
     CONSTRAINT calls_job_fkey FOREIGN KEY (team_id, job_id) REFERENCES jobs (team_id, job_id)
 );
@@ -71,7 +74,7 @@ CREATE INDEX calls_job_idx ON calls (team_id, job_id, started_at);
 CREATE TABLE call_events (
     event_id          text           PRIMARY KEY,
     call_id           text           NOT NULL,
-    team_id           text,
+    team_id           text           NOT NULL DEFAULT '',
     job_id            text,
     job_type          text,
     single_call       boolean        NOT NULL DEFAULT false,
@@ -98,4 +101,4 @@ CREATE TABLE call_events (
     CONSTRAINT call_events_status_check CHECK (status IN ('success', 'failure'))
 );
 
-CREATE INDEX call_events_call_idx ON call_events (call_id);
+CREATE INDEX call_events_call_idx ON call_events (team_id, call_id);
