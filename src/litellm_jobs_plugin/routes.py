@@ -280,8 +280,9 @@ def build_router(plugin: JobsPlugin) -> APIRouter:
         check_job_id(job_id, param="job_id")
         credits = await plugin.credits()
         store = await plugin.ready()
+        metadata = check_job_metadata(req.metadata, param="metadata") if req.metadata is not None else None
         closure = await credits.close_job(
-            team, job_id, JobStatus(req.status), result=req.result, error_message=req.error_message
+            team, job_id, JobStatus(req.status), result=req.result, error_message=req.error_message, metadata=metadata
         )
         if closure is None:
             raise JobNotFound(f"No job {job_id!r} for team {team!r}.", param="job_id")

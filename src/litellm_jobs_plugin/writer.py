@@ -7,6 +7,7 @@ into the store, one transaction per batch. Nothing on a call's request path wait
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -68,6 +69,8 @@ class Writer:
         self._closing = False
         self._give_up_at: float | None = None
         self._oldest_pending: float | None = None
+        # Enqueue times, in queue order (the queue is FIFO): the health route's "oldest unwritten".
+        self._enqueue_times: collections.deque[float] = collections.deque()
 
     @property
     def depth(self) -> int:
@@ -76,9 +79,11 @@ class Writer:
 
     @property
     def oldest_pending_age_s(self) -> float:
-        if self.depth == 0 or self._oldest_pending is None:
+        """Age of the oldest event not yet written (in a batch being written, or still queued)."""
+        if self.depth == 0:
             return 0.0
-        return max(0.0, time.monotonic() - self._oldest_pending)
+        times = [t for t in (self._oldest_pending, self._enqueue_times[0] if self._enqueue_times else None) if t]
+        return max(0.0, time.monotonic() - min(times)) if times else 0.0
 
     def start(self, sink: EventSink | None = None) -> None:
         if sink is not None:
@@ -92,9 +97,11 @@ class Writer:
         """Buffer one event. Waits (off the request path) while the buffer is full."""
         try:
             self._queue.put_nowait(event)
+            self._enqueue_times.append(time.monotonic())
         except asyncio.QueueFull:
             try:
                 await asyncio.wait_for(self._queue.put(event), timeout=self.enqueue_timeout_s)
+                self._enqueue_times.append(time.monotonic())
             except TimeoutError:
                 self.stats.dropped += 1
                 self.stats.enqueued += 1
@@ -128,10 +135,12 @@ class Writer:
                     batch.append(self._queue.get_nowait())
                 except asyncio.QueueEmpty:
                     break
-            self._oldest_pending = min(e.enqueued_at for e in batch)
+            times = [self._enqueue_times.popleft() for _ in batch if self._enqueue_times]
+            self._oldest_pending = times[0] if times else time.monotonic()
             try:
                 await self._write(batch)
             finally:
+                self._oldest_pending = None
                 for _ in batch:
                     self._queue.task_done()
 

@@ -101,7 +101,11 @@ def test_create_call_complete_with_caps_and_every_rejection(
     )
     assert snapshot(shared_proxy, module_database_url, upstream) == state
 
-    done = post(shared_proxy, f"/api/jobs/{job_id}/complete", {"status": "completed", "result": {"label": "bug"}})
+    done = post(
+        shared_proxy,
+        f"/api/jobs/{job_id}/complete",
+        {"status": "completed", "result": {"label": "bug"}, "metadata": {"pages": 3}},
+    )
     assert done.status_code == 200, done.text
     body = done.json()
     assert body["status"] == "completed"
@@ -136,7 +140,9 @@ def test_create_call_complete_with_caps_and_every_rejection(
         "job_closed",
     )
     assert snapshot(shared_proxy, module_database_url, upstream) == state
-    assert get(shared_proxy, f"/api/jobs/{job_id}").json()["result"] == {"label": "bug"}
+    final = get(shared_proxy, f"/api/jobs/{job_id}").json()
+    assert final["result"] == {"label": "bug"}
+    assert final["metadata"] == {"ticket": 42, "pages": 3}
 
 
 def test_a_failed_job_costs_nothing(shared_proxy: Proxy) -> None:

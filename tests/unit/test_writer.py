@@ -100,3 +100,15 @@ async def test_aclose_flushes_what_is_buffered() -> None:
         await writer.put(event(f"c{i}"))
     await writer.aclose()
     assert len(sink.seen) == 100
+
+
+async def test_the_oldest_unwritten_age_is_measured_from_enqueueing() -> None:
+    sink = Sink()
+    writer = Writer(sink)  # not started: the event waits
+    await writer.put(event("old"))
+    assert 0.0 <= writer.oldest_pending_age_s < 5.0
+    assert writer.depth == 1
+    writer.start()
+    await writer.flush()
+    assert (writer.depth, writer.oldest_pending_age_s) == (0, 0.0)
+    await writer.aclose()

@@ -138,6 +138,7 @@ class CreditService:
         single_call: bool = False,
         result: Any = None,
         error_message: str | None = None,
+        metadata: dict[str, Any] | None = None,
         idle_cutoff_s: float | None = None,
     ) -> Closure | None:
         """Complete (capture the hold), fail or expire (release it). Idempotent per status.
@@ -182,7 +183,7 @@ class CreditService:
                         "error_message": None,
                     },
                 )
-        if result is not None or error_message is not None:
+        if result is not None or error_message is not None or metadata:
             await self.store.fetch_all(
                 "set_job_outcome",
                 {
@@ -190,6 +191,7 @@ class CreditService:
                     "job_id": job_id,
                     "result": None if result is None else json.dumps(result),
                     "error_message": error_message,
+                    "metadata": json.dumps(metadata) if metadata else None,
                 },
             )
         return closure

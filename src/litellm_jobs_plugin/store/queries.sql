@@ -310,7 +310,8 @@ FROM jobs WHERE team_id = %(team_id)s AND job_id = %(job_id)s;
 
 -- name: set_job_outcome
 UPDATE jobs SET result = coalesce(%(result)s::jsonb, result),
-                error_message = coalesce(%(error_message)s, error_message), updated_at = now()
+                error_message = coalesce(%(error_message)s, error_message),
+                metadata = metadata || coalesce(%(metadata)s::jsonb, '{}'::jsonb), updated_at = now()
 WHERE team_id = %(team_id)s AND job_id = %(job_id)s;
 
 -- name: authority_try_exclusive
