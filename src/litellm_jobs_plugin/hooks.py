@@ -106,17 +106,17 @@ class JobsPlugin(CustomLogger):
                     raise
                 store = PostgresStore(url, schema=s.db_schema, min_size=s.pool_min_size, max_size=s.pool_max_size)
                 await asyncio.sleep(1.0)
+        # Started first: the in-process credit backend writes its ledger entries through it.
+        self.writer.start(store)
         backend: CreditBackend
         if s.redis_url:
             redis_backend = RedisCredits(s.redis_url, store, prefix=s.redis_prefix, closed_ttl_s=s.closed_job_ttl_s)
             await redis_backend.load_accounts()
             backend = redis_backend
         elif s.local_credits:
-            self.writer.start(store)  # the in-process backend writes its ledger through the writer
             backend = await choose_backend(store, self.writer, url, closed_ttl_s=s.closed_job_ttl_s)
         else:
             backend = PostgresCredits(store)
-        self.writer.start(store)
         self._credits = CreditService(s, store, self.writer, backend)
         self._credits.start_reaper()
         self._store = store

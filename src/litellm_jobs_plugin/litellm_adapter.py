@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -216,5 +215,4 @@ def call_event(kwargs: Mapping[str, Any], start_time: object, end_time: object, 
         latency_ms=max(0, round((ended - started).total_seconds() * 1000)),
         error_type=error_type,
         error_code=_text(str(error_info.get("error_code"))) if error_info.get("error_code") else None,
-        enqueued_at=time.monotonic(),
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -122,7 +122,6 @@ class CallEvent:
     latency_ms: int
     error_type: str | None
     error_code: str | None
-    enqueued_at: float = field(default=0.0, compare=False)
 
 
 class _Frozen(BaseModel):
@@ -213,7 +212,6 @@ class LedgerEntry:
     job_type: str | None = None
     single_call: bool = False
     note: str | None = None
-    enqueued_at: float = field(default=0.0, compare=False)
 
     @property
     def job_key(self) -> tuple[str, str] | None:

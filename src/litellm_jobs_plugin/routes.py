@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import time
+import uuid
 from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
@@ -172,7 +174,6 @@ def build_router(plugin: JobsPlugin) -> APIRouter:
 
     def answer(fn: Any) -> Any:
         """Turn JobsError into OpenAI's error JSON."""
-        import functools
 
         @functools.wraps(fn)
         async def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -200,7 +201,7 @@ def build_router(plugin: JobsPlugin) -> APIRouter:
         req: CreateJobBody = _parse(CreateJobBody, body)
         team = team_for(key, req.team_id)
         job_type = check_job_type(req.job_type, param="job_type")
-        job_id = check_job_id(req.job_id, param="job_id") if req.job_id is not None else f"job-{_uuid()}"
+        job_id = check_job_id(req.job_id, param="job_id") if req.job_id is not None else f"job-{uuid.uuid4().hex}"
         metadata = check_job_metadata(req.metadata, param="metadata") if req.metadata is not None else None
         credits = await plugin.credits()
         created, job = await credits.create_job(
@@ -353,9 +354,3 @@ def _balance_json(balance: Balance) -> dict[str, Any]:
         "credits_held": _money(balance.credits_held),
         "credits_charged": _money(balance.credits_charged),
     }
-
-
-def _uuid() -> str:
-    import uuid
-
-    return uuid.uuid4().hex

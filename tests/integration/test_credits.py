@@ -191,27 +191,30 @@ def backends(redis_server_url: str | None) -> dict[str, Backend]:
     return found
 
 
+def backend_or_skip(redis_server_url: str | None, name: str) -> Backend:
+    available = backends(redis_server_url)
+    if name not in available:
+        pytest.skip("no Redis server (JOBS_TEST_REDIS_URL unset and no redis-server binary)")
+    return available[name]
+
+
 @pytest.mark.parametrize("backend_name", ["postgres", "local", "redis"])
 def test_random_workloads_keep_every_invariant(
     database_url: str, redis_server_url: str | None, backend_name: str
 ) -> None:
-    available = backends(redis_server_url)
-    if backend_name not in available:
-        pytest.skip("no Redis server (JOBS_TEST_REDIS_URL unset and no redis-server binary)")
+    make_backend = backend_or_skip(redis_server_url, backend_name)
 
     @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
     @given(OPS)
     def check(ops: list[tuple[Any, ...]]) -> None:
-        asyncio.run(run_workload(database_url, available[backend_name], ops))
+        asyncio.run(run_workload(database_url, make_backend, ops))
 
     check()
 
 
 @pytest.mark.parametrize("backend_name", ["postgres", "local", "redis"])
 def test_concurrent_opens_never_overspend(database_url: str, redis_server_url: str | None, backend_name: str) -> None:
-    available = backends(redis_server_url)
-    if backend_name not in available:
-        pytest.skip("no Redis server")
+    make_backend = backend_or_skip(redis_server_url, backend_name)
 
     async def main() -> None:
         stores = [PostgresStore(database_url, max_size=8) for _ in range(2)]
@@ -221,7 +224,7 @@ def test_concurrent_opens_never_overspend(database_url: str, redis_server_url: s
         for w in writers:
             w.start()
         services = [
-            CreditService(Settings(), s, w, await available[backend_name](s, w, "conc"))
+            CreditService(Settings(), s, w, await make_backend(s, w, "conc"))
             for s, w in zip(stores, writers, strict=True)
         ]
         try:
@@ -256,9 +259,7 @@ def test_concurrent_opens_never_overspend(database_url: str, redis_server_url: s
 def test_the_reaper_expires_idle_jobs_once_and_releases_their_holds(
     database_url: str, redis_server_url: str | None, backend_name: str
 ) -> None:
-    available = backends(redis_server_url)
-    if backend_name not in available:
-        pytest.skip("no Redis server")
+    make_backend = backend_or_skip(redis_server_url, backend_name)
 
     async def main() -> None:
         store = PostgresStore(database_url)
@@ -268,8 +269,7 @@ def test_the_reaper_expires_idle_jobs_once_and_releases_their_holds(
         settings_ = Settings(idle_timeout_s=0.3)
         # Two replicas' reapers on the same jobs: each job is expired exactly once.
         services = [
-            CreditService(settings_, store, writer, await available[backend_name](store, writer, "reap"))
-            for _ in range(2)
+            CreditService(settings_, store, writer, await make_backend(store, writer, "reap")) for _ in range(2)
         ]
         try:
             await services[0].grant("reap", Decimal(5), kind="grant", idempotency_key="g")

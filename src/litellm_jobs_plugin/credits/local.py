@@ -297,6 +297,18 @@ class LocalCredits:
             incarnation=incarnation,
         )
 
+    @staticmethod
+    def _closure(job: _Job, status: JobStatus, account: _Account, *, repeated: bool) -> Closure:
+        return Closure(
+            status=status,
+            repeated=repeated,
+            job_type=job.job_type,
+            hold=job.hold,
+            admitted_calls=job.calls,
+            credits_remaining=account.avail,
+            incarnation=job.incarnation,
+        )
+
     async def close_job(
         self, team_id: str, job_id: str, status: JobStatus, *, idle_cutoff_s: float | None = None
     ) -> Closure | None:
@@ -311,15 +323,7 @@ class LocalCredits:
         if job.state not in _OPEN:
             if job.state is not status:
                 raise rules.conflict(job_id, job.state.value)
-            return Closure(
-                status=status,
-                repeated=True,
-                job_type=job.job_type,
-                hold=job.hold,
-                admitted_calls=job.calls,
-                credits_remaining=account.avail,
-                incarnation=job.incarnation,
-            )
+            return self._closure(job, status, account, repeated=True)
         if idle_cutoff_s is not None and job.last > now - idle_cutoff_s:
             return None
         account.held -= job.hold
@@ -328,15 +332,7 @@ class LocalCredits:
         job.state, job.closed_at = status, now
         self._closed[(team_id, job_id)] = None
         self._forget_closed(now)
-        return Closure(
-            status=status,
-            repeated=False,
-            job_type=job.job_type,
-            hold=job.hold,
-            admitted_calls=job.calls,
-            credits_remaining=account.avail,
-            incarnation=job.incarnation,
-        )
+        return self._closure(job, status, account, repeated=False)
 
     async def grant(
         self, team_id: str, amount: Decimal, *, kind: str, idempotency_key: str, note: str | None
