@@ -12,7 +12,8 @@
     ├── JobNotFound             404 job_not_found
     ├── JobClosed               409 job_closed
     ├── JobTypeMismatch         409 job_type_mismatch
-    └── StoreUnavailable        503 jobs_store_unavailable
+    ├── StoreUnavailable        503 jobs_store_unavailable
+    └── InvalidStructuredOutput 502 invalid_structured_output   (not in DESIGN §7: see the README)
 
 Each class's docstring is its default message. :func:`to_proxy_exception` is the one place that
 turns them into LiteLLM's ``ProxyException`` (OpenAI's error JSON).
@@ -106,6 +107,32 @@ class StoreUnavailable(JobsError):
 
     type = "jobs_store_unavailable"
     status = 503
+
+
+class InvalidStructuredOutput(JobsError):
+    """The model's answer does not match the requested response_format; retry, or relax the schema."""
+
+    type = "invalid_structured_output"
+    status = 502
+
+
+#: Every error type by its ``type`` name (the client maps error JSON back to these classes).
+ERRORS_BY_TYPE: dict[str, type[JobsError]] = {
+    cls.type: cls
+    for cls in (
+        InvalidJobMetadata,
+        JobIdRequired,
+        TeamRequired,
+        Forbidden,
+        InsufficientCredits,
+        JobBudgetExceeded,
+        JobNotFound,
+        JobClosed,
+        JobTypeMismatch,
+        StoreUnavailable,
+        InvalidStructuredOutput,
+    )
+}
 
 
 def to_proxy_exception(error: JobsError, headers: dict[str, str] | None = None) -> Exception:

@@ -24,7 +24,7 @@ from .credits.local import choose_backend, describe
 from .errors import JobsError, StoreUnavailable, to_proxy_exception
 from .jobs import Caller, decide_call
 from .metadata import parse_job_tag
-from .models import CallStatus, JobStatus
+from .models import CallEvent, CallStatus, JobStatus
 from .settings import Settings
 from .store.embedded import EmbeddedPostgres
 from .store.postgres import PostgresStore
@@ -45,6 +45,10 @@ class JobsPlugin(CustomLogger):
         self._credits: CreditService | None = None
         self._start_task: asyncio.Task[PostgresStore] | None = None
         self._attached = False
+        #: Tasks that outlive the request that started them (in-process calls, stream relays);
+        #: shutdown waits for them before flushing.
+        self.background: set[asyncio.Task[Any]] = set()
+        self._awaited_calls: dict[str, asyncio.Future[CallEvent]] = {}
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -151,9 +155,27 @@ class JobsPlugin(CustomLogger):
         assert self._credits is not None
         return self._credits
 
+    def expect_call(self, call_id: str) -> asyncio.Future[CallEvent]:
+        """A future resolved with the success event of ``call_id`` when this process logs it.
+
+        The seed stream route runs its call in this process, so its success event (the one that
+        carries LiteLLM's cost of a stream) is logged here; :meth:`forget_call` when done.
+        """
+        future: asyncio.Future[CallEvent] = asyncio.get_running_loop().create_future()
+        self._awaited_calls[call_id] = future
+        return future
+
+    def forget_call(self, call_id: str) -> None:
+        future = self._awaited_calls.pop(call_id, None)
+        if future is not None:
+            future.cancel()
+
     async def aclose(self) -> None:
         """Flush LiteLLM's pending logging events and our buffer, then disconnect."""
         timeout = self.settings.shutdown_timeout_s
+        if self.background:
+            # In-process calls still streaming: let them end (and be logged) first.
+            await asyncio.wait(set(self.background), timeout=timeout)
         try:
             from litellm.litellm_core_utils.logging_worker import GLOBAL_LOGGING_WORKER
 
@@ -236,6 +258,10 @@ class JobsPlugin(CustomLogger):
             return
         if event is None:
             return
+        if status is CallStatus.SUCCESS:
+            awaited = self._awaited_calls.get(event.call_id)
+            if awaited is not None and not awaited.done():
+                awaited.get_loop().call_soon_threadsafe(_resolve, awaited, event)
         await self.writer.put(event)
         key = event.context.job_key
         if key is None:
@@ -287,6 +313,11 @@ class JobsPlugin(CustomLogger):
         if context.credits_remaining is not None:
             headers["x-credits-remaining"] = f"{Decimal(context.credits_remaining).normalize():f}"
         return headers
+
+
+def _resolve(future: asyncio.Future[CallEvent], event: CallEvent) -> None:
+    if not future.done():
+        future.set_result(event)
 
 
 plugin = JobsPlugin()

@@ -65,6 +65,7 @@ def decide_call(
                 requested_model=requested_model,
                 key_hash=caller.key_hash,
                 user_id=caller.user_id,
+                purpose=tag.purpose,
             )
         job_id, job_type, single_call = (single_call_job_id(call_id), job_type or settings.default_job_type, True)
     if team_id is None:
@@ -82,4 +83,5 @@ def decide_call(
         user_id=caller.user_id,
         job_metadata=tag.job_metadata,
         job_type_given=tag.job_type is not None,
+        purpose=tag.purpose,
     )

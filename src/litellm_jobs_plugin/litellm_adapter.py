@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -216,3 +217,13 @@ def call_event(kwargs: Mapping[str, Any], start_time: object, end_time: object, 
         error_type=error_type,
         error_code=_text(str(error_info.get("error_code"))) if error_info.get("error_code") else None,
     )
+
+
+def proxy_model_groups() -> list[str]:
+    """The model groups of the running proxy, in config order ([] outside a proxy)."""
+    proxy_server = sys.modules.get("litellm.proxy.proxy_server")
+    router = getattr(proxy_server, "llm_router", None)
+    if router is None:
+        return []
+    names = router.get_model_names()
+    return [n for n in names if isinstance(n, str)]

@@ -18,6 +18,7 @@ JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 JOB_TYPE_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 TEAM_ID_PATTERN = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
 MAX_JOB_METADATA_BYTES = 8 * 1024
+MAX_PURPOSE_CHARS = 128
 
 JOB_ID_HEADER = "x-job-id"
 JOB_TYPE_HEADER = "x-job-type"
@@ -47,6 +48,18 @@ def check_job_type(value: object, *, param: str = "metadata.job_type") -> str:
 def check_team_id(value: object, *, param: str = "metadata.team_id") -> str:
     if not isinstance(value, str) or not TEAM_ID_PATTERN.fullmatch(value):
         raise InvalidJobMetadata(f"{param} must be a team id (got {_show(value)}).", param=param)
+    return value
+
+
+def check_purpose(value: object, *, param: str = "metadata.purpose") -> str:
+    if (
+        not isinstance(value, str)
+        or not 1 <= len(value) <= MAX_PURPOSE_CHARS
+        or any(not ch.isprintable() for ch in value)
+    ):
+        raise InvalidJobMetadata(
+            f"{param} must be 1-{MAX_PURPOSE_CHARS} printable characters (got {_show(value)}).", param=param
+        )
     return value
 
 
@@ -91,9 +104,11 @@ def parse_job_tag(client_metadata: object, headers: Mapping[str, str]) -> JobTag
     raw_type = _one_source(meta.get("job_type"), headers.get(JOB_TYPE_HEADER), "job_type")
     raw_meta = meta.get("job_metadata")
     raw_team = meta.get("team_id")
+    raw_purpose = meta.get("purpose")
     return JobTag(
         job_id=None if raw_id is None else check_job_id(raw_id),
         job_type=None if raw_type is None else check_job_type(raw_type),
         job_metadata=None if raw_meta is None else check_job_metadata(raw_meta),
         team_id=None if raw_team is None else check_team_id(raw_team),
+        purpose=None if raw_purpose is None else check_purpose(raw_purpose),
     )

@@ -32,6 +32,7 @@ class JobTag:
     job_type: str | None
     job_metadata: dict[str, Any] | None
     team_id: str | None  # only the proxy admin may name a team
+    purpose: str | None = None  # what this call is for (kept on its call row)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +52,7 @@ class CallContext:
     job_metadata: dict[str, Any] | None = None
     job_type_given: bool = False  # the request named the type (a different job type is a 409)
     credits_remaining: str | None = None  # after admission, for the x-credits-remaining header
+    purpose: str | None = None
 
     @property
     def job_key(self) -> tuple[str, str] | None:
@@ -71,6 +73,7 @@ class CallContext:
             "job_metadata": self.job_metadata,
             "job_type_given": self.job_type_given,
             "credits_remaining": self.credits_remaining,
+            "purpose": self.purpose,
         }
 
     @classmethod
@@ -91,6 +94,7 @@ class CallContext:
             job_metadata=meta if isinstance(meta, dict) else None,
             job_type_given=bool(stash.get("job_type_given")),
             credits_remaining=text("credits_remaining"),
+            purpose=text("purpose"),
         )
 
 
@@ -190,6 +194,7 @@ class Call(_Frozen):
     started_at: datetime
     ended_at: datetime
     recorded_at: datetime
+    purpose: str | None = None
 
 
 class LedgerKind(enum.StrEnum):

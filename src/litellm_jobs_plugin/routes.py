@@ -7,54 +7,42 @@ answered as OpenAI's error JSON by LiteLLM's ProxyException handler.
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import functools
 import json
-import time
-import uuid
 from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
-from . import litellm_adapter
-from .errors import (
-    Forbidden,
-    InvalidJobMetadata,
-    JobNotFound,
-    JobsError,
-    TeamRequired,
-    to_proxy_exception,
-)
-from .jobs import Caller, paying_team
+from .call_routes import add_call_routes
+from .errors import Forbidden, InvalidJobMetadata, JobNotFound, JobsError
 from .metadata import check_job_id, check_job_metadata, check_job_type, check_team_id
-from .models import Balance, Job, JobCaps, JobStatus, JobTag
+from .models import Job, JobStatus
+from .route_kit import (
+    MAX_BODY_BYTES,
+    Body,
+    CreateJobBody,
+    answer,
+    balance_json,
+    caller_of,
+    closed_job_answer,
+    job_or_404,
+    json_object_body,
+    money,
+    open_job,
+    parse,
+    team_for,
+    user_api_key_auth,
+)
 
 if TYPE_CHECKING:
     from .hooks import JobsPlugin
 
-MAX_BODY_BYTES = 64 * 1024
 
-
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-
-class CreateJobBody(_Body):
-    job_type: str
-    job_id: str | None = None
-    metadata: dict[str, Any] | None = None
-    max_calls: int | None = Field(default=None, ge=1, le=1_000_000)
-    max_cost_usd: Decimal | None = Field(default=None, gt=0, max_digits=30)
-    team_id: str | None = None
-    user_id: str | None = Field(default=None, max_length=128)
-
-
-class CompleteJobBody(_Body):
+class CompleteJobBody(Body):
     status: Literal["completed", "failed"]
     result: Any = None
     metadata: dict[str, Any] | None = None
@@ -62,7 +50,7 @@ class CompleteJobBody(_Body):
     team_id: str | None = None
 
 
-class GrantBody(_Body):
+class GrantBody(Body):
     amount: Decimal = Field(max_digits=20, decimal_places=6)
     idempotency_key: str = Field(min_length=1, max_length=128)
     kind: Literal["grant", "adjust"] = "grant"
@@ -74,45 +62,6 @@ class GrantBody(_Body):
         if not v.is_finite():
             raise ValueError("amount must be a finite number")
         return v
-
-
-def _problem(exc: ValidationError) -> InvalidJobMetadata:
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first.get("loc", ())) or "body"
-    return InvalidJobMetadata(f"{where}: {first.get('msg', 'invalid value')}", param=where)
-
-
-async def json_object_body(request: Request) -> dict[str, Any]:
-    """The request body as a JSON object, checked before LiteLLM's auth reads it (LITELLM-NOTES:
-    a JSON body that is not an object makes its auth dependency fail with a 500)."""
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise to_proxy_exception(InvalidJobMetadata(f"The body is over {MAX_BODY_BYTES} bytes.", param="body"))
-    if not raw.strip():
-        return {}
-    if b"\\u0000" in raw or b"\x00" in raw:
-        # PostgreSQL text and jsonb cannot hold NUL: refuse it here rather than fail later.
-        raise to_proxy_exception(InvalidJobMetadata("The body must not contain NUL characters.", param="body"))
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise to_proxy_exception(InvalidJobMetadata("The body is not valid JSON.", param="body")) from None
-    if not isinstance(body, dict):
-        raise to_proxy_exception(InvalidJobMetadata("The body must be a JSON object.", param="body"))
-    return body
-
-
-def _user_api_key_auth() -> Any:
-    from litellm.proxy.auth.user_api_key_auth import user_api_key_auth
-
-    return user_api_key_auth
-
-
-def _parse(model: type[_Body], body: dict[str, Any]) -> Any:
-    try:
-        return model.model_validate(body)
-    except ValidationError as exc:
-        raise _problem(exc) from None
 
 
 def _time(value: str | None, name: str) -> datetime | None:
@@ -138,51 +87,10 @@ def _next_cursor(job: Job) -> str:
     return base64.urlsafe_b64encode(json.dumps([job.created_at.isoformat(), job.job_id]).encode()).decode()
 
 
-def _money(value: Decimal) -> float:
-    return float(value)
-
-
 def build_router(plugin: JobsPlugin) -> APIRouter:
     router = APIRouter(tags=["litellm-jobs"])
-    body_dep = Depends(json_object_body)  # resolved before auth: declared first
-    auth = Depends(_user_api_key_auth())
-
-    def caller_of(key: Any) -> Caller:
-        team_id, key_hash, user_id = litellm_adapter.key_identity(key)
-        return Caller(team_id=team_id, key_hash=key_hash, user_id=user_id, is_admin=litellm_adapter.is_proxy_admin(key))
-
-    def team_for(key: Any, team_id: object) -> str:
-        tag = JobTag(
-            job_id=None,
-            job_type=None,
-            job_metadata=None,
-            team_id=None if team_id is None else check_team_id(team_id, param="team_id"),
-        )
-        team = paying_team(tag, caller_of(key))
-        if team is None:
-            raise TeamRequired(
-                "This key belongs to no team: use a team key, or pass team_id as the proxy admin.", param="team_id"
-            )
-        return team
-
-    async def job_or_404(team: str, job_id: str) -> Job:
-        store = await plugin.ready()
-        job = await store.get_job(team, job_id)
-        if job is None:
-            raise JobNotFound(f"No job {job_id!r} for team {team!r}.", param="job_id")
-        return job
-
-    def answer(fn: Any) -> Any:
-        """Turn JobsError into OpenAI's error JSON."""
-
-        @functools.wraps(fn)
-        async def wrapper(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return await fn(*args, **kwargs)
-            except JobsError as exc:
-                raise to_proxy_exception(exc) from exc
-
-        return wrapper
+    body_dep = Depends(json_object_body(MAX_BODY_BYTES))  # resolved before auth: declared first
+    auth = Depends(user_api_key_auth())
 
     @router.get("/api/jobs/health")
     async def health() -> JSONResponse:
@@ -198,20 +106,7 @@ def build_router(plugin: JobsPlugin) -> APIRouter:
     @router.post("/api/jobs/create", status_code=201)
     @answer
     async def create_job(body: dict[str, Any] = body_dep, key: Any = auth) -> JSONResponse:
-        req: CreateJobBody = _parse(CreateJobBody, body)
-        team = team_for(key, req.team_id)
-        job_type = check_job_type(req.job_type, param="job_type")
-        job_id = check_job_id(req.job_id, param="job_id") if req.job_id is not None else f"job-{uuid.uuid4().hex}"
-        metadata = check_job_metadata(req.metadata, param="metadata") if req.metadata is not None else None
-        credits = await plugin.credits()
-        created, job = await credits.create_job(
-            team_id=team,
-            job_id=job_id,
-            job_type=job_type,
-            metadata=metadata,
-            caps=JobCaps(max_calls=req.max_calls, max_cost_usd=req.max_cost_usd),
-            user_id=req.user_id or caller_of(key).user_id,
-        )
+        created, job = await open_job(plugin, key, parse(CreateJobBody, body))
         payload = {
             "job_id": job.job_id,
             "team_id": job.team_id,
@@ -220,7 +115,7 @@ def build_router(plugin: JobsPlugin) -> APIRouter:
             "created_at": job.created_at.isoformat(),
             "max_calls": job.max_calls,
             "max_cost_usd": job.max_cost_usd,
-            "credits_held": _money(job.credits_held),
+            "credits_held": money(job.credits_held),
         }
         return JSONResponse(json.loads(json.dumps(payload, default=str)), status_code=201 if created else 200)
 
@@ -262,72 +157,76 @@ def build_router(plugin: JobsPlugin) -> APIRouter:
     @answer
     async def get_job(job_id: str, team_id: str | None = Query(default=None), key: Any = auth) -> JSONResponse:
         team = team_for(key, team_id)
-        job = await job_or_404(team, check_job_id(job_id, param="job_id"))
+        job = await job_or_404(plugin, team, check_job_id(job_id, param="job_id"))
         return JSONResponse(job.model_dump(mode="json"))
 
     @router.get("/api/jobs/{job_id}/calls")
     @answer
     async def get_job_calls(job_id: str, team_id: str | None = Query(default=None), key: Any = auth) -> JSONResponse:
         team = team_for(key, team_id)
-        await job_or_404(team, check_job_id(job_id, param="job_id"))
+        await job_or_404(plugin, team, check_job_id(job_id, param="job_id"))
         calls = await (await plugin.ready()).list_calls(team, job_id)
         return JSONResponse({"job_id": job_id, "team_id": team, "calls": [c.model_dump(mode="json") for c in calls]})
+
+    @router.get("/api/jobs/{job_id}/costs")
+    @answer
+    async def get_job_costs(job_id: str, team_id: str | None = Query(default=None), key: Any = auth) -> JSONResponse:
+        team = team_for(key, team_id)
+        job = await job_or_404(plugin, team, check_job_id(job_id, param="job_id"))
+        calls = await (await plugin.ready()).list_calls(team, job_id)
+        return JSONResponse(
+            {
+                "job_id": job.job_id,
+                "team_id": job.team_id,
+                "job_type": job.job_type,
+                "status": job.status.value,
+                "calls": [
+                    {
+                        "call_id": c.call_id,
+                        "purpose": c.purpose,
+                        "model_group": c.model_group,
+                        "model": c.model,
+                        "status": c.status.value,
+                        "prompt_tokens": c.prompt_tokens,
+                        "completion_tokens": c.completion_tokens,
+                        "total_tokens": c.prompt_tokens + c.completion_tokens,
+                        "cost_usd": money(c.cost_usd),
+                        "cost_usd_exact": str(c.cost_usd.normalize()),
+                        "cache_hit": c.cache_hit,
+                        "latency_ms": c.latency_ms,
+                    }
+                    for c in calls
+                ],
+                "total_calls": job.total_calls,
+                "prompt_tokens": job.prompt_tokens,
+                "completion_tokens": job.completion_tokens,
+                "total_tokens": job.prompt_tokens + job.completion_tokens,
+                "total_cost_usd": money(job.total_cost_usd),
+                "total_cost_usd_exact": str(job.total_cost_usd.normalize()),
+                "credits_charged": money(job.credits_charged),
+            }
+        )
 
     @router.post("/api/jobs/{job_id}/complete")
     @answer
     async def complete_job(job_id: str, body: dict[str, Any] = body_dep, key: Any = auth) -> JSONResponse:
-        req: CompleteJobBody = _parse(CompleteJobBody, body)
+        req: CompleteJobBody = parse(CompleteJobBody, body)
         team = team_for(key, req.team_id)
         check_job_id(job_id, param="job_id")
         credits = await plugin.credits()
-        store = await plugin.ready()
         metadata = check_job_metadata(req.metadata, param="metadata") if req.metadata is not None else None
         closure = await credits.close_job(
             team, job_id, JobStatus(req.status), result=req.result, error_message=req.error_message, metadata=metadata
         )
         if closure is None:
             raise JobNotFound(f"No job {job_id!r} for team {team!r}.", param="job_id")
-        # Totals include every call that finished before complete was asked for: wait (bounded)
-        # until the calls admitted to the job are recorded.
-        deadline = time.monotonic() + plugin.settings.complete_wait_s
-        # The condition lives in PostgreSQL (any replica may write the calls), so it is polled.
-        while await store.count_calls(team, job_id) < closure.admitted_calls:
-            if time.monotonic() >= deadline:
-                break
-            await asyncio.sleep(0.02)
-        job = await job_or_404(team, job_id)
-        calls = await store.list_calls(team, job_id)
-        balance = await credits.balance(team)
-        ok = [c for c in calls if c.status.value == "success"]
-        costs = {
-            "total_calls": job.total_calls,
-            "successful_calls": job.successful_calls,
-            "failed_calls": job.failed_calls,
-            "prompt_tokens": job.prompt_tokens,
-            "completion_tokens": job.completion_tokens,
-            "total_tokens": job.prompt_tokens + job.completion_tokens,
-            "total_cost_usd": _money(job.total_cost_usd),
-            "avg_latency_ms": round(job.total_latency_ms / job.total_calls, 1) if job.total_calls else 0.0,
-            "credits_charged": _money(job.credits_charged),
-            "credit_applied": job.credits_charged > 0,
-            "credits_remaining": _money(balance.credits_remaining),
-        }
-        return JSONResponse(
-            {
-                "job_id": job.job_id,
-                "status": job.status.value,
-                "completed_at": job.completed_at.isoformat() if job.completed_at else None,
-                "costs": costs,
-                "calls": [c.model_dump(mode="json") for c in calls],
-                "successful_call_ids": [c.call_id for c in ok],
-            }
-        )
+        return JSONResponse(await closed_job_answer(plugin, team, job_id, closure))
 
     @router.get("/api/teams/{team_id}")
     @answer
     async def get_team(team_id: str, key: Any = auth) -> JSONResponse:
         team = team_for(key, team_id)
-        return JSONResponse(_balance_json(await (await plugin.credits()).balance(team)))
+        return JSONResponse(balance_json(await (await plugin.credits()).balance(team)))
 
     @router.post("/api/teams/{team_id}/credits")
     @answer
@@ -335,22 +234,13 @@ def build_router(plugin: JobsPlugin) -> APIRouter:
         if not caller_of(key).is_admin:
             raise Forbidden("Only the proxy admin may grant or adjust credits.")
         team = check_team_id(team_id, param="team_id")
-        req: GrantBody = _parse(GrantBody, body)
+        req: GrantBody = parse(GrantBody, body)
         if req.kind == "grant" and req.amount <= 0:
             raise InvalidJobMetadata("A grant must be positive; use kind=adjust to take credits back.", param="amount")
         balance = await (await plugin.credits()).grant(
             team, req.amount, kind=req.kind, idempotency_key=req.idempotency_key, note=req.note
         )
-        return JSONResponse(_balance_json(balance))
+        return JSONResponse(balance_json(balance))
 
+    add_call_routes(router, plugin)
     return router
-
-
-def _balance_json(balance: Balance) -> dict[str, Any]:
-    return {
-        "team_id": balance.team_id,
-        "credits_allocated": _money(balance.credits_allocated),
-        "credits_remaining": _money(balance.credits_remaining),
-        "credits_held": _money(balance.credits_held),
-        "credits_charged": _money(balance.credits_charged),
-    }

@@ -64,6 +64,9 @@ class Settings(BaseSettings):
         default=True,
         description="Without Redis: decide credits in memory while this process is alone on the database.",
     )
+    default_model: str | None = Field(
+        default=None, description="Model group of the seed routes' calls that name no model (or model_group)."
+    )
     redis_prefix: str = Field(default="ljp", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     closed_job_ttl_s: int = Field(default=7 * 24 * 3600, gt=0, description="Redis keeps closed jobs this long.")
 

@@ -59,6 +59,7 @@ def _batch_params(events: Sequence[CallEvent]) -> dict[str, list[Any]]:
         "error_codes": [e.error_code for e in events],
         "started_ats": [e.started_at for e in events],
         "ended_ats": [e.ended_at for e in events],
+        "purposes": [e.context.purpose for e in events],
     }
 
 

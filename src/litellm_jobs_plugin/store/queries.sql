@@ -27,11 +27,11 @@ INSERT INTO call_events (
     event_id, call_id, team_id, job_id, job_type, single_call, key_hash, user_id, call_type,
     requested_model, status, model_group, model, model_id, provider, prompt_tokens,
     completion_tokens, cost_usd, cache_hit, stream, latency_ms, error_type, error_code,
-    started_at, ended_at)
+    started_at, ended_at, purpose)
 SELECT t.event_id, t.call_id, coalesce(t.team_id, ''), t.job_id, t.job_type, t.single_call, t.key_hash,
        t.user_id, t.call_type, t.requested_model, t.status, t.model_group, t.model, t.model_id, t.provider,
        t.prompt_tokens, t.completion_tokens, t.cost_usd, t.cache_hit, t.stream, t.latency_ms, t.error_type,
-       t.error_code, t.started_at, t.ended_at
+       t.error_code, t.started_at, t.ended_at, t.purpose
 FROM unnest(
     %(event_ids)s::text[], %(call_ids)s::text[], %(team_ids)s::text[], %(job_ids)s::text[],
     %(job_types)s::text[], %(single_calls)s::boolean[], %(key_hashes)s::text[],
@@ -40,11 +40,11 @@ FROM unnest(
     %(providers)s::text[], %(prompt_tokens)s::integer[], %(completion_tokens)s::integer[],
     %(costs)s::numeric[], %(cache_hits)s::boolean[], %(streams)s::boolean[],
     %(latencies)s::integer[], %(error_types)s::text[], %(error_codes)s::text[],
-    %(started_ats)s::timestamptz[], %(ended_ats)s::timestamptz[])
+    %(started_ats)s::timestamptz[], %(ended_ats)s::timestamptz[], %(purposes)s::text[])
     AS t(event_id, call_id, team_id, job_id, job_type, single_call, key_hash, user_id, call_type,
          requested_model, status, model_group, model, model_id, provider, prompt_tokens,
          completion_tokens, cost_usd, cache_hit, stream, latency_ms, error_type, error_code,
-         started_at, ended_at)
+         started_at, ended_at, purpose)
 ON CONFLICT (event_id) DO NOTHING
 RETURNING team_id, call_id;
 
@@ -55,7 +55,7 @@ INSERT INTO calls (
     call_id, team_id, job_id, job_type, key_hash, user_id, call_type, requested_model,
     model_group, model, model_id, provider, status, prompt_tokens, completion_tokens, cost_usd,
     cache_hit, stream, latency_ms, error_type, error_code, attempts, failed_attempts,
-    started_at, ended_at)
+    started_at, ended_at, purpose)
 SELECT DISTINCT ON (e.team_id, e.call_id)
     e.call_id, e.team_id, e.job_id, e.job_type, e.key_hash, e.user_id, e.call_type,
     e.requested_model, e.model_group, e.model, e.model_id, e.provider, e.status,
@@ -65,7 +65,8 @@ SELECT DISTINCT ON (e.team_id, e.call_id)
     count(*) OVER w,
     count(*) FILTER (WHERE e.status = 'failure') OVER w,
     min(e.started_at) OVER w,
-    e.ended_at
+    e.ended_at,
+    e.purpose
 FROM call_events e
 JOIN unnest(%(team_ids)s::text[], %(call_ids)s::text[]) AS k(team_id, call_id)
   ON e.team_id = k.team_id AND e.call_id = k.call_id
@@ -89,6 +90,7 @@ ON CONFLICT (team_id, call_id) DO UPDATE SET
     failed_attempts = EXCLUDED.failed_attempts,
     started_at = EXCLUDED.started_at,
     ended_at = EXCLUDED.ended_at,
+    purpose = EXCLUDED.purpose,
     recorded_at = now();
 
 -- name: refresh_job_aggregates
@@ -143,7 +145,7 @@ WHERE team_id = %(team_id)s AND job_id = %(job_id)s;
 SELECT call_id, team_id, job_id, job_type, key_hash, user_id, call_type, requested_model,
        model_group, model, model_id, provider, status, prompt_tokens, completion_tokens,
        cost_usd, cache_hit, stream, latency_ms, error_type, error_code, attempts,
-       failed_attempts, started_at, ended_at, recorded_at
+       failed_attempts, started_at, ended_at, recorded_at, purpose
 FROM calls
 WHERE team_id = %(team_id)s AND job_id = %(job_id)s
 ORDER BY started_at, call_id;

@@ -1,0 +1,479 @@
+"""The seed system's call routes, served by the proxy (DESIGN §8): ``llm-call``,
+``llm-call-stream`` and ``create-and-call``.
+
+Each runs the proxy's own ``/v1/chat/completions`` in process (:class:`~.proxy_call.ProxyCall`)
+with the job named in the request's metadata, so LiteLLM's auth, our hooks, routing, fallbacks,
+cache and budgets apply exactly as for a client's own call. Answers are supersets: the OpenAI body
+plus the seed's fields (``call_id``, ``response``, ``metadata``, ``job_id``, ``cost_usd``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import jsonschema
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ConfigDict, Field
+
+from . import litellm_adapter
+from .errors import InvalidJobMetadata, InvalidStructuredOutput, to_proxy_exception
+from .metadata import check_job_id, check_job_type, check_purpose
+from .models import CallEvent, JobStatus
+from .proxy_call import SSE_DONE, ProxyCall, Relay, sse_data, sse_event
+from .route_kit import (
+    MAX_CALL_BODY_BYTES,
+    Body,
+    CreateJobBody,
+    answer,
+    caller_of,
+    closed_job_answer,
+    json_object_body,
+    open_job,
+    parse,
+    team_for,
+    user_api_key_auth,
+)
+
+if TYPE_CHECKING:
+    from .hooks import JobsPlugin
+
+T = TypeVar("T")
+
+#: Response headers of the in-process call that our answer carries on (LiteLLM's and ours).
+_PASSED_HEADER_PREFIXES = ("x-litellm-", "x-job-", "x-credits-", "x-ratelimit-", "retry-after", "llm_provider-")
+
+
+class LLMCallBody(Body):
+    """OpenAI chat parameters plus the seed's fields; unknown keys are OpenAI's and pass through."""
+
+    model_config = ConfigDict(extra="allow")
+
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    model: str | None = Field(default=None, min_length=1, max_length=256)
+    model_group: str | None = Field(default=None, min_length=1, max_length=256)  # the seed's name for it
+    purpose: str | None = None
+    team_id: str | None = None
+    job_type: str | None = None
+    #: LiteLLM request metadata (tags, ...); the job fields are ours and win.
+    metadata: dict[str, Any] | None = None
+    stream: bool | None = None
+
+
+class CreateAndCallBody(LLMCallBody):
+    job_type: str
+    job_id: str | None = None
+    #: In create-and-call, as in /create, ``metadata`` is the job's metadata.
+    max_calls: int | None = Field(default=None, ge=1, le=1_000_000)
+    max_cost_usd: Decimal | None = Field(default=None, gt=0, max_digits=30)
+    user_id: str | None = Field(default=None, max_length=128)
+
+
+@dataclass(frozen=True, slots=True)
+class CallPlan:
+    """One in-process call of a seed route: which job, model and body, under which call id."""
+
+    job_id: str
+    job_type: str | None
+    team_id: str
+    call_id: str
+    model: str
+    purpose: str | None
+    body: dict[str, Any]
+    started: float
+
+
+@dataclass(frozen=True, slots=True)
+class StreamOutcome:
+    final: dict[str, Any]  # the last event: usage, cost and the seed's fields
+    error: dict[str, Any] | None  # the error event, if the stream failed
+
+
+def _model_of(plugin: JobsPlugin, req: LLMCallBody) -> str:
+    model = req.model or req.model_group or plugin.settings.default_model
+    if model is None:
+        groups = litellm_adapter.proxy_model_groups()
+        model = groups[0] if groups else None
+    if model is None:
+        raise InvalidJobMetadata(
+            "model is required: name a model group (or set JOBS_DEFAULT_MODEL on the proxy).", param="model"
+        )
+    return model
+
+
+def plan_call(
+    plugin: JobsPlugin,
+    key: Any,
+    req: LLMCallBody,
+    job_id: str,
+    *,
+    job_type: str | None,
+    stream: bool,
+    request_metadata: Mapping[str, Any] | None,
+) -> CallPlan:
+    team = team_for(key, req.team_id)  # a team_id that is not the key's is 403 (unless admin)
+    purpose = check_purpose(req.purpose, param="purpose") if req.purpose is not None else None
+    meta: dict[str, Any] = dict(request_metadata or {})
+    meta["job_id"] = job_id
+    if job_type is not None:
+        meta["job_type"] = check_job_type(job_type, param="job_type")
+    if purpose is not None:
+        meta["purpose"] = purpose
+    if caller_of(key).is_admin:
+        meta["team_id"] = team
+    params = dict(req.model_extra or {})
+    params.pop("litellm_call_id", None)  # the route names the call
+    body: dict[str, Any] = {**params, "model": _model_of(plugin, req), "messages": req.messages, "metadata": meta}
+    if stream:
+        options = params.get("stream_options")
+        body["stream"] = True
+        body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+    else:
+        body.pop("stream", None)
+        body.pop("stream_options", None)
+    return CallPlan(
+        job_id=job_id,
+        job_type=job_type,
+        team_id=team,
+        call_id=str(uuid.uuid4()),
+        model=body["model"],
+        purpose=purpose,
+        body=body,
+        started=time.monotonic(),
+    )
+
+
+def start_call(plugin: JobsPlugin, request: Request, plan: CallPlan) -> ProxyCall:
+    return ProxyCall(
+        request.app,
+        request.scope,
+        plan.body,
+        headers=request.headers.raw,
+        extra_headers=[(b"x-litellm-call-id", plan.call_id.encode())],
+        tasks=plugin.background,
+    )
+
+
+def passed_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in headers.items() if k.startswith(_PASSED_HEADER_PREFIXES)}
+
+
+def _error_body(raw: Any, status: int) -> dict[str, Any]:
+    if isinstance(raw, dict) and isinstance(raw.get("error"), dict):
+        return raw
+    return {"error": {"message": f"The call failed with HTTP {status}.", "type": "api_error", "code": str(status)}}
+
+
+def _dict(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _header_cost(headers: Mapping[str, str]) -> float | None:
+    try:
+        return float(headers["x-litellm-response-cost"])
+    except (KeyError, ValueError):
+        return None
+
+
+def _latency_ms(plan: CallPlan) -> int:
+    return max(0, round((time.monotonic() - plan.started) * 1000))
+
+
+def _delta_text(chunk: Mapping[str, Any] | None) -> str:
+    if not chunk:
+        return ""
+    parts: list[str] = []
+    for choice in chunk.get("choices") or ():
+        delta = choice.get("delta") if isinstance(choice, dict) else None
+        content = delta.get("content") if isinstance(delta, dict) else None
+        if isinstance(content, str):
+            parts.append(content)
+    return "".join(parts)
+
+
+def check_structured(response_format: object, content: object) -> Any:
+    """The parsed answer of a structured call (``response_format`` json_schema or json_object),
+    or None when the call asked for text; raises :class:`InvalidStructuredOutput`."""
+    if not isinstance(response_format, dict) or response_format.get("type") not in ("json_schema", "json_object"):
+        return None
+    if not isinstance(content, str):
+        raise InvalidStructuredOutput("The model returned no text for a structured response.", param="response_format")
+    try:
+        value = json.loads(content)
+    except ValueError as exc:
+        preview = content if len(content) <= 200 else content[:197] + "..."
+        raise InvalidStructuredOutput(
+            f"The model's answer is not JSON ({exc}): {preview!r}. Retry, or relax the schema.",
+            param="response_format",
+        ) from None
+    spec = response_format.get("json_schema")
+    schema = spec.get("schema") if isinstance(spec, dict) else None
+    if isinstance(schema, dict):
+        validator_cls = jsonschema.validators.validator_for(schema)
+        try:
+            validator_cls.check_schema(schema)
+        except jsonschema.SchemaError:
+            return value  # the provider took the schema; there is nothing sound to check against
+        error = jsonschema.exceptions.best_match(validator_cls(schema).iter_errors(value))
+        if error is not None:
+            where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+            raise InvalidStructuredOutput(
+                f"The model's answer does not match the schema at {where}: {error.message}. "
+                "Retry, or relax the schema.",
+                param="response_format",
+            )
+    return value
+
+
+def seed_answer(plan: CallPlan, completion: dict[str, Any], headers: Mapping[str, str]) -> dict[str, Any]:
+    """The OpenAI chat.completion plus the seed's fields (DESIGN §8)."""
+    choices = completion.get("choices") or [{}]
+    choice = choices[0] if isinstance(choices[0], dict) else {}
+    message = _dict(choice.get("message"))
+    usage = _dict(completion.get("usage"))
+    parsed = check_structured(plan.body.get("response_format"), message.get("content"))
+    response: dict[str, Any] = {"content": message.get("content"), "finish_reason": choice.get("finish_reason")}
+    if message.get("tool_calls"):
+        response["tool_calls"] = message["tool_calls"]
+    if parsed is not None:
+        response["parsed"] = parsed
+    return {
+        **completion,
+        "call_id": plan.call_id,
+        "job_id": plan.job_id,
+        "response": response,
+        "cost_usd": _header_cost(headers),
+        "metadata": {
+            "tokens_used": usage.get("total_tokens", 0),
+            "prompt_tokens": usage.get("prompt_tokens", 0),
+            "completion_tokens": usage.get("completion_tokens", 0),
+            "latency_ms": _latency_ms(plan),
+            "model_group": plan.model,
+            "model_used": headers.get("x-litellm-model-group") or plan.model,
+            "purpose": plan.purpose,
+        },
+    }
+
+
+async def relay_stream(
+    plugin: JobsPlugin, plan: CallPlan, call: ProxyCall, emit: Callable[[bytes], None]
+) -> StreamOutcome:
+    """Forward a streamed call's chunks as they come, each with a top-level ``content``; return
+    the last event (usage, LiteLLM's cost) without sending it."""
+    awaited = plugin.expect_call(plan.call_id)
+    try:
+        held: dict[str, Any] | None = None
+        last: dict[str, Any] = {}
+        error: dict[str, Any] | None = None
+        async for data in sse_data(call.body()):
+            if data.strip() == "[DONE]":
+                continue
+            try:
+                chunk = json.loads(data)
+            except ValueError:
+                continue
+            if not isinstance(chunk, dict):
+                continue
+            if "error" in chunk and "choices" not in chunk:
+                error = chunk
+                emit(sse_event(chunk))
+                continue
+            last = chunk
+            if chunk.get("usage"):
+                held = chunk  # the usage chunk is sent last, with the cost
+                continue
+            emit(sse_event({**chunk, "content": _delta_text(chunk)}))
+        final: dict[str, Any] = dict(
+            held
+            or {
+                "id": last.get("id"),
+                "object": "chat.completion.chunk",
+                "created": last.get("created"),
+                "model": last.get("model"),
+                "choices": [],
+            }
+        )
+        event: CallEvent | None = None
+        if error is None:
+            # A stream's cost is only in its success event, logged in this process right after it.
+            try:
+                event = await asyncio.wait_for(asyncio.shield(awaited), timeout=plugin.settings.complete_wait_s)
+            except TimeoutError:
+                event = None
+        usage = _dict(final.get("usage"))
+        final.update(
+            content=_delta_text(held),
+            call_id=plan.call_id,
+            job_id=plan.job_id,
+            cost_usd=float(event.cost_usd) if event is not None else None,
+            metadata={
+                "tokens_used": usage.get("total_tokens", 0),
+                "prompt_tokens": usage.get("prompt_tokens", 0),
+                "completion_tokens": usage.get("completion_tokens", 0),
+                "latency_ms": _latency_ms(plan),
+                "model_group": plan.model,
+                "model_used": (event.model_group if event is not None else None) or plan.model,
+                "purpose": plan.purpose,
+            },
+        )
+        return StreamOutcome(final=final, error=error)
+    finally:
+        plugin.forget_call(plan.call_id)
+
+
+async def _detached(plugin: JobsPlugin, work: Awaitable[T]) -> T:
+    """Run ``work`` as a task that a client hanging up cannot cancel (a job must still close)."""
+    task = asyncio.ensure_future(work)
+    plugin.background.add(task)
+    task.add_done_callback(plugin.background.discard)
+    return await asyncio.shield(task)
+
+
+def add_call_routes(router: APIRouter, plugin: JobsPlugin) -> None:
+    body_dep = Depends(json_object_body(MAX_CALL_BODY_BYTES, refuse_nul=False))  # before auth
+    auth = Depends(user_api_key_auth())
+
+    async def error_answer(call: ProxyCall, status: int, headers: Mapping[str, str], **extra: Any) -> JSONResponse:
+        body = _error_body(await call.read_json(), status)
+        return JSONResponse({**body, **extra}, status_code=status, headers=passed_headers(headers))
+
+    def sse_response(relay: Relay, headers: Mapping[str, str]) -> StreamingResponse:
+        return StreamingResponse(
+            relay.events(),
+            media_type="text/event-stream",
+            headers={**passed_headers(headers), "cache-control": "no-cache", "x-accel-buffering": "no"},
+        )
+
+    @router.post("/api/jobs/create-and-call")
+    @answer
+    async def create_and_call(request: Request, body: dict[str, Any] = body_dep, key: Any = auth) -> Response:
+        req = parse(CreateAndCallBody, body)
+        job_req = CreateJobBody(
+            job_type=req.job_type,
+            job_id=req.job_id,
+            metadata=req.metadata,
+            max_calls=req.max_calls,
+            max_cost_usd=req.max_cost_usd,
+            team_id=req.team_id,
+            user_id=req.user_id,
+        )
+        _, job = await open_job(plugin, key, job_req)
+        plan = plan_call(
+            plugin, key, req, job.job_id, job_type=job.job_type, stream=bool(req.stream), request_metadata=None
+        )
+
+        async def close(status: JobStatus, error_message: str | None = None) -> dict[str, Any]:
+            closure = await (await plugin.credits()).close_job(
+                plan.team_id, plan.job_id, status, error_message=error_message
+            )
+            assert closure is not None  # the job was opened above
+            return await closed_job_answer(plugin, plan.team_id, plan.job_id, closure)
+
+        def job_fields(summary: dict[str, Any]) -> dict[str, Any]:
+            return {
+                "status": summary["status"],
+                "job_status": summary["status"],
+                "completed_at": summary["completed_at"],
+                "costs": summary["costs"],
+            }
+
+        async def call_and_close() -> Response:
+            call = start_call(plugin, request, plan)
+            status, headers = await call.head()
+            if status != 200:
+                raw = _error_body(await call.read_json(), status)
+                summary = await close(JobStatus.FAILED, str(raw["error"].get("message", ""))[:4096])
+                return JSONResponse(
+                    {**raw, "job_id": plan.job_id, **job_fields(summary)},
+                    status_code=status,
+                    headers=passed_headers(headers),
+                )
+            if not plan.body.get("stream"):
+                completion = await call.read_json()
+                try:
+                    seed = seed_answer(plan, completion if isinstance(completion, dict) else {}, headers)
+                except InvalidStructuredOutput as exc:
+                    summary = await close(JobStatus.FAILED, exc.message)
+                    return JSONResponse(
+                        {**exc.to_json(), "job_id": plan.job_id, **job_fields(summary)},
+                        status_code=exc.status,
+                        headers=passed_headers(headers),
+                    )
+                summary = await close(JobStatus.COMPLETED)
+                return JSONResponse({**seed, **job_fields(summary)}, headers=passed_headers(headers))
+
+            async def produce(emit: Callable[[bytes], None]) -> None:
+                try:
+                    outcome = await relay_stream(plugin, plan, call, emit)
+                except BaseException:
+                    await close(JobStatus.FAILED, "The stream failed inside the proxy.")
+                    raise
+                if outcome.error is not None:
+                    await close(JobStatus.FAILED, str(outcome.error.get("error", ""))[:4096])
+                else:
+                    summary = await close(JobStatus.COMPLETED)
+                    emit(sse_event({**outcome.final, **job_fields(summary)}))
+                emit(SSE_DONE)
+
+            return sse_response(Relay(produce, tasks=plugin.background), headers)
+
+        return await _detached(plugin, call_and_close())
+
+    @router.post("/api/jobs/{job_id}/llm-call")
+    @answer
+    async def llm_call(job_id: str, request: Request, body: dict[str, Any] = body_dep, key: Any = auth) -> Response:
+        req = parse(LLMCallBody, body)
+        plan = plan_call(
+            plugin,
+            key,
+            req,
+            check_job_id(job_id, param="job_id"),
+            job_type=req.job_type,
+            stream=False,
+            request_metadata=req.metadata,
+        )
+        call = start_call(plugin, request, plan)
+        status, headers = await call.head()
+        if status != 200:
+            return await error_answer(call, status, headers, job_id=plan.job_id)
+        completion = await call.read_json()
+        try:
+            seed = seed_answer(plan, completion if isinstance(completion, dict) else {}, headers)
+        except InvalidStructuredOutput as exc:
+            raise to_proxy_exception(exc, headers=passed_headers(headers)) from exc
+        return JSONResponse(seed, headers=passed_headers(headers))
+
+    @router.post("/api/jobs/{job_id}/llm-call-stream")
+    @answer
+    async def llm_call_stream(
+        job_id: str, request: Request, body: dict[str, Any] = body_dep, key: Any = auth
+    ) -> Response:
+        req = parse(LLMCallBody, body)
+        plan = plan_call(
+            plugin,
+            key,
+            req,
+            check_job_id(job_id, param="job_id"),
+            job_type=req.job_type,
+            stream=True,
+            request_metadata=req.metadata,
+        )
+        call = start_call(plugin, request, plan)
+        status, headers = await call.head()
+        if status != 200:
+            return await error_answer(call, status, headers, job_id=plan.job_id)
+
+        async def produce(emit: Callable[[bytes], None]) -> None:
+            outcome = await relay_stream(plugin, plan, call, emit)
+            if outcome.error is None:
+                emit(sse_event(outcome.final))
+            emit(SSE_DONE)
+
+        return sse_response(Relay(produce, tasks=plugin.background), headers)

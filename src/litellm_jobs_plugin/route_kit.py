@@ -1,0 +1,216 @@
+"""What every route shares: the body guard, LiteLLM's key auth, who the caller is and acts for,
+the JobsError → OpenAI error JSON seam, and the shape of a closed job's costs."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from fastapi import Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from . import litellm_adapter
+from .errors import InvalidJobMetadata, JobNotFound, JobsError, TeamRequired, to_proxy_exception
+from .jobs import Caller, paying_team
+from .metadata import check_job_id, check_job_metadata, check_job_type, check_team_id
+from .models import Balance, Job, JobCaps, JobTag
+
+if TYPE_CHECKING:
+    from .credits.base import Closure
+    from .hooks import JobsPlugin
+
+#: Bodies of the job routes are small; the seed routes' bodies carry prompts (documents).
+MAX_BODY_BYTES = 64 * 1024
+MAX_CALL_BODY_BYTES = 16 * 1024 * 1024
+
+T = TypeVar("T", bound=BaseModel)
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class CreateJobBody(Body):
+    job_type: str
+    job_id: str | None = None
+    metadata: dict[str, Any] | None = None
+    max_calls: int | None = Field(default=None, ge=1, le=1_000_000)
+    max_cost_usd: Decimal | None = Field(default=None, gt=0, max_digits=30)
+    team_id: str | None = None
+    user_id: str | None = Field(default=None, max_length=128)
+
+
+def problem(exc: ValidationError) -> InvalidJobMetadata:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first.get("loc", ())) or "body"
+    return InvalidJobMetadata(f"{where}: {first.get('msg', 'invalid value')}", param=where)
+
+
+def parse(model: type[T], body: dict[str, Any]) -> T:
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise problem(exc) from None
+
+
+def json_object_body(max_bytes: int, *, refuse_nul: bool = True) -> Callable[[Request], Awaitable[dict[str, Any]]]:
+    """A dependency giving the request body as a JSON object of at most ``max_bytes``, checked
+    before LiteLLM's auth reads it (LITELLM-NOTES: a JSON body that is not an object makes its
+    auth dependency fail with a 500). NUL characters are refused where the body reaches
+    PostgreSQL (text and jsonb cannot hold them); prompts passed on to LiteLLM may carry them."""
+
+    async def body_of(request: Request) -> dict[str, Any]:
+        return _json_object(await request.body(), max_bytes, refuse_nul)
+
+    return body_of
+
+
+def _json_object(raw: bytes, max_bytes: int, refuse_nul: bool) -> dict[str, Any]:
+    if len(raw) > max_bytes:
+        raise to_proxy_exception(InvalidJobMetadata(f"The body is over {max_bytes} bytes.", param="body"))
+    if not raw.strip():
+        return {}
+    if refuse_nul and (b"\\u0000" in raw or b"\x00" in raw):
+        raise to_proxy_exception(InvalidJobMetadata("The body must not contain NUL characters.", param="body"))
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise to_proxy_exception(InvalidJobMetadata("The body is not valid JSON.", param="body")) from None
+    if not isinstance(body, dict):
+        raise to_proxy_exception(InvalidJobMetadata("The body must be a JSON object.", param="body"))
+    return body
+
+
+def user_api_key_auth() -> Any:
+    """LiteLLM's own key auth dependency (imported late: importing the package does no proxy I/O)."""
+    from litellm.proxy.auth.user_api_key_auth import user_api_key_auth as auth
+
+    return auth
+
+
+def caller_of(key: Any) -> Caller:
+    team_id, key_hash, user_id = litellm_adapter.key_identity(key)
+    return Caller(team_id=team_id, key_hash=key_hash, user_id=user_id, is_admin=litellm_adapter.is_proxy_admin(key))
+
+
+def team_for(key: Any, team_id: object) -> str:
+    """The team a route acts for: the key's, or (for the proxy admin only) the one named."""
+    tag = JobTag(
+        job_id=None,
+        job_type=None,
+        job_metadata=None,
+        team_id=None if team_id is None else check_team_id(team_id, param="team_id"),
+    )
+    team = paying_team(tag, caller_of(key))
+    if team is None:
+        raise TeamRequired(
+            "This key belongs to no team: use a team key, or pass team_id as the proxy admin.", param="team_id"
+        )
+    return team
+
+
+def answer(fn: F) -> F:
+    """Turn JobsError into OpenAI's error JSON."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await fn(*args, **kwargs)
+        except JobsError as exc:
+            raise to_proxy_exception(exc) from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+async def open_job(plugin: JobsPlugin, key: Any, req: CreateJobBody) -> tuple[bool, Job]:
+    """Create a pending job with its price held (``POST /api/jobs/create``); (created, job).
+
+    A job id the client chose makes a retried creation the same job (200 instead of 201).
+    """
+    team = team_for(key, req.team_id)
+    job_type = check_job_type(req.job_type, param="job_type")
+    job_id = check_job_id(req.job_id, param="job_id") if req.job_id is not None else f"job-{uuid.uuid4().hex}"
+    metadata = check_job_metadata(req.metadata, param="metadata") if req.metadata is not None else None
+    credits = await plugin.credits()
+    return await credits.create_job(
+        team_id=team,
+        job_id=job_id,
+        job_type=job_type,
+        metadata=metadata,
+        caps=JobCaps(max_calls=req.max_calls, max_cost_usd=req.max_cost_usd),
+        user_id=req.user_id or caller_of(key).user_id,
+    )
+
+
+async def job_or_404(plugin: JobsPlugin, team: str, job_id: str) -> Job:
+    store = await plugin.ready()
+    job = await store.get_job(team, job_id)
+    if job is None:
+        raise JobNotFound(f"No job {job_id!r} for team {team!r}.", param="job_id")
+    return job
+
+
+def money(value: Decimal) -> float:
+    return float(value)
+
+
+def balance_json(balance: Balance) -> dict[str, Any]:
+    return {
+        "team_id": balance.team_id,
+        "credits_allocated": money(balance.credits_allocated),
+        "credits_remaining": money(balance.credits_remaining),
+        "credits_held": money(balance.credits_held),
+        "credits_charged": money(balance.credits_charged),
+    }
+
+
+async def closed_job_answer(plugin: JobsPlugin, team: str, job_id: str, closure: Closure) -> dict[str, Any]:
+    """The answer to closing a job: its totals, calls and the team's balance after it.
+
+    Totals include every call that finished before the close was asked for: this waits (bounded
+    by ``JOBS_COMPLETE_WAIT_S``) until the calls admitted to the job are recorded. The condition
+    lives in PostgreSQL (any replica may write the calls), so it is polled.
+    """
+    store = await plugin.ready()
+    deadline = time.monotonic() + plugin.settings.complete_wait_s
+    while await store.count_calls(team, job_id) < closure.admitted_calls:
+        if time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(0.02)
+    job = await job_or_404(plugin, team, job_id)
+    calls = await store.list_calls(team, job_id)
+    balance = await (await plugin.credits()).balance(team)
+    costs = {
+        "total_calls": job.total_calls,
+        "successful_calls": job.successful_calls,
+        "failed_calls": job.failed_calls,
+        "prompt_tokens": job.prompt_tokens,
+        "completion_tokens": job.completion_tokens,
+        "total_tokens": job.prompt_tokens + job.completion_tokens,
+        "total_cost_usd": money(job.total_cost_usd),
+        "avg_latency_ms": round(job.total_latency_ms / job.total_calls, 1) if job.total_calls else 0.0,
+        "credits_charged": money(job.credits_charged),
+        "credit_applied": job.credits_charged > 0,
+        "credits_remaining": money(balance.credits_remaining),
+    }
+    return {
+        "job_id": job.job_id,
+        "team_id": job.team_id,
+        "job_type": job.job_type,
+        "status": job.status.value,
+        "completed_at": job.completed_at.isoformat() if job.completed_at else None,
+        "costs": costs,
+        "calls": [c.model_dump(mode="json") for c in calls],
+        "successful_call_ids": [c.call_id for c in calls if c.status.value == "success"],
+    }
+
+
+def monotonic_ms(since: float) -> int:
+    return max(0, round((time.monotonic() - since) * 1000))
