@@ -29,6 +29,9 @@ class JobsError(Exception):
 
     type: ClassVar[str] = "jobs_error"
     status: ClassVar[int] = 400
+    #: Set by the client on the errors it raises: the HTTP status and error body it received.
+    status_code: int | None = None
+    body: Any = None
 
     def __init__(self, message: str | None = None, *, param: str | None = None) -> None:
         self.message = message or (self.__doc__ or self.type).strip()
@@ -139,6 +142,10 @@ def to_proxy_exception(error: JobsError, headers: dict[str, str] | None = None) 
     """LiteLLM's ``ProxyException`` for ``error``: the client sees OpenAI's error JSON with our type."""
     from litellm.proxy._types import ProxyException
 
+    headers = dict(headers or {})
+    if error.status < 500:
+        # The OpenAI SDK retries 409s (and honours this header): our 4xx answers will not change.
+        headers.setdefault("x-should-retry", "false")
     exc: Exception = ProxyException(
         message=error.message, type=error.type, param=error.param, code=error.status, headers=headers
     )

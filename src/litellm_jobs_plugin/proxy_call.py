@@ -53,8 +53,8 @@ class ProxyCall:
     """One POST to the proxy's own app, run as a task; read its head, then its body as it comes.
 
     ``headers`` are the client's request headers (its key: the call is authorised as the client's
-    own); hop-by-hop, body and job headers are dropped. ``tasks`` keeps a strong reference to the running app task until it ends (the plugin waits for
-    them at shutdown).
+    own); hop-by-hop, body and job headers are dropped. ``tasks`` keeps a strong reference to the
+    running app task until it ends (the plugin waits for them at shutdown).
     """
 
     def __init__(
@@ -211,7 +211,10 @@ class Relay:
             self._listening = False
 
 
-SSE_DONE = b"data: [DONE]\n\n"
+#: The end of a stream. Written without the optional space after the colon: to an SSE parser
+#: (the OpenAI SDK's, httpx-sse, browsers) it is the usual ``[DONE]``, while code written for the
+#: seed system — which parses every line starting with ``data: `` as JSON — skips it.
+SSE_DONE = b"data:[DONE]\n\n"
 
 
 def sse_event(payload: object) -> bytes:

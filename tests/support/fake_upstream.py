@@ -3,7 +3,10 @@
 ``/{scenario}/v1/chat/completions`` answers like OpenAI (streaming with usage too). A user
 message containing ``[fail:500]`` or ``[fail:429]`` makes it fail, unless the scenario path
 is ``nofail``; ``[delay:0.5]`` delays the answer; ``[chunks:5:0.2]`` streams 5 chunks 0.2 s apart.
-``GET /_stats`` counts the requests received per scenario; ``POST /_reset`` zeroes them.
+A request with a JSON-schema ``response_format`` gets an answer that fits the schema (built from
+it), unless a message contains ``[bad-json]``.
+``GET /_stats`` counts the requests received per scenario, and streams started and finished
+(``stream_started`` / ``stream_finished``, by a ``[tag:NAME]`` marker too); ``POST /_reset`` zeroes them.
 
 Run: ``python -m tests.support.fake_upstream --port 0 --port-file PATH``.
 """
@@ -42,6 +45,38 @@ def _text_of(body: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def instance_of(schema: dict[str, Any], defs: dict[str, Any] | None = None) -> Any:
+    """A small value that fits a JSON schema (the subset Pydantic emits)."""
+    defs = defs if defs is not None else schema.get("$defs", {})
+    if "$ref" in schema:
+        return instance_of(defs[schema["$ref"].rsplit("/", 1)[-1]], defs)
+    if "enum" in schema:
+        return schema["enum"][0]
+    for key in ("anyOf", "oneOf", "allOf"):
+        if key in schema:
+            return instance_of(schema[key][0], defs)
+    kind = schema.get("type", "object")
+    kind = kind[0] if isinstance(kind, list) else kind
+    if kind == "object":
+        props = schema.get("properties", {})
+        return {name: instance_of(props[name], defs) for name in props}
+    if kind == "array":
+        return [instance_of(schema.get("items", {"type": "string"}), defs)]
+    if kind == "string":
+        return "user@example.com" if schema.get("format") == "email" else "Ada Lovelace"
+    return {"integer": 36, "number": 1.5, "boolean": True, "null": None}.get(kind, "x")
+
+
+def _reply_for(body: dict[str, Any], prompt: str) -> str:
+    fmt = body.get("response_format")
+    if not isinstance(fmt, dict) or fmt.get("type") not in ("json_schema", "json_object"):
+        return REPLY
+    if "[bad-json]" in prompt:
+        return "Sure! Here is the person: {name: Ada"
+    schema = (fmt.get("json_schema") or {}).get("schema") or {"type": "object", "properties": {}}
+    return json.dumps(instance_of(schema))
+
+
 def _usage(prompt: str, completion: str) -> dict[str, int]:
     p, c = max(1, len(prompt.split())), max(1, len(completion.split()))
     return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
@@ -67,6 +102,7 @@ async def chat(request: Request) -> Response:
     model = body.get("model", "fake")
     cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
+    reply = _reply_for(body, prompt)
     if not body.get("stream"):
         return JSONResponse(
             {
@@ -74,16 +110,21 @@ async def chat(request: Request) -> Response:
                 "object": "chat.completion",
                 "created": created,
                 "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": REPLY}, "finish_reason": "stop"}],
-                "usage": _usage(prompt, REPLY),
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}],
+                "usage": _usage(prompt, reply),
             }
         )
+    tag = re.search(r"\[tag:([A-Za-z0-9_-]+)\]", prompt)
+    counters = ["stream_started", *([f"stream_started:{tag[1]}"] if tag else [])]
     chunks_spec = re.search(r"\[chunks:(\d+):([0-9.]+)\]", prompt)
     n_chunks, gap = (int(chunks_spec[1]), float(chunks_spec[2])) if chunks_spec else (3, 0.0)
-    words = REPLY.split() + [f"w{i}" for i in range(max(0, n_chunks - len(REPLY.split())))]
+    words = reply.split() + [f"w{i}" for i in range(max(0, n_chunks - len(reply.split())))]
     bounds = [round(i * len(words) / n_chunks) for i in range(n_chunks + 1)]
     pieces = [" ".join(words[bounds[i] : bounds[i + 1]]) for i in range(n_chunks)]
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+    for name in counters:
+        _counts[name] += 1
 
     async def events() -> AsyncIterator[bytes]:
         def chunk(delta: dict[str, Any], finish: str | None = None, usage: Any = None) -> bytes:
@@ -108,6 +149,8 @@ async def chat(request: Request) -> Response:
         if include_usage:
             yield chunk({}, usage=_usage(prompt, " ".join(pieces)))
         yield b"data: [DONE]\n\n"
+        for name in counters:
+            _counts[name.replace("started", "finished")] += 1
 
     return StreamingResponse(events(), media_type="text/event-stream")
 

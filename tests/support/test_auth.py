@@ -18,6 +18,8 @@ TEAM_KEYS = {
     "sk-team-c": "team-c",
     "sk-team-d": "team-d",
     "sk-team-e": "team-e",
+    "sk-acme": "acme-corp",  # the seed documents' team
+    "sk-broke": "team-broke",  # never granted credits
 }
 NO_TEAM_KEY = "sk-noteam"
 

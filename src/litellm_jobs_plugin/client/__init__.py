@@ -1,0 +1,83 @@
+"""A typed async client for a LiteLLM proxy running the jobs plugin (DESIGN §9).
+
+Example::
+
+    from litellm_jobs_plugin.client import JobsClient
+
+    async with JobsClient("http://127.0.0.1:4000", "sk-my-team-key") as client:
+        async with client.job("document_analysis") as job:
+            r = await job.chat(model="ChatAgent", messages=[{"role": "user", "content": "Hi"}])
+        print(job.costs.credits_remaining)
+
+Errors are the plugin's own classes (:mod:`litellm_jobs_plugin.errors`), one per error type,
+with ``status_code`` and ``body`` set; errors that are not the plugin's are :class:`APIError`.
+"""
+
+from __future__ import annotations
+
+from ..errors import (
+    Forbidden,
+    InsufficientCredits,
+    InvalidJobMetadata,
+    InvalidStructuredOutput,
+    JobBudgetExceeded,
+    JobClosed,
+    JobIdRequired,
+    JobNotFound,
+    JobsError,
+    JobTypeMismatch,
+    StoreUnavailable,
+    TeamRequired,
+)
+from ._client import APIError, ChatStream, JobRun, JobsClient, SaasLiteLLMClient, error_from
+from ._models import (
+    Call,
+    CallCost,
+    CallMetadata,
+    CompletedJob,
+    CreatedJob,
+    Job,
+    JobCostBreakdown,
+    JobCosts,
+    JobPage,
+    JobStatus,
+    LLMCallResponse,
+    SeedResponse,
+    StreamEvent,
+    TeamBalance,
+)
+
+__all__ = [
+    "APIError",
+    "Call",
+    "CallCost",
+    "CallMetadata",
+    "ChatStream",
+    "CompletedJob",
+    "CreatedJob",
+    "Forbidden",
+    "InsufficientCredits",
+    "InvalidJobMetadata",
+    "InvalidStructuredOutput",
+    "Job",
+    "JobBudgetExceeded",
+    "JobClosed",
+    "JobCostBreakdown",
+    "JobCosts",
+    "JobIdRequired",
+    "JobNotFound",
+    "JobPage",
+    "JobRun",
+    "JobStatus",
+    "JobTypeMismatch",
+    "JobsClient",
+    "JobsError",
+    "LLMCallResponse",
+    "SaasLiteLLMClient",
+    "SeedResponse",
+    "StoreUnavailable",
+    "StreamEvent",
+    "TeamBalance",
+    "TeamRequired",
+    "error_from",
+]
