@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -11,7 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,20 @@ def wait_for(condition: Callable[[], Any], *, timeout: float, interval: float = 
         if time.monotonic() >= deadline:
             raise TimeoutError(f"timed out after {timeout}s waiting for {what}; last error: {last_error!r}")
         time.sleep(interval)
+
+
+async def wait_for_async(
+    condition: Callable[[], Awaitable[Any]], *, within: float, interval: float = 0.05, what: str = "condition"
+) -> Any:
+    """The async twin of :func:`wait_for` (``within`` seconds)."""
+    deadline = time.monotonic() + within
+    while True:
+        value = await condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {within}s waiting for {what}")
+        await asyncio.sleep(interval)
 
 
 def free_port() -> int:
