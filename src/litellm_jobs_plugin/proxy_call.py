@@ -156,7 +156,8 @@ async def sse_data(pieces: AsyncIterator[bytes]) -> AsyncIterator[str]:
     """The ``data`` field of each Server-Sent Event in a byte stream (events may span pieces)."""
     buffer = b""
     async for piece in pieces:
-        buffer += piece.replace(b"\r\n", b"\n")
+        # Normalised on the whole buffer: a CRLF may be split between two pieces.
+        buffer = (buffer + piece).replace(b"\r\n", b"\n")
         while b"\n\n" in buffer:
             event, buffer = buffer.split(b"\n\n", 1)
             data = [line[5:].removeprefix(b" ") for line in event.split(b"\n") if line.startswith(b"data:")]
