@@ -3,9 +3,12 @@ and retries that never charge twice."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 
 import httpx
 import pydantic
@@ -239,3 +242,39 @@ async def test_a_retried_create_is_the_same_job_and_holds_once(proxy: Proxy, mod
         assert rows[0]["n"] == 1
         await client.complete_job(created.job_id, "failed")
     assert held(proxy) == held_before
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_example(name: str) -> str:
+    text = README.read_text()
+    start = text.index(f"<!-- example: {name} -->")
+    block = text[start:].split("```python\n", 1)[1].split("```", 1)[0]
+    return block
+
+
+def run_readme_example(proxy: Proxy, name: str, key: str = "sk-team-a") -> str:
+    source = readme_example(name).replace("http://127.0.0.1:4000", proxy.url)
+    source = source.replace("sk-demo-team-a", key).replace('"demo-team-a"', '"team-a"')
+    done = subprocess.run([sys.executable, "-c", source], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_the_readme_client_example_runs(proxy: Proxy) -> None:
+    out = run_readme_example(proxy, "jobs-client").splitlines()
+    assert out[0] == "Hello from the fake upstream"
+    assert out[1] == "Hello from the fake upstream"
+    assert out[2] == "Ada Lovelace 36"
+    assert out[3].startswith("cost: ")
+    assert "credits left: " in out[3]
+    broke = run_readme_example(proxy, "jobs-client", key="sk-broke")
+    assert broke.startswith("no credits: ")
+
+
+def test_the_readme_seed_client_example_runs(proxy: Proxy) -> None:
+    out = run_readme_example(proxy, "seed-client").splitlines()
+    assert out[0].startswith("Hello from the fake upstream ")
+    assert out[1] == "Hello from the fake upstream"
+    assert out[2].startswith("Credits remaining: ")

@@ -29,14 +29,29 @@ def test_repository_config_runs_with_an_embedded_database(tmp_path: Path) -> Non
         )
         assert raw.parse().choices[0].message.content == "Hello from the mock ChatAgent."
         assert raw.headers["x-job-id"] == "quickstart-1"
+        # The seed's route on the same job, with the config's first model group as the default model;
+        # a structured answer from the JSON mock model is parsed.
+        seed = httpx.post(
+            f"{proxy.url}/api/jobs/quickstart-1/llm-call",
+            headers={"Authorization": "Bearer sk-demo-team-a"},
+            json={
+                "model": "Extractor",
+                "purpose": "extract",
+                "messages": [{"role": "user", "content": "who?"}],
+                "response_format": {"type": "json_object"},
+            },
+            timeout=60,
+        )
+        assert seed.status_code == 200, seed.text
+        assert seed.json()["response"]["parsed"] == {"name": "Ada Lovelace", "age": 36}
 
         def job() -> dict[str, object] | None:
             r = httpx.get(f"{proxy.url}/api/jobs/quickstart-1", headers={"Authorization": "Bearer sk-demo-team-a"})
-            return r.json() if r.status_code == 200 and r.json()["total_calls"] == 1 else None
+            return r.json() if r.status_code == 200 and r.json()["total_calls"] == 2 else None
 
         body = wait_for(job, timeout=30, what="the quickstart job")
         assert body["team_id"] == "demo-team-a"
-        assert body["successful_calls"] == 1
+        assert body["successful_calls"] == 2
         assert (data_dir / "pgdata" / "PG_VERSION").exists()
     finally:
         proxy.stop(sig=signal.SIGTERM, timeout=60)

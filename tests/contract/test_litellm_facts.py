@@ -59,3 +59,19 @@ def test_proxy_exception_carries_our_type_and_status() -> None:
     assert isinstance(exc, ProxyException)
     assert (exc.type, exc.code, exc.message) == ("insufficient_credits", "402", "need 1 credit, 0 left")
     assert exc.to_dict()["type"] == "insufficient_credits"
+
+
+def test_the_proxy_takes_a_calls_id_from_the_x_litellm_call_id_header() -> None:
+    # The seed routes name each in-process call this way, to find its logging event (a stream's cost).
+    from litellm.proxy import common_request_processing
+
+    assert common_request_processing.resolve_litellm_call_id("our-call-id") == "our-call-id"
+    source = inspect.getsource(common_request_processing)
+    assert 'resolve_litellm_call_id(request.headers.get("x-litellm-call-id"))' in source
+
+
+def test_the_proxy_model_groups_come_from_its_router() -> None:
+    from litellm import Router
+
+    router = Router(model_list=[{"model_name": "A", "litellm_params": {"model": "openai/x", "api_key": "k"}}])
+    assert router.get_model_names() == ["A"]

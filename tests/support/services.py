@@ -137,6 +137,7 @@ def proxy_config(upstream: FakeUpstream, **overrides: Any) -> dict[str, Any]:
             deployment("ChatAgent", "openai/gpt-4o-mini", "primary"),
             deployment("ChatAgent-fallback", "openai/gpt-4o", "nofail"),
             deployment("Summarizer", "openai/gpt-4o-mini", "primary"),
+            deployment("Extractor", "openai/gpt-4o-mini", "primary"),
         ],
         "router_settings": {
             "fallbacks": [{"ChatAgent": ["ChatAgent-fallback"]}],

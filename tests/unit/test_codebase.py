@@ -20,6 +20,7 @@ PY_FILES = sorted(SRC.rglob("*.py"))
 RELEASED = {
     1: "093a4779820e37f26ea4b6fcd0d4d6c44150cd0c72ea66f8f79db708bc52c3b0",
     2: "d5d5e77f8be4afe0995fe964073a9c8345fcf7ecf185f201cc0c6d571558d2fd",
+    3: "8a36dec110ec903ad56e776f45868bbb62a750013917488666c86d7835cf2c92",
 }
 
 
