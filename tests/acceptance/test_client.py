@@ -205,7 +205,10 @@ async def test_the_admin_acts_for_a_team_and_grants(proxy: Proxy) -> None:
         assert first == second  # one grant, whatever the number of tries
         async with admin.job("chat") as job:
             await job.chat(messages=MESSAGES)
-        assert (await admin.get_job(job.job_id)).team_id == "team-b"
+            done = await job.complete(result={"answer": 42})  # closed inside: the exit leaves it as it is
+        assert done.status is JobStatus.COMPLETED
+        stored = await admin.get_job(job.job_id)
+        assert (stored.team_id, stored.result, stored.credits_charged) == ("team-b", {"answer": 42}, 1)
         assert job.costs.credits_remaining == first.credits_remaining - 1
 
 
