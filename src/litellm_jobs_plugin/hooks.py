@@ -24,6 +24,7 @@ from .credits.local import choose_backend, describe
 from .errors import JobsError, StoreUnavailable, to_proxy_exception
 from .jobs import Caller, decide_call
 from .metadata import parse_job_tag
+from .metrics import process_metrics
 from .models import CallEvent, CallStatus, JobStatus
 from .settings import Settings
 from .store.embedded import EmbeddedPostgres
@@ -121,7 +122,9 @@ class JobsPlugin(CustomLogger):
             backend = await choose_backend(store, self.writer, url, closed_ttl_s=s.closed_job_ttl_s)
         else:
             backend = PostgresCredits(store)
-        self._credits = CreditService(s, store, self.writer, backend)
+        metrics = process_metrics()
+        self.writer.observer = metrics.writer_progress
+        self._credits = CreditService(s, store, self.writer, backend, metrics=metrics)
         self._credits.start_reaper()
         self._store = store
         _log.info("litellm-jobs: ready (schema %s, credits: %s)", s.db_schema, describe(backend))

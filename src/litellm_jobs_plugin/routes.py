@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -17,6 +17,7 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
 from pydantic import Field, field_validator
 
+from .analytics import analytics
 from .call_routes import add_call_routes
 from .errors import Forbidden, InvalidJobMetadata, JobNotFound, JobsError
 from .metadata import check_job_id, check_job_metadata, check_job_type, check_team_id
@@ -71,6 +72,22 @@ def _time(value: str | None, name: str) -> datetime | None:
         return datetime.fromisoformat(value)
     except ValueError:
         raise InvalidJobMetadata(f"{name} must be an ISO 8601 time.", param=name) from None
+
+
+BUCKETS = ("hour", "day", "week", "month")
+
+
+def _period(value: str) -> tuple[datetime, datetime]:
+    """``YYYY-MM`` or ``YYYY-MM-DD`` → [start, end) in UTC."""
+    try:
+        if len(value) == 7:
+            start = datetime.strptime(value, "%Y-%m").replace(tzinfo=UTC)
+            end = (start + timedelta(days=32)).replace(day=1)
+            return start, end
+        start = datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=UTC)
+        return start, start + timedelta(days=1)
+    except ValueError:
+        raise InvalidJobMetadata("period must be YYYY-MM or YYYY-MM-DD.", param="period") from None
 
 
 def _cursor(value: str | None) -> tuple[datetime, str] | None:
@@ -227,6 +244,51 @@ def build_router(plugin: JobsPlugin) -> APIRouter:
     async def get_team(team_id: str, key: Any = auth) -> JSONResponse:
         team = team_for(key, team_id)
         return JSONResponse(balance_json(await (await plugin.credits()).balance(team)))
+
+    @router.get("/api/whoami")
+    @answer
+    async def whoami(key: Any = auth) -> JSONResponse:
+        caller = caller_of(key)
+        return JSONResponse({"team_id": caller.team_id, "user_id": caller.user_id, "is_admin": caller.is_admin})
+
+    @router.get("/api/analytics/job-types")
+    @answer
+    async def job_type_analytics(
+        since: str | None = Query(default=None),
+        until: str | None = Query(default=None),
+        team_id: str | None = Query(default=None),
+        bucket: str | None = Query(default=None),
+        key: Any = auth,
+    ) -> JSONResponse:
+        # A team sees its own; the proxy admin sees every team, or the one named.
+        scope = None if caller_of(key).is_admin and team_id is None else team_for(key, team_id)
+        if bucket is not None and bucket not in BUCKETS:
+            raise InvalidJobMetadata(f"bucket must be one of {', '.join(BUCKETS)}.", param="bucket")
+        result = await analytics(
+            await plugin.ready(),
+            team_id=scope,
+            since=_time(since, "since"),
+            until=_time(until, "until"),
+            bucket=bucket,  # type: ignore[arg-type]  # checked against BUCKETS above
+        )
+        return JSONResponse(result.model_dump(mode="json"))
+
+    @router.get("/api/teams/{team_id}/usage")
+    @answer
+    async def team_usage(team_id: str, period: str = Query(), key: Any = auth) -> JSONResponse:
+        team = team_for(key, team_id)
+        since, until = _period(period)
+        result = await analytics(await plugin.ready(), team_id=team, since=since, until=until)
+        summary = result.teams[0].model_dump(mode="json") if result.teams else {"team_id": team}
+        return JSONResponse(
+            {
+                **summary,
+                "period": period,
+                "since": since.isoformat(),
+                "until": until.isoformat(),
+                "job_types": [j.model_dump(mode="json") for j in result.job_types],
+            }
+        )
 
     @router.post("/api/teams/{team_id}/credits")
     @answer

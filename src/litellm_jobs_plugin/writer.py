@@ -11,7 +11,7 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -58,8 +58,11 @@ class Writer:
         batch_size: int = 500,
         enqueue_timeout_s: float = 5.0,
         retry_max_s: float = 5.0,
+        observer: Callable[[WriterStats, int], None] | None = None,
     ) -> None:
         self.sink = sink
+        #: Told the stats and the buffer depth after every batch (the Prometheus series).
+        self.observer = observer
         self.batch_size = batch_size
         self.enqueue_timeout_s = enqueue_timeout_s
         self.retry_max_s = retry_max_s
@@ -143,6 +146,8 @@ class Writer:
                 self._oldest_pending = None
                 for _ in batch:
                     self._queue.task_done()
+                if self.observer is not None:
+                    self.observer(self.stats, self.depth)
 
     async def _write(self, batch: list[Item]) -> None:
         assert self.sink is not None

@@ -215,16 +215,29 @@ class Proxy:
         return stop_process(self.proc, sig=sig, timeout=timeout)
 
     @classmethod
-    def start(cls, tmp: Path, config: Mapping[str, Any], *, env: Mapping[str, str], wait: bool = True) -> Proxy:
-        """A proxy on a test config (written to a fresh folder with the test custom_auth)."""
+    def start(
+        cls,
+        tmp: Path,
+        config: Mapping[str, Any],
+        *,
+        env: Mapping[str, str],
+        wait: bool = True,
+        support_files: tuple[str, ...] = (),
+        args: tuple[str, ...] = (),
+    ) -> Proxy:
+        """A proxy on a test config (written to a fresh folder with the test custom_auth and any
+        other ``tests/support`` modules the config names)."""
         workdir = tmp / f"proxy-{uuid.uuid4().hex[:8]}"
         workdir.mkdir(parents=True)
-        shutil.copy(SUPPORT / "test_auth.py", workdir / "test_auth.py")
+        for name in ("test_auth.py", *support_files):
+            shutil.copy(SUPPORT / name, workdir / name)
         (workdir / "config.yaml").write_text(yaml.safe_dump(dict(config), sort_keys=False))
-        return cls.launch(workdir / "config.yaml", workdir, env=env, wait=wait)
+        return cls.launch(workdir / "config.yaml", workdir, env=env, wait=wait, args=args)
 
     @classmethod
-    def launch(cls, config_path: Path, workdir: Path, *, env: Mapping[str, str], wait: bool = True) -> Proxy:
+    def launch(
+        cls, config_path: Path, workdir: Path, *, env: Mapping[str, str], wait: bool = True, args: tuple[str, ...] = ()
+    ) -> Proxy:
         """``litellm --config config_path`` on a free port, run in ``workdir``."""
         port = free_port()
         full_env = clean_env()
@@ -233,7 +246,7 @@ class Proxy:
         litellm_bin = Path(sys.executable).with_name("litellm")
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
-                [str(litellm_bin), "--config", str(config_path), "--host", "127.0.0.1", "--port", str(port)],
+                [str(litellm_bin), "--config", str(config_path), "--host", "127.0.0.1", "--port", str(port), *args],
                 cwd=workdir,
                 env=full_env,
                 stdout=log,

@@ -9,7 +9,8 @@ import logging
 from decimal import Decimal
 from typing import Any
 
-from ..errors import JobClosed, JobNotFound, StoreUnavailable
+from ..errors import InsufficientCredits, JobBudgetExceeded, JobClosed, JobNotFound, StoreUnavailable
+from ..metrics import Metrics
 from ..models import Balance, CallContext, Job, JobCaps, JobStatus, LedgerEntry, LedgerKind, ledger_key
 from ..settings import Settings
 from ..store.postgres import PostgresStore
@@ -29,12 +30,60 @@ class CreditService:
         closure = await credits.close_job("team-a", "doc-7f3a", JobStatus.COMPLETED)
     """
 
-    def __init__(self, settings: Settings, store: PostgresStore, writer: Writer, backend: CreditBackend) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: PostgresStore,
+        writer: Writer,
+        backend: CreditBackend,
+        *,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.writer = writer
         self.backend = backend
+        self.metrics = metrics
         self._reaper: asyncio.Task[None] | None = None
+        self._observers: set[asyncio.Task[None]] = set()
+
+    async def _open(self, request: OpenJob) -> Admission:
+        try:
+            admission = await self.backend.open_job(request)
+        except (InsufficientCredits, JobBudgetExceeded) as exc:
+            if self.metrics is not None:
+                self.metrics.rejected(exc.type, request.team_id)
+            raise
+        if admission.created and self.metrics is not None:
+            self.metrics.job_started(admission.job_type, request.team_id)
+        return admission
+
+    def _closed(self, team_id: str, job_id: str, status: JobStatus, closure: Closure) -> None:
+        """Count a closure (once: repeats are not counted), and its job's cost once it is recorded."""
+        if self.metrics is None or closure.repeated:
+            return
+        charged = closure.hold if status is JobStatus.COMPLETED else Decimal(0)
+        self.metrics.job_closed(closure.job_type, team_id, status, charged=charged, calls=closure.admitted_calls)
+        task = asyncio.get_running_loop().create_task(
+            self._observe_cost(team_id, job_id, closure.job_type, closure.admitted_calls)
+        )
+        self._observers.add(task)
+        task.add_done_callback(self._observers.discard)
+
+    async def _observe_cost(self, team_id: str, job_id: str, job_type: str, admitted_calls: int) -> None:
+        # Off every request path: the job's cost is known once its admitted calls are recorded.
+        assert self.metrics is not None
+        deadline = asyncio.get_running_loop().time() + max(self.settings.complete_wait_s, 1.0) * 6
+        try:
+            while await self.store.count_calls(team_id, job_id) < admitted_calls:
+                if asyncio.get_running_loop().time() >= deadline:
+                    break
+                await asyncio.sleep(0.1)
+            job = await self.store.get_job(team_id, job_id)
+        except StoreUnavailable:
+            return
+        if job is not None:
+            self.metrics.job_cost_known(job_type, job.total_cost_usd)
 
     def _hold_entry(
         self, team_id: str, job_id: str, job_type: str, amount: Decimal, single_call: bool, incarnation: str
@@ -54,7 +103,7 @@ class CreditService:
         assert context.team_id is not None
         assert context.job_id is not None
         job_type = context.job_type or self.settings.default_job_type
-        admission = await self.backend.open_job(
+        admission = await self._open(
             OpenJob(
                 team_id=context.team_id,
                 job_id=context.job_id,
@@ -91,7 +140,7 @@ class CreditService:
         user_id: str | None,
     ) -> tuple[bool, Job]:
         """``POST /api/jobs/create``: a pending job with its price held. Returns (created, job)."""
-        admission = await self.backend.open_job(
+        admission = await self._open(
             OpenJob(
                 team_id=team_id,
                 job_id=job_id,
@@ -150,6 +199,7 @@ class CreditService:
             closure = await self.backend.close_job(team_id, job_id, status, idle_cutoff_s=idle_cutoff_s)
             if closure is None:
                 return None
+            self._closed(team_id, job_id, status, closure)
             if self.backend.emits_ledger:
                 # Make the closure durable now (a repeated close re-runs it harmlessly).
                 kind = LedgerKind.CAPTURE if status is JobStatus.COMPLETED else LedgerKind.RELEASE
@@ -239,6 +289,8 @@ class CreditService:
                 _log.exception("litellm-jobs: the idle reaper failed; retrying")
 
     async def aclose(self) -> None:
+        for task in list(self._observers):
+            task.cancel()
         if self._reaper is not None:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

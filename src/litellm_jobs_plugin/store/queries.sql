@@ -349,3 +349,100 @@ WHERE j.status IN ('pending', 'in_progress');
 UPDATE jobs j SET admitted_calls = greatest(j.admitted_calls, t.calls), last_activity_at = now()
 FROM unnest(%(team_ids)s::text[], %(job_ids)s::text[], %(calls)s::integer[]) AS t(team_id, job_id, calls)
 WHERE j.team_id = t.team_id AND j.job_id = t.job_id;
+
+-- name: job_type_stats
+-- Per job type, over the jobs created in [since, until): one team's (team_id set) or every team's.
+-- Costs per job are the jobs' own aggregates (sums over their call rows); percentiles are
+-- discrete (an actual job's cost), so they are exact numerics.
+SELECT job_type,
+       count(*)::integer AS jobs_started,
+       count(*) FILTER (WHERE status = 'completed')::integer AS completed,
+       count(*) FILTER (WHERE status = 'failed')::integer AS failed,
+       count(*) FILTER (WHERE status = 'expired')::integer AS expired,
+       count(*) FILTER (WHERE status IN ('pending', 'in_progress'))::integer AS open,
+       round(count(*) FILTER (WHERE status = 'completed')::numeric
+             / nullif(count(*) FILTER (WHERE status IN ('completed', 'failed', 'expired')), 0), 4) AS success_rate,
+       coalesce(sum(total_calls), 0)::bigint AS calls,
+       coalesce(sum(failed_calls), 0)::bigint AS failed_calls,
+       round(avg(total_calls), 4) AS calls_per_job,
+       coalesce(sum(prompt_tokens), 0)::bigint AS prompt_tokens,
+       coalesce(sum(completion_tokens), 0)::bigint AS completion_tokens,
+       coalesce(sum(total_cost_usd), 0) AS cost_total_usd,
+       round(avg(total_cost_usd), 12) AS cost_avg_usd,
+       percentile_disc(0.5) WITHIN GROUP (ORDER BY total_cost_usd) AS cost_p50_usd,
+       percentile_disc(0.95) WITHIN GROUP (ORDER BY total_cost_usd) AS cost_p95_usd,
+       coalesce(sum(credits_charged), 0) AS credits_charged,
+       coalesce(sum(total_cost_usd) FILTER (WHERE status IN ('failed', 'expired')), 0) AS failed_jobs_cost_usd
+FROM jobs
+WHERE (%(team_id)s::text IS NULL OR team_id = %(team_id)s)
+  AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s)
+  AND (%(until)s::timestamptz IS NULL OR created_at < %(until)s)
+GROUP BY job_type
+ORDER BY job_type;
+
+-- name: job_type_series
+-- Jobs per job type and time bucket (UTC): the dashboard's charts.
+SELECT job_type,
+       date_trunc(%(bucket)s, created_at, 'UTC') AS bucket,
+       count(*)::integer AS jobs,
+       count(*) FILTER (WHERE status = 'completed')::integer AS completed,
+       count(*) FILTER (WHERE status IN ('failed', 'expired'))::integer AS unsuccessful,
+       coalesce(sum(total_cost_usd), 0) AS cost_total_usd
+FROM jobs
+WHERE (%(team_id)s::text IS NULL OR team_id = %(team_id)s)
+  AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s)
+  AND (%(until)s::timestamptz IS NULL OR created_at < %(until)s)
+GROUP BY job_type, bucket
+ORDER BY job_type, bucket;
+
+-- name: team_summaries
+-- Per team: its balances now, the credits granted and charged in [since, until) from the ledger,
+-- and its jobs created in [since, until) by status, with their calls, tokens and cost.
+WITH teams AS (
+    SELECT team_id FROM credit_accounts WHERE %(team_id)s::text IS NULL OR team_id = %(team_id)s
+    UNION
+    SELECT DISTINCT team_id FROM jobs WHERE %(team_id)s::text IS NULL OR team_id = %(team_id)s
+), ledger AS (
+    SELECT team_id,
+           coalesce(sum(amount) FILTER (WHERE kind IN ('grant', 'adjust')), 0) AS granted,
+           coalesce(sum(amount) FILTER (WHERE kind = 'capture'), 0) AS charged
+    FROM credit_ledger
+    WHERE (%(team_id)s::text IS NULL OR team_id = %(team_id)s)
+      AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s)
+      AND (%(until)s::timestamptz IS NULL OR created_at < %(until)s)
+    GROUP BY team_id
+), job_totals AS (
+    SELECT team_id,
+           count(*)::integer AS jobs,
+           count(*) FILTER (WHERE status = 'pending')::integer AS pending,
+           count(*) FILTER (WHERE status = 'in_progress')::integer AS in_progress,
+           count(*) FILTER (WHERE status = 'completed')::integer AS completed,
+           count(*) FILTER (WHERE status = 'failed')::integer AS failed,
+           count(*) FILTER (WHERE status = 'expired')::integer AS expired,
+           coalesce(sum(total_calls), 0)::bigint AS calls,
+           coalesce(sum(prompt_tokens), 0)::bigint AS prompt_tokens,
+           coalesce(sum(completion_tokens), 0)::bigint AS completion_tokens,
+           coalesce(sum(total_cost_usd), 0) AS cost_total_usd
+    FROM jobs
+    WHERE (%(team_id)s::text IS NULL OR team_id = %(team_id)s)
+      AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s)
+      AND (%(until)s::timestamptz IS NULL OR created_at < %(until)s)
+    GROUP BY team_id
+)
+SELECT t.team_id,
+       coalesce(a.credits_allocated, 0) AS credits_allocated,
+       coalesce(a.credits_remaining, 0) AS credits_remaining,
+       coalesce(a.credits_held, 0) AS credits_held,
+       coalesce(a.credits_charged, 0) AS credits_charged_total,
+       coalesce(l.granted, 0) AS credits_granted,
+       coalesce(l.charged, 0) AS credits_charged,
+       coalesce(j.jobs, 0) AS jobs, coalesce(j.pending, 0) AS pending,
+       coalesce(j.in_progress, 0) AS in_progress, coalesce(j.completed, 0) AS completed,
+       coalesce(j.failed, 0) AS failed, coalesce(j.expired, 0) AS expired,
+       coalesce(j.calls, 0) AS calls, coalesce(j.prompt_tokens, 0) AS prompt_tokens,
+       coalesce(j.completion_tokens, 0) AS completion_tokens, coalesce(j.cost_total_usd, 0) AS cost_total_usd
+FROM teams t
+LEFT JOIN credit_accounts a ON a.team_id = t.team_id
+LEFT JOIN ledger l ON l.team_id = t.team_id
+LEFT JOIN job_totals j ON j.team_id = t.team_id
+ORDER BY t.team_id;

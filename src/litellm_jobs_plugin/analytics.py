@@ -1,0 +1,98 @@
+"""What jobs cost and earn, per job type and per team (``GET /api/analytics/job-types``).
+
+The numbers are computed in SQL (``store/queries.sql``: ``job_type_stats``, ``job_type_series``,
+``team_summaries``) over the jobs' aggregates, which always equal the sums over their call rows.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from .store.postgres import PostgresStore
+
+Bucket = Literal["hour", "day", "week", "month"]
+
+
+class _Row(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class JobTypeStats(_Row):
+    job_type: str
+    jobs_started: int
+    completed: int
+    failed: int
+    expired: int
+    open: int
+    success_rate: Decimal | None  # completed / (completed + failed + expired); None before any closed
+    calls: int
+    failed_calls: int
+    calls_per_job: Decimal
+    prompt_tokens: int
+    completion_tokens: int
+    cost_total_usd: Decimal
+    cost_avg_usd: Decimal
+    cost_p50_usd: Decimal
+    cost_p95_usd: Decimal
+    credits_charged: Decimal
+    failed_jobs_cost_usd: Decimal  # spent on jobs that earned nothing (failed or expired)
+
+
+class SeriesPoint(_Row):
+    job_type: str
+    bucket: datetime
+    jobs: int
+    completed: int
+    unsuccessful: int
+    cost_total_usd: Decimal
+
+
+class TeamSummary(_Row):
+    team_id: str
+    credits_allocated: Decimal
+    credits_remaining: Decimal
+    credits_held: Decimal
+    credits_charged_total: Decimal
+    credits_granted: Decimal  # in the period
+    credits_charged: Decimal  # in the period
+    jobs: int
+    pending: int
+    in_progress: int
+    completed: int
+    failed: int
+    expired: int
+    calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_total_usd: Decimal
+
+
+class Analytics(_Row):
+    team_id: str | None  # None: every team (the proxy admin's view)
+    since: datetime | None
+    until: datetime | None
+    job_types: list[JobTypeStats]
+    teams: list[TeamSummary]
+    series: list[SeriesPoint] | None = None
+
+
+async def analytics(
+    store: PostgresStore,
+    *,
+    team_id: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    bucket: Bucket | None = None,
+) -> Analytics:
+    window = {"team_id": team_id, "since": since, "until": until}
+    job_types = [JobTypeStats.model_validate(r) for r in await store.fetch_all("job_type_stats", window)]
+    teams = [TeamSummary.model_validate(r) for r in await store.fetch_all("team_summaries", window)]
+    series = None
+    if bucket is not None:
+        rows = await store.fetch_all("job_type_series", {**window, "bucket": bucket})
+        series = [SeriesPoint.model_validate(r) for r in rows]
+    return Analytics(team_id=team_id, since=since, until=until, job_types=job_types, teams=teams, series=series)

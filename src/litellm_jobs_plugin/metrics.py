@@ -1,0 +1,99 @@
+"""Prometheus series ``litellm_jobs_*``, added to the proxy's own ``/metrics`` (DESIGN §10).
+
+They live in ``prometheus_client``'s default registry, which LiteLLM's ``prometheus`` callback
+serves; with ``PROMETHEUS_MULTIPROC_DIR`` set (``litellm --num_workers N``) prometheus_client keeps
+every worker's values in that directory and LiteLLM's ``/metrics`` sums them. Labels are
+``job_type``, ``team`` and ``status``/``reason`` — never a job id (unbounded cardinality).
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+from .models import JobStatus
+from .writer import WriterStats
+
+#: Job cost buckets in USD: a cent's fraction to tens of dollars.
+COST_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 50.0)
+CALL_BUCKETS = (1, 2, 3, 5, 8, 13, 21, 34, 55, 100, 250)
+
+
+class Metrics:
+    """The plugin's series; one instance per process (``registry`` is for tests)."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
+            return Counter(f"litellm_jobs_{name}", doc, labels, registry=registry)
+
+        self.jobs_started = counter("started", "Jobs opened (by a route or their first call).", ("job_type", "team"))
+        self.jobs_closed = counter(
+            "closed", "Jobs closed, by outcome (completed, failed, expired).", ("job_type", "team", "status")
+        )
+        self.credits_charged = counter("credits_charged", "Credits captured by completed jobs.", ("job_type", "team"))
+        self.rejections = counter(
+            "rejections", "Calls and jobs refused for credits (402), by reason.", ("reason", "team")
+        )
+        self.job_cost = Histogram(
+            "litellm_jobs_job_cost_usd",
+            "Provider cost of closed jobs, as LiteLLM computed it (USD).",
+            ("job_type",),
+            buckets=COST_BUCKETS,
+            registry=registry,
+        )
+        self.calls_per_job = Histogram(
+            "litellm_jobs_calls_per_job",
+            "Calls admitted to each closed job.",
+            ("job_type",),
+            buckets=CALL_BUCKETS,
+            registry=registry,
+        )
+        self.buffer_depth = Gauge(
+            "litellm_jobs_writer_buffer_depth",
+            "Call records buffered and not yet written.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.records_written = counter("records_written", "Call events and ledger entries written to PostgreSQL.")
+        self.records_dropped = counter("records_dropped", "Records given up on (must stay 0).")
+        self.store_errors = counter("store_errors", "Failed write attempts (retried).")
+        self._seen = WriterStats()
+
+    def job_started(self, job_type: str, team: str) -> None:
+        self.jobs_started.labels(job_type, team).inc()
+
+    def job_closed(self, job_type: str, team: str, status: JobStatus, *, charged: Decimal, calls: int) -> None:
+        self.jobs_closed.labels(job_type, team, status.value).inc()
+        if charged:
+            self.credits_charged.labels(job_type, team).inc(float(charged))
+        self.calls_per_job.labels(job_type).observe(calls)
+
+    def job_cost_known(self, job_type: str, cost_usd: Decimal) -> None:
+        self.job_cost.labels(job_type).observe(float(cost_usd))
+
+    def rejected(self, reason: str, team: str) -> None:
+        self.rejections.labels(reason, team).inc()
+
+    def writer_progress(self, stats: WriterStats, depth: int) -> None:
+        """Called by the writer after each batch: counters move by what changed since last time."""
+        self.buffer_depth.set(depth)
+        for counter, now, before in (
+            (self.records_written, stats.written, self._seen.written),
+            (self.records_dropped, stats.dropped, self._seen.dropped),
+            (self.store_errors, stats.store_errors, self._seen.store_errors),
+        ):
+            if now > before:
+                counter.inc(now - before)
+        self._seen = WriterStats(written=stats.written, dropped=stats.dropped, store_errors=stats.store_errors)
+
+
+_process_metrics: Metrics | None = None
+
+
+def process_metrics() -> Metrics:
+    """This process's series in the default registry (created once: a name registers only once)."""
+    global _process_metrics
+    if _process_metrics is None:
+        _process_metrics = Metrics()
+    return _process_metrics
