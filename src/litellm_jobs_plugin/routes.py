@@ -38,6 +38,7 @@ from .route_kit import (
     team_for,
     user_api_key_auth,
 )
+from .ui import add_ui_routes
 
 if TYPE_CHECKING:
     from .hooks import JobsPlugin
@@ -305,4 +306,5 @@ def build_router(plugin: JobsPlugin) -> APIRouter:
         return JSONResponse(balance_json(balance))
 
     add_call_routes(router, plugin)
+    add_ui_routes(router)
     return router
