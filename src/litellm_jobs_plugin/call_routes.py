@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -25,7 +26,7 @@ from pydantic import ConfigDict, Field
 
 from . import litellm_adapter
 from .errors import InvalidJobMetadata, InvalidStructuredOutput, to_proxy_exception
-from .metadata import check_job_id, check_job_type, check_purpose
+from .metadata import check_job_id, check_job_metadata, check_job_type, check_purpose
 from .models import CallEvent, JobStatus
 from .proxy_call import SSE_DONE, ProxyCall, Relay, sse_data, sse_event
 from .route_kit import (
@@ -46,9 +47,18 @@ if TYPE_CHECKING:
     from .hooks import JobsPlugin
 
 T = TypeVar("T")
+_log = logging.getLogger("litellm_jobs_plugin")
 
 #: Response headers of the in-process call that our answer carries on (LiteLLM's and ours).
-_PASSED_HEADER_PREFIXES = ("x-litellm-", "x-job-", "x-credits-", "x-ratelimit-", "retry-after", "llm_provider-")
+_PASSED_HEADER_PREFIXES = (
+    "x-litellm-",
+    "x-job-",
+    "x-credits-",
+    "x-ratelimit-",
+    "x-should-retry",
+    "retry-after",
+    "llm_provider-",
+)
 
 
 class LLMCallBody(Body):
@@ -73,7 +83,7 @@ class CreateAndCallBody(LLMCallBody):
     #: In create-and-call, as in /create, ``metadata`` is the job's metadata.
     max_calls: int | None = Field(default=None, ge=1, le=1_000_000)
     max_cost_usd: Decimal | None = Field(default=None, gt=0, max_digits=30)
-    user_id: str | None = Field(default=None, max_length=128)
+    user_id: str | None = Field(default=None, min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +91,6 @@ class CallPlan:
     """One in-process call of a seed route: which job, model and body, under which call id."""
 
     job_id: str
-    job_type: str | None
     team_id: str
     call_id: str
     model: str
@@ -118,7 +127,10 @@ def plan_call(
     stream: bool,
     request_metadata: Mapping[str, Any] | None,
 ) -> CallPlan:
-    team = team_for(key, req.team_id)  # a team_id that is not the key's is 403 (unless admin)
+    named = (request_metadata or {}).get("team_id")
+    if req.team_id is not None and named is not None and named != req.team_id:
+        raise InvalidJobMetadata("team_id and metadata.team_id disagree; send one of them.", param="team_id")
+    team = team_for(key, req.team_id if req.team_id is not None else named)  # not the key's: 403 (unless admin)
     purpose = check_purpose(req.purpose, param="purpose") if req.purpose is not None else None
     meta: dict[str, Any] = dict(request_metadata or {})
     meta["job_id"] = job_id
@@ -140,7 +152,6 @@ def plan_call(
         body.pop("stream_options", None)
     return CallPlan(
         job_id=job_id,
-        job_type=job_type,
         team_id=team,
         call_id=str(uuid.uuid4()),
         model=body["model"],
@@ -221,7 +232,10 @@ def check_structured(response_format: object, content: object) -> Any:
             validator_cls.check_schema(schema)
         except jsonschema.SchemaError:
             return value  # the provider took the schema; there is nothing sound to check against
-        error = jsonschema.exceptions.best_match(validator_cls(schema).iter_errors(value))
+        try:
+            error = jsonschema.exceptions.best_match(validator_cls(schema).iter_errors(value))
+        except Exception:  # e.g. a $ref that does not resolve: the schema cannot be checked against
+            return value
         if error is not None:
             where = "/".join(str(p) for p in error.absolute_path) or "(root)"
             raise InvalidStructuredOutput(
@@ -230,6 +244,19 @@ def check_structured(response_format: object, content: object) -> Any:
                 param="response_format",
             )
     return value
+
+
+def _seed_metadata(plan: CallPlan, usage: Mapping[str, Any], model_used: str | None) -> dict[str, Any]:
+    """The seed's ``metadata`` of a call's answer."""
+    return {
+        "tokens_used": usage.get("total_tokens", 0),
+        "prompt_tokens": usage.get("prompt_tokens", 0),
+        "completion_tokens": usage.get("completion_tokens", 0),
+        "latency_ms": _latency_ms(plan),
+        "model_group": plan.model,
+        "model_used": model_used or plan.model,
+        "purpose": plan.purpose,
+    }
 
 
 def seed_answer(plan: CallPlan, completion: dict[str, Any], headers: Mapping[str, str]) -> dict[str, Any]:
@@ -250,24 +277,20 @@ def seed_answer(plan: CallPlan, completion: dict[str, Any], headers: Mapping[str
         "job_id": plan.job_id,
         "response": response,
         "cost_usd": _header_cost(headers),
-        "metadata": {
-            "tokens_used": usage.get("total_tokens", 0),
-            "prompt_tokens": usage.get("prompt_tokens", 0),
-            "completion_tokens": usage.get("completion_tokens", 0),
-            "latency_ms": _latency_ms(plan),
-            "model_group": plan.model,
-            "model_used": headers.get("x-litellm-model-group") or plan.model,
-            "purpose": plan.purpose,
-        },
+        "metadata": _seed_metadata(plan, usage, headers.get("x-litellm-model-group")),
     }
 
 
 async def relay_stream(
-    plugin: JobsPlugin, plan: CallPlan, call: ProxyCall, emit: Callable[[bytes], None]
+    plugin: JobsPlugin,
+    plan: CallPlan,
+    call: ProxyCall,
+    awaited: asyncio.Future[CallEvent],
+    emit: Callable[[bytes], None],
 ) -> StreamOutcome:
     """Forward a streamed call's chunks as they come, each with a top-level ``content``; return
-    the last event (usage, LiteLLM's cost) without sending it."""
-    awaited = plugin.expect_call(plan.call_id)
+    the last event (usage, LiteLLM's cost) without sending it. ``awaited`` is the call's success
+    event, expected (:meth:`JobsPlugin.expect_call`) before the call was started."""
     try:
         held: dict[str, Any] | None = None
         last: dict[str, Any] = {}
@@ -313,15 +336,7 @@ async def relay_stream(
             call_id=plan.call_id,
             job_id=plan.job_id,
             cost_usd=float(event.cost_usd) if event is not None else None,
-            metadata={
-                "tokens_used": usage.get("total_tokens", 0),
-                "prompt_tokens": usage.get("prompt_tokens", 0),
-                "completion_tokens": usage.get("completion_tokens", 0),
-                "latency_ms": _latency_ms(plan),
-                "model_group": plan.model,
-                "model_used": (event.model_group if event is not None else None) or plan.model,
-                "purpose": plan.purpose,
-            },
+            metadata=_seed_metadata(plan, usage, event.model_group if event is not None else None),
         )
         return StreamOutcome(final=final, error=error)
     finally:
@@ -334,6 +349,19 @@ async def _detached(plugin: JobsPlugin, work: Awaitable[T]) -> T:
     plugin.background.add(task)
     task.add_done_callback(plugin.background.discard)
     return await asyncio.shield(task)
+
+
+def _job_headers(headers: Mapping[str, str], summary: Mapping[str, Any]) -> dict[str, str]:
+    """The in-process call's headers, with the job's status and credits as they are after its close."""
+    passed = passed_headers(headers)
+    passed["x-job-status"] = str(summary["status"])
+    passed["x-credits-remaining"] = f"{Decimal(str(summary['costs']['credits_remaining'])).normalize():f}"
+    return passed
+
+
+def _error_message(body: Mapping[str, Any]) -> str:
+    error = _dict(body.get("error"))
+    return str(error.get("message") or error.get("type") or "the call failed").replace("\x00", "")[:4096]
 
 
 def add_call_routes(router: APIRouter, plugin: JobsPlugin) -> None:
@@ -355,19 +383,22 @@ def add_call_routes(router: APIRouter, plugin: JobsPlugin) -> None:
     @answer
     async def create_and_call(request: Request, body: dict[str, Any] = body_dep, key: Any = auth) -> Response:
         req = parse(CreateAndCallBody, body)
+        # Everything is checked before the job is opened: a rejected request holds nothing.
+        job_id = check_job_id(req.job_id, param="job_id") if req.job_id is not None else f"job-{uuid.uuid4().hex}"
+        plan = plan_call(
+            plugin, key, req, job_id, job_type=req.job_type, stream=bool(req.stream), request_metadata=None
+        )
         job_req = CreateJobBody(
             job_type=req.job_type,
-            job_id=req.job_id,
+            job_id=job_id,
             metadata=req.metadata,
             max_calls=req.max_calls,
             max_cost_usd=req.max_cost_usd,
-            team_id=req.team_id,
+            team_id=plan.team_id,
             user_id=req.user_id,
         )
-        _, job = await open_job(plugin, key, job_req)
-        plan = plan_call(
-            plugin, key, req, job.job_id, job_type=job.job_type, stream=bool(req.stream), request_metadata=None
-        )
+        if req.metadata is not None:
+            check_job_metadata(req.metadata, param="metadata")
 
         async def close(status: JobStatus, error_message: str | None = None) -> dict[str, Any]:
             closure = await (await plugin.credits()).close_job(
@@ -385,38 +416,48 @@ def add_call_routes(router: APIRouter, plugin: JobsPlugin) -> None:
             }
 
         async def call_and_close() -> Response:
-            call = start_call(plugin, request, plan)
-            status, headers = await call.head()
-            if status != 200:
-                raw = _error_body(await call.read_json(), status)
-                summary = await close(JobStatus.FAILED, str(raw["error"].get("message", ""))[:4096])
-                return JSONResponse(
-                    {**raw, "job_id": plan.job_id, **job_fields(summary)},
-                    status_code=status,
-                    headers=passed_headers(headers),
-                )
-            if not plan.body.get("stream"):
-                completion = await call.read_json()
-                try:
-                    seed = seed_answer(plan, completion if isinstance(completion, dict) else {}, headers)
-                except InvalidStructuredOutput as exc:
-                    summary = await close(JobStatus.FAILED, exc.message)
+            # One task from the hold to the close: a client hanging up cannot leave the job open.
+            await open_job(plugin, key, job_req)
+            awaited = plugin.expect_call(plan.call_id) if plan.body.get("stream") else None
+            try:
+                call = start_call(plugin, request, plan)
+                status, headers = await call.head()
+                if status != 200:
+                    raw = _error_body(await call.read_json(), status)
+                    summary = await close(JobStatus.FAILED, _error_message(raw))
                     return JSONResponse(
-                        {**exc.to_json(), "job_id": plan.job_id, **job_fields(summary)},
-                        status_code=exc.status,
-                        headers=passed_headers(headers),
+                        {**raw, "job_id": plan.job_id, **job_fields(summary)},
+                        status_code=status,
+                        headers=_job_headers(headers, summary),
                     )
-                summary = await close(JobStatus.COMPLETED)
-                return JSONResponse({**seed, **job_fields(summary)}, headers=passed_headers(headers))
+                if awaited is None:
+                    completion = await call.read_json()
+                    try:
+                        seed = seed_answer(plan, completion if isinstance(completion, dict) else {}, headers)
+                    except InvalidStructuredOutput as exc:
+                        summary = await close(JobStatus.FAILED, exc.message)
+                        return JSONResponse(
+                            {**exc.to_json(), "job_id": plan.job_id, **job_fields(summary)},
+                            status_code=exc.status,
+                            headers=_job_headers(headers, summary),
+                        )
+                    summary = await close(JobStatus.COMPLETED)
+                    return JSONResponse({**seed, **job_fields(summary)}, headers=_job_headers(headers, summary))
+            except BaseException:
+                await _fail_quietly(close)
+                if awaited is not None:
+                    plugin.forget_call(plan.call_id)
+                raise
+            stream_awaited = awaited
 
             async def produce(emit: Callable[[bytes], None]) -> None:
                 try:
-                    outcome = await relay_stream(plugin, plan, call, emit)
+                    outcome = await relay_stream(plugin, plan, call, stream_awaited, emit)
                 except BaseException:
-                    await close(JobStatus.FAILED, "The stream failed inside the proxy.")
+                    await _fail_quietly(close)
                     raise
                 if outcome.error is not None:
-                    await close(JobStatus.FAILED, str(outcome.error.get("error", ""))[:4096])
+                    await close(JobStatus.FAILED, _error_message(outcome.error))
                 else:
                     summary = await close(JobStatus.COMPLETED)
                     emit(sse_event({**outcome.final, **job_fields(summary)}))
@@ -426,9 +467,7 @@ def add_call_routes(router: APIRouter, plugin: JobsPlugin) -> None:
 
         return await _detached(plugin, call_and_close())
 
-    @router.post("/api/jobs/{job_id}/llm-call")
-    @answer
-    async def llm_call(job_id: str, request: Request, body: dict[str, Any] = body_dep, key: Any = auth) -> Response:
+    async def one_call(job_id: str, request: Request, body: dict[str, Any], key: Any, *, stream: bool) -> Response:
         req = parse(LLMCallBody, body)
         plan = plan_call(
             plugin,
@@ -436,44 +475,52 @@ def add_call_routes(router: APIRouter, plugin: JobsPlugin) -> None:
             req,
             check_job_id(job_id, param="job_id"),
             job_type=req.job_type,
-            stream=False,
+            stream=stream,
             request_metadata=req.metadata,
         )
-        call = start_call(plugin, request, plan)
-        status, headers = await call.head()
-        if status != 200:
-            return await error_answer(call, status, headers, job_id=plan.job_id)
-        completion = await call.read_json()
+        # Expected before the call starts: a short stream may be logged before its head is read.
+        awaited = plugin.expect_call(plan.call_id) if stream else None
         try:
-            seed = seed_answer(plan, completion if isinstance(completion, dict) else {}, headers)
-        except InvalidStructuredOutput as exc:
-            raise to_proxy_exception(exc, headers=passed_headers(headers)) from exc
-        return JSONResponse(seed, headers=passed_headers(headers))
+            call = start_call(plugin, request, plan)
+            status, headers = await call.head()
+            if status != 200:
+                return await error_answer(call, status, headers, job_id=plan.job_id)
+        except BaseException:
+            plugin.forget_call(plan.call_id)
+            raise
+        if awaited is None:
+            completion = await call.read_json()
+            try:
+                seed = seed_answer(plan, completion if isinstance(completion, dict) else {}, headers)
+            except InvalidStructuredOutput as exc:
+                raise to_proxy_exception(exc, headers=passed_headers(headers)) from exc
+            return JSONResponse(seed, headers=passed_headers(headers))
+        stream_awaited = awaited
+
+        async def produce(emit: Callable[[bytes], None]) -> None:
+            outcome = await relay_stream(plugin, plan, call, stream_awaited, emit)
+            if outcome.error is None:
+                emit(sse_event(outcome.final))
+            emit(SSE_DONE)
+
+        return sse_response(Relay(produce, tasks=plugin.background), headers)
+
+    @router.post("/api/jobs/{job_id}/llm-call")
+    @answer
+    async def llm_call(job_id: str, request: Request, body: dict[str, Any] = body_dep, key: Any = auth) -> Response:
+        return await one_call(job_id, request, body, key, stream=False)
 
     @router.post("/api/jobs/{job_id}/llm-call-stream")
     @answer
     async def llm_call_stream(
         job_id: str, request: Request, body: dict[str, Any] = body_dep, key: Any = auth
     ) -> Response:
-        req = parse(LLMCallBody, body)
-        plan = plan_call(
-            plugin,
-            key,
-            req,
-            check_job_id(job_id, param="job_id"),
-            job_type=req.job_type,
-            stream=True,
-            request_metadata=req.metadata,
-        )
-        call = start_call(plugin, request, plan)
-        status, headers = await call.head()
-        if status != 200:
-            return await error_answer(call, status, headers, job_id=plan.job_id)
+        return await one_call(job_id, request, body, key, stream=True)
 
-        async def produce(emit: Callable[[bytes], None]) -> None:
-            outcome = await relay_stream(plugin, plan, call, emit)
-            if outcome.error is None:
-                emit(sse_event(outcome.final))
-            emit(SSE_DONE)
 
-        return sse_response(Relay(produce, tasks=plugin.background), headers)
+async def _fail_quietly(close: Callable[[JobStatus, str | None], Awaitable[dict[str, Any]]]) -> None:
+    """Close a job as failed after an unexpected error, keeping the original error."""
+    try:
+        await close(JobStatus.FAILED, "The call failed inside the proxy.")
+    except Exception:
+        _log.exception("litellm-jobs: could not fail a create-and-call job after an error")

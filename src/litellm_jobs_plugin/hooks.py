@@ -177,8 +177,11 @@ class JobsPlugin(CustomLogger):
         """Flush LiteLLM's pending logging events and our buffer, then disconnect."""
         timeout = self.settings.shutdown_timeout_s
         if self.background:
-            # In-process calls still streaming: let them end (and be logged) first.
-            await asyncio.wait(set(self.background), timeout=timeout)
+            # In-process calls still streaming: let them end (and be logged) first; past the
+            # timeout they are cancelled (the store is about to close under them).
+            _, pending = await asyncio.wait(set(self.background), timeout=timeout)
+            for task in pending:
+                task.cancel()
         try:
             from litellm.litellm_core_utils.logging_worker import GLOBAL_LOGGING_WORKER
 

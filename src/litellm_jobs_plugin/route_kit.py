@@ -44,7 +44,7 @@ class CreateJobBody(Body):
     max_calls: int | None = Field(default=None, ge=1, le=1_000_000)
     max_cost_usd: Decimal | None = Field(default=None, gt=0, max_digits=30)
     team_id: str | None = None
-    user_id: str | None = Field(default=None, max_length=128)
+    user_id: str | None = Field(default=None, min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")
 
 
 def problem(exc: ValidationError) -> InvalidJobMetadata:
@@ -210,7 +210,3 @@ async def closed_job_answer(plugin: JobsPlugin, team: str, job_id: str, closure:
         "calls": [c.model_dump(mode="json") for c in calls],
         "successful_call_ids": [c.call_id for c in calls if c.status.value == "success"],
     }
-
-
-def monotonic_ms(since: float) -> int:
-    return max(0, round((time.monotonic() - since) * 1000))

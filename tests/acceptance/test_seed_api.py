@@ -407,3 +407,53 @@ def test_seed_call_routes_go_through_the_proxys_own_path(proxy: Proxy) -> None:
     assert [(c["call_id"], c["attempts"], c["purpose"]) for c in calls] == [(r.json()["call_id"], 2, "fallback")]
     assert r.headers["x-job-id"] == job_id
     assert r.headers["x-credits-remaining"]
+
+
+def test_a_rejected_create_and_call_opens_no_job_and_holds_nothing(proxy: Proxy) -> None:
+    before = balance(proxy, "team-a")
+    for body in (
+        {"purpose": "bad\npurpose"},
+        {"model": ""},
+        {"user_id": "nul\u0000"},
+        {"metadata": []},
+        {"team_id": "team-b"},
+    ):
+        job_id = f"rejected-{uuid.uuid4().hex[:8]}"
+        r = post(
+            proxy,
+            "/api/jobs/create-and-call",
+            {"job_type": "chat", "job_id": job_id, "messages": [{"role": "user", "content": "x"}], **body},
+        )
+        assert r.status_code in (400, 403), (body, r.text)
+        assert api(proxy, f"/api/jobs/{job_id}").status_code == 404
+    after = balance(proxy, "team-a")
+    assert (after["credits_held"], after["credits_remaining"]) == (before["credits_held"], before["credits_remaining"])
+
+
+def test_create_and_call_headers_tell_the_closed_job(proxy: Proxy) -> None:
+    r = post(proxy, "/api/jobs/create-and-call", {"job_type": "chat", "messages": [{"role": "user", "content": "x"}]})
+    assert r.status_code == 200
+    assert r.headers["x-job-status"] == "completed"
+    assert Decimal(r.headers["x-credits-remaining"]) == Decimal(str(r.json()["costs"]["credits_remaining"]))
+
+
+def test_a_schema_that_cannot_be_checked_is_passed_through(proxy: Proxy) -> None:
+    fmt = {"type": "json_schema", "json_schema": {"name": "P", "schema": {"$ref": "#/$defs/Missing"}}}
+    r = post(
+        proxy,
+        f"/api/jobs/ref-{uuid.uuid4().hex[:8]}/llm-call",
+        {"messages": [{"role": "user", "content": "x"}], "response_format": fmt},
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["response"]["parsed"] is not None
+
+
+def test_the_admin_names_the_team_in_metadata_too(proxy: Proxy) -> None:
+    job_id = f"meta-team-{uuid.uuid4().hex[:8]}"
+    body = {"metadata": {"team_id": "team-b"}, "messages": [{"role": "user", "content": "x"}]}
+    assert post(proxy, f"/api/jobs/{job_id}/llm-call", body, key="sk-master").status_code == 200
+    assert wait_for_job(proxy, job_id, calls=1, key="sk-team-b")["team_id"] == "team-b"
+    clash = {**body, "team_id": "team-a"}
+    r = post(proxy, f"/api/jobs/{job_id}/llm-call", clash, key="sk-master")
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == "team_id"

@@ -49,7 +49,7 @@ def instance_of(schema: dict[str, Any], defs: dict[str, Any] | None = None) -> A
     """A small value that fits a JSON schema (the subset Pydantic emits)."""
     defs = defs if defs is not None else schema.get("$defs", {})
     if "$ref" in schema:
-        return instance_of(defs[schema["$ref"].rsplit("/", 1)[-1]], defs)
+        return instance_of(defs.get(schema["$ref"].rsplit("/", 1)[-1], {"type": "object"}), defs)
     if "enum" in schema:
         return schema["enum"][0]
     for key in ("anyOf", "oneOf", "allOf"):

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
 import litellm_jobs_plugin.client as client_module
@@ -155,3 +156,76 @@ async def test_a_closed_client_cannot_be_used_again() -> None:
         await client.get_job("j-1")
     with pytest.raises(RuntimeError, match="reopened"):
         await client.__aenter__()
+
+
+COMPLETION = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion",
+    "created": 1,
+    "model": "ChatAgent",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+}
+
+
+async def test_chat_is_resent_only_when_it_never_reached_the_proxy() -> None:
+    seen: list[dict[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(json.loads(request.content))
+        if len(seen) == 1:
+            raise httpx.ConnectError("refused", request=request)
+        if len(seen) == 2:
+            return httpx.Response(503, json={"error": {"type": "jobs_store_unavailable", "message": "starting"}})
+        return httpx.Response(200, json=COMPLETION)
+
+    async with client_on(handler, max_retries=2, default_model="ChatAgent") as client:
+        job = client.job("chat", job_id="j-1")
+        reply = await job.chat(messages=[{"role": "user", "content": "x"}], purpose="p")
+    assert reply.choices[0].message.content == "hi"
+    assert len(seen) == 3
+    assert seen[0]["metadata"] == {"job_id": "j-1", "job_type": "chat", "purpose": "p"}
+
+
+async def test_chat_is_not_resent_after_it_may_have_reached_an_upstream() -> None:
+    calls = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise httpx.ReadTimeout("slow", request=request)
+        return httpx.Response(500, json={"error": {"type": "internal_server_error", "message": "boom"}})
+
+    async with client_on(handler, max_retries=3, default_model="ChatAgent") as client:
+        job = client.job("chat", job_id="j-1")
+        with pytest.raises(openai.APITimeoutError):
+            await job.chat(messages=[{"role": "user", "content": "x"}])
+        with pytest.raises(APIError):
+            await job.chat(messages=[{"role": "user", "content": "x"}])
+    assert calls == 2
+
+
+async def test_streams_do_not_change_the_clients_headers() -> None:
+    requests: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        if request.url.path.endswith("llm-call-stream"):
+            return httpx.Response(
+                200, headers={"content-type": "text/event-stream"}, content=b'data: {"content": "a"}\n\ndata:[DONE]\n\n'
+            )
+        return httpx.Response(404, json={"error": {"type": "job_not_found", "message": "no"}})
+
+    async with client_on(handler) as client:
+        events = [e async for e in client.llm_call_stream("j-1", [{"role": "user", "content": "x"}])]
+        with pytest.raises(JobsError):
+            await client.get_job("j-1")
+    assert [e.content for e in events] == ["a"]
+    assert requests[0].headers["accept"] == "text/event-stream"
+    assert requests[1].headers.get("accept") != "text/event-stream"
+
+
+async def test_create_and_call_streams_only_through_its_stream_method() -> None:
+    async with client_on(lambda r: httpx.Response(200, json={})) as client:
+        with pytest.raises(ValueError, match="create_and_call_stream"):
+            await client.create_and_call("chat", [{"role": "user", "content": "x"}], stream=True)

@@ -8,7 +8,7 @@ import enum
 import json
 import random
 import uuid
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from decimal import Decimal
 from types import TracebackType
 from typing import Any, Literal, TypeVar
@@ -21,7 +21,7 @@ from openai import AsyncStream
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.completion_usage import CompletionUsage
 
-from ..errors import ERRORS_BY_TYPE, InvalidStructuredOutput, JobsError
+from ..errors import ERRORS_BY_TYPE, InvalidStructuredOutput, JobsError, StoreUnavailable
 from ._models import (
     Call,
     CompletedJob,
@@ -36,6 +36,7 @@ from ._models import (
 )
 
 M = TypeVar("M", bound=pydantic.BaseModel)
+T = TypeVar("T")
 
 DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 DEFAULT_MAX_RETRIES = 2
@@ -63,7 +64,11 @@ def error_from(status_code: int, body: object) -> JobsError:
     message = str(error.get("message") or f"HTTP {status_code}")
     param = error.get("param") if isinstance(error.get("param"), str) else None
     cls = ERRORS_BY_TYPE.get(kind) if isinstance(kind, str) else None
-    exc = cls(message, param=param) if cls is not None else APIError(message, param=param, error_type=str(kind))
+    exc = (
+        cls(message, param=param)
+        if cls is not None
+        else APIError(message, param=param, error_type=kind if isinstance(kind, str) else None)
+    )
     exc.status_code = status_code
     exc.body = body
     return exc
@@ -76,6 +81,32 @@ def _sdk_errors() -> Iterator[None]:
         yield
     except openai.APIStatusError as exc:
         raise error_from(exc.status_code, {"error": exc.body} if isinstance(exc.body, dict) else None) from exc
+    except openai.APIConnectionError:
+        raise  # transport trouble: the caller decides
+    except openai.APIError as exc:  # an error event inside a stream
+        body = exc.body if isinstance(exc.body, dict) else {"message": exc.message}
+        raise error_from(502, {"error": body}) from exc
+
+
+def _never_reached_the_proxy(exc: BaseException) -> bool:
+    """A call that failed like this made no upstream call, so sending it again cannot cost twice:
+    the connection was never made, or the plugin refused it before routing (store starting)."""
+    if isinstance(exc, openai.APIConnectionError) and not isinstance(exc, openai.APITimeoutError):
+        return isinstance(exc.__cause__, httpx.ConnectError | httpx.ConnectTimeout)
+    return isinstance(exc, StoreUnavailable)
+
+
+async def _with_retries(max_retries: int, send: Callable[[], Awaitable[T]]) -> T:
+    attempt = 0
+    while True:
+        try:
+            with _sdk_errors():
+                return await send()
+        except Exception as exc:
+            if attempt >= max_retries or not _never_reached_the_proxy(exc):
+                raise
+            attempt += 1
+            await asyncio.sleep(_backoff(attempt, None))
 
 
 class _State(enum.Enum):
@@ -108,8 +139,9 @@ class JobsClient:
     default_model:
         The model group of calls that name none.
     timeout, max_retries:
-        Per request. Only idempotent requests are retried (reads, creating a job under the id the
-        client chose, completing, grants with their idempotency key), so a retry never charges twice.
+        Per request. Only requests that cannot cost or charge twice are retried: reads, creating a
+        job under the id the client chose, completing, grants with their idempotency key, and any
+        call that never reached an upstream (no connection, or the plugin's store still starting).
     http_client:
         An ``httpx.AsyncClient`` to use (and not close); tests pass one with a custom transport.
     """
@@ -137,7 +169,9 @@ class JobsClient:
             base_url=f"{self.base_url}/v1",
             api_key=api_key,
             timeout=self._timeout,
-            max_retries=max_retries,
+            # The SDK would retry timeouts and 5xx answers: each retry a second upstream call. Our
+            # own retries (_with_retries) resend only what never reached an upstream.
+            max_retries=0,
             http_client=self._http,
         )
         self._state = _State.UNOPENED
@@ -279,6 +313,31 @@ class JobsClient:
         async for event in self._sse(f"/api/jobs/{job_id}/llm-call-stream", body):
             yield event
 
+    def _create_and_call_body(
+        self,
+        job_type: str,
+        messages: Iterable[Mapping[str, Any]],
+        *,
+        model: str | None,
+        job_id: str | None,
+        metadata: Mapping[str, Any] | None,
+        purpose: str | None,
+        params: Mapping[str, Any],
+    ) -> dict[str, Any]:
+        if "stream" in params:
+            raise ValueError("Use create_and_call_stream() for a streamed create-and-call.")
+        return self._body(
+            {
+                **params,
+                "job_type": job_type,
+                "job_id": job_id,
+                "metadata": metadata,
+                "messages": list(messages),
+                "model": model or self.default_model,
+                "purpose": purpose,
+            }
+        )
+
     async def create_and_call(
         self,
         job_type: str,
@@ -291,19 +350,29 @@ class JobsClient:
         **params: Any,
     ) -> LLMCallResponse:
         """Create a job, make its one call and close it, in one request (``status`` and ``costs`` set)."""
-        body = self._body(
-            {
-                **params,
-                "job_type": job_type,
-                "job_id": job_id,
-                "metadata": metadata,
-                "messages": list(messages),
-                "model": model or self.default_model,
-                "purpose": purpose,
-            }
+        body = self._create_and_call_body(
+            job_type, messages, model=model, job_id=job_id, metadata=metadata, purpose=purpose, params=params
         )
         raw = await self._request("POST", "/api/jobs/create-and-call", json_body=body, idempotent=False)
         return LLMCallResponse.model_validate(raw)
+
+    async def create_and_call_stream(
+        self,
+        job_type: str,
+        messages: Iterable[Mapping[str, Any]],
+        *,
+        model: str | None = None,
+        job_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        purpose: str | None = None,
+        **params: Any,
+    ) -> AsyncIterator[StreamEvent]:
+        """create-and-call as a stream; the last event also has the closed job's ``status`` and ``costs``."""
+        body = self._create_and_call_body(
+            job_type, messages, model=model, job_id=job_id, metadata=metadata, purpose=purpose, params=params
+        )
+        async for event in self._sse("/api/jobs/create-and-call", {**body, "stream": True}):
+            yield event
 
     async def structured_call(
         self,
@@ -392,7 +461,7 @@ class JobsClient:
         if self._state is _State.CLOSED:
             raise RuntimeError("This JobsClient is closed.")
         async with aconnect_sse(
-            self._http, "POST", f"{self.base_url}{path}", json=body, headers=self._headers, timeout=self._timeout
+            self._http, "POST", f"{self.base_url}{path}", json=body, headers=dict(self._headers), timeout=self._timeout
         ) as source:
             if source.response.status_code >= 400:
                 await source.response.aread()
@@ -498,13 +567,14 @@ class JobRun:
         **params: Any,
     ) -> ChatCompletion:
         """A chat completion in this job, through the OpenAI SDK on the proxy's ``/v1``."""
-        with _sdk_errors():
-            return await self._client.openai.chat.completions.create(
-                model=self._model(model),
-                messages=list(messages),  # type: ignore[arg-type]
-                extra_body=self._tag(purpose, extra_body),
-                **params,
-            )
+        create: Any = self._client.openai.chat.completions.create  # free-form params: not the typed overloads
+        request = {
+            "model": self._model(model),
+            "messages": list(messages),
+            "extra_body": self._tag(purpose, extra_body),
+        }
+        completion: ChatCompletion = await _with_retries(self._client.max_retries, lambda: create(**request, **params))
+        return completion
 
     def chat_stream(
         self,
@@ -519,6 +589,7 @@ class JobRun:
         gives the text as it comes; ``usage`` is set at the end."""
         return ChatStream(
             self._client.openai,
+            max_retries=self._client.max_retries,
             model=self._model(model),
             messages=list(messages),
             extra_body=self._tag(purpose, extra_body),
@@ -548,45 +619,65 @@ class JobRun:
 
 
 class ChatStream:
-    """The text deltas of one streamed call; ``usage``, ``text`` and ``call_id`` once it has ended."""
+    """The text deltas of one streamed call; ``usage``, ``text`` and ``call_id`` once it has ended.
+
+    Iterate it once (``async for delta in stream``); ``await stream.aclose()`` (or ``async with``)
+    ends it early and frees its connection.
+    """
 
     def __init__(
         self,
         sdk: openai.AsyncOpenAI,
         *,
+        max_retries: int,
         model: str,
         messages: list[Mapping[str, Any]],
         extra_body: dict[str, Any],
         params: dict[str, Any],
     ) -> None:
+        options = dict(params.get("stream_options") or {})
+        options["include_usage"] = True
+        self._request = {
+            **params,
+            "model": model,
+            "messages": messages,
+            "extra_body": extra_body,
+            "stream": True,
+            "stream_options": options,
+        }
         self._sdk = sdk
-        self._model = model
-        self._messages = messages
-        self._extra_body = extra_body
-        self._params = dict(params)
+        self._max_retries = max_retries
+        self._stream: AsyncStream[ChatCompletionChunk] | None = None
+        self._started = False
         self.usage: CompletionUsage | None = None
         self.call_id: str | None = None
         self.text = ""
 
     def __aiter__(self) -> AsyncIterator[str]:
+        if self._started:
+            raise RuntimeError("A ChatStream is iterated once; start another with job.chat_stream(...).")
+        self._started = True
         return self._deltas()
 
+    async def __aenter__(self) -> ChatStream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._stream is not None:
+            await self._stream.close()
+
     async def _deltas(self) -> AsyncIterator[str]:
-        options = dict(self._params.pop("stream_options", None) or {})
-        options["include_usage"] = True
+        create: Any = self._sdk.chat.completions.create  # free-form params: not the typed overloads
+        stream: AsyncStream[ChatCompletionChunk] = await _with_retries(
+            self._max_retries, lambda: create(**self._request)
+        )
+        self._stream = stream
+        self.call_id = stream.response.headers.get("x-litellm-call-id")
+        parts: list[str] = []
         with _sdk_errors():
-            # Free-form params (**kwargs) do not fit the SDK's typed overloads.
-            create: Any = self._sdk.chat.completions.create
-            stream: AsyncStream[ChatCompletionChunk] = await create(
-                model=self._model,
-                messages=self._messages,
-                stream=True,
-                stream_options=options,
-                extra_body=self._extra_body,
-                **self._params,
-            )
-            self.call_id = stream.response.headers.get("x-litellm-call-id")
-            parts: list[str] = []
             async with stream:
                 async for chunk in stream:
                     if chunk.usage is not None:
@@ -595,7 +686,7 @@ class ChatStream:
                         if choice.delta.content:
                             parts.append(choice.delta.content)
                             yield choice.delta.content
-            self.text = "".join(parts)
+        self.text = "".join(parts)
 
 
 def _response_format(response_model: type[pydantic.BaseModel]) -> dict[str, Any]:
