@@ -303,3 +303,45 @@ def test_job_types_reach_litellms_request_tags(proxy: tuple[Proxy, Workload], mo
     assert rows
     for row in rows:
         assert f"job_type:{row['job_type']}" in tags_by_call[row["call_id"]]
+
+
+def test_series_add_up_across_proxy_workers(tmp_path: Path, upstream: FakeUpstream, database_url: str) -> None:
+    """``litellm --num_workers 2`` with PROMETHEUS_MULTIPROC_DIR: /metrics sums every worker's series."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from prometheus_client.mmap_dict import MmapedDict
+
+    multiproc = tmp_path / "prometheus"
+    multiproc.mkdir()
+    server = Proxy.start(
+        tmp_path,
+        proxy_config(upstream, litellm_settings={"callbacks": ["litellm_jobs_plugin.plugin", "prometheus"]}),
+        env={"JOBS_DATABASE_URL": database_url, "PROMETHEUS_MULTIPROC_DIR": str(multiproc)},
+        args=("--num_workers", "2"),
+    )
+    try:
+        server.grant("team-a", 1000)
+        n = 40
+
+        def create(_: int) -> int:
+            r = httpx.post(
+                f"{server.url}/api/jobs/create",
+                headers={"Authorization": "Bearer sk-team-a", "Connection": "close"},
+                json={"job_type": "fanout"},
+                timeout=60,
+            )
+            return r.status_code
+
+        with ThreadPoolExecutor(8) as pool:
+            assert list(pool.map(create, range(n))) == [201] * n
+        started = metric_values(server)[("litellm_jobs_started_total", (("job_type", "fanout"), ("team", "team-a")))]
+        assert started == n
+        # Both workers counted some: the sum above is an aggregate, not one process's view.
+        writers = [
+            f
+            for f in multiproc.glob("counter_*.db")
+            if any("litellm_jobs_started" in key for key, *_ in MmapedDict.read_all_values_from_file(str(f)))
+        ]
+        assert len(writers) == 2
+    finally:
+        server.stop(timeout=30)
