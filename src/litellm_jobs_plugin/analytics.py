@@ -35,9 +35,10 @@ class JobTypeStats(_Row):
     prompt_tokens: int
     completion_tokens: int
     cost_total_usd: Decimal
-    cost_avg_usd: Decimal
-    cost_p50_usd: Decimal
-    cost_p95_usd: Decimal
+    # Per closed job (an open job's cost is not final); None before any job closed.
+    cost_avg_usd: Decimal | None
+    cost_p50_usd: Decimal | None
+    cost_p95_usd: Decimal | None
     credits_charged: Decimal
     failed_jobs_cost_usd: Decimal  # spent on jobs that earned nothing (failed or expired)
 
@@ -69,6 +70,12 @@ class TeamSummary(_Row):
     prompt_tokens: int
     completion_tokens: int
     cost_total_usd: Decimal
+
+    @classmethod
+    def empty(cls, team_id: str) -> TeamSummary:
+        """A team with no account and no jobs yet."""
+        zeros = {name: 0 for name, f in cls.model_fields.items() if name != "team_id"}
+        return cls.model_validate({"team_id": team_id, **zeros})
 
 
 class Analytics(_Row):

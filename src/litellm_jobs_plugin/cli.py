@@ -74,11 +74,22 @@ def run(work: Callable[[Settings], Coroutine[Any, Any, T]]) -> T:
 
 
 @contextlib.asynccontextmanager
-async def database(settings: Settings, *, migrate: bool = True) -> AsyncIterator[tuple[PostgresStore, str]]:
-    """The plugin's store (migrated unless told otherwise) and its URL."""
+async def database(
+    settings: Settings, *, migrate: bool = True, create: bool = False
+) -> AsyncIterator[tuple[PostgresStore, str]]:
+    """The plugin's store (migrated unless told otherwise) and its URL.
+
+    Without a database URL this is the embedded PostgreSQL under JOBS_DATA_DIR; only ``migrate``
+    may create one (anything else would silently read or write an empty database).
+    """
     embedded = None
     url = settings.database_url
     if url is None:
+        if not create and not (settings.data_dir / "pgdata" / "PG_VERSION").exists():
+            raise Failure(
+                f"no database: set JOBS_DATABASE_URL, or run where the proxy keeps its embedded one "
+                f"(JOBS_DATA_DIR, now {settings.data_dir})"
+            )
         embedded = EmbeddedPostgres(settings.data_dir)
         url = await embedded.start()
     store = PostgresStore(url, schema=settings.db_schema, min_size=0, max_size=2)
@@ -124,7 +135,7 @@ def migrate() -> None:
     """Apply pending migrations (the proxy also applies them at start-up, under the same lock)."""
 
     async def work(settings: Settings) -> None:
-        async with database(settings, migrate=False) as (store, _):
+        async with database(settings, migrate=False, create=True) as (store, _):
             names = {m.version: m.name for m in load_migrations()}
             out.print(f"schema {settings.db_schema}: applying pending migrations ...")
             applied = await store.migrate()
@@ -176,6 +187,10 @@ def credits_grant(
         value = Decimal("NaN")
     if not value.is_finite() or (not adjust and value <= 0):
         err.print("[red]error:[/red] the amount must be a positive number (use --adjust to take credits back)")
+        raise typer.Exit(1)
+    # As the admin route: numeric(20, 6) holds 14 integer digits and 6 decimals.
+    if abs(value) >= Decimal(10) ** 14 or value != value.quantize(Decimal("0.000001")):
+        err.print("[red]error:[/red] credits have at most 6 decimals and 14 integer digits")
         raise typer.Exit(1)
     key = idempotency_key or f"cli-{uuid.uuid4().hex}"
 

@@ -122,7 +122,7 @@ class JobsPlugin(CustomLogger):
             backend = await choose_backend(store, self.writer, url, closed_ttl_s=s.closed_job_ttl_s)
         else:
             backend = PostgresCredits(store)
-        metrics = process_metrics()
+        metrics = process_metrics(max_job_types=s.metrics_max_job_types, known_job_types=s.job_prices)
         self.writer.observer = metrics.writer_progress
         self._credits = CreditService(s, store, self.writer, backend, metrics=metrics)
         self._credits.start_reaper()
@@ -242,7 +242,7 @@ class JobsPlugin(CustomLogger):
         except JobsError as exc:
             raise to_proxy_exception(exc) from exc
         adapter.put_stash(data, context)
-        if context.job_type is not None:
+        if context.job_type is not None and self.settings.tag_job_type:
             adapter.add_request_tag(data, f"job_type:{context.job_type}")
         return data
 

@@ -8,6 +8,7 @@ every worker's values in that directory and LiteLLM's ``/metrics`` sums them. La
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from decimal import Decimal
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
@@ -20,10 +21,28 @@ COST_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10
 CALL_BUCKETS = (1, 2, 3, 5, 8, 13, 21, 34, 55, 100, 250)
 
 
-class Metrics:
-    """The plugin's series; one instance per process (``registry`` is for tests)."""
+OTHER_JOB_TYPES = "other"
 
-    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+
+class Metrics:
+    """The plugin's series; one instance per process (``registry`` is for tests).
+
+    ``job_type`` comes from clients, so its label is bounded: the priced job types
+    (``JOBS_JOB_PRICES``) and the first ``max_job_types`` others this process sees keep their
+    name; later ones are counted as ``other``.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry = REGISTRY,
+        *,
+        max_job_types: int = 100,
+        known_job_types: Iterable[str] = (),
+    ) -> None:
+        self._known = set(known_job_types)
+        self._seen_types: set[str] = set()
+        self._max_job_types = max_job_types
+
         def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
             return Counter(f"litellm_jobs_{name}", doc, labels, registry=registry)
 
@@ -60,17 +79,26 @@ class Metrics:
         self.store_errors = counter("store_errors", "Failed write attempts (retried).")
         self._seen = WriterStats()
 
+    def _type(self, job_type: str) -> str:
+        if job_type in self._known or job_type in self._seen_types:
+            return job_type
+        if len(self._seen_types) < self._max_job_types:
+            self._seen_types.add(job_type)
+            return job_type
+        return OTHER_JOB_TYPES
+
     def job_started(self, job_type: str, team: str) -> None:
-        self.jobs_started.labels(job_type, team).inc()
+        self.jobs_started.labels(self._type(job_type), team).inc()
 
     def job_closed(self, job_type: str, team: str, status: JobStatus, *, charged: Decimal, calls: int) -> None:
-        self.jobs_closed.labels(job_type, team, status.value).inc()
+        label = self._type(job_type)
+        self.jobs_closed.labels(label, team, status.value).inc()
         if charged:
-            self.credits_charged.labels(job_type, team).inc(float(charged))
-        self.calls_per_job.labels(job_type).observe(calls)
+            self.credits_charged.labels(label, team).inc(float(charged))
+        self.calls_per_job.labels(label).observe(calls)
 
     def job_cost_known(self, job_type: str, cost_usd: Decimal) -> None:
-        self.job_cost.labels(job_type).observe(float(cost_usd))
+        self.job_cost.labels(self._type(job_type)).observe(float(cost_usd))
 
     def rejected(self, reason: str, team: str) -> None:
         self.rejections.labels(reason, team).inc()
@@ -91,9 +119,9 @@ class Metrics:
 _process_metrics: Metrics | None = None
 
 
-def process_metrics() -> Metrics:
+def process_metrics(*, max_job_types: int = 100, known_job_types: Iterable[str] = ()) -> Metrics:
     """This process's series in the default registry (created once: a name registers only once)."""
     global _process_metrics
     if _process_metrics is None:
-        _process_metrics = Metrics()
+        _process_metrics = Metrics(max_job_types=max_job_types, known_job_types=known_job_types)
     return _process_metrics

@@ -17,7 +17,7 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
 from pydantic import Field, field_validator
 
-from .analytics import analytics
+from .analytics import TeamSummary, analytics
 from .call_routes import add_call_routes
 from .errors import Forbidden, InvalidJobMetadata, JobNotFound, JobsError
 from .metadata import check_job_id, check_job_metadata, check_job_type, check_team_id
@@ -67,12 +67,14 @@ class GrantBody(Body):
 
 
 def _time(value: str | None, name: str) -> datetime | None:
+    """An ISO 8601 time; one without a time zone is UTC (as periods are)."""
     if value is None:
         return None
     try:
-        return datetime.fromisoformat(value)
+        at = datetime.fromisoformat(value)
     except ValueError:
         raise InvalidJobMetadata(f"{name} must be an ISO 8601 time.", param=name) from None
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 BUCKETS = ("hour", "day", "week", "month")
@@ -87,7 +89,7 @@ def _period(value: str) -> tuple[datetime, datetime]:
             return start, end
         start = datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=UTC)
         return start, start + timedelta(days=1)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise InvalidJobMetadata("period must be YYYY-MM or YYYY-MM-DD.", param="period") from None
 
 
@@ -280,7 +282,7 @@ def build_router(plugin: JobsPlugin) -> APIRouter:
         team = team_for(key, team_id)
         since, until = _period(period)
         result = await analytics(await plugin.ready(), team_id=team, since=since, until=until)
-        summary = result.teams[0].model_dump(mode="json") if result.teams else {"team_id": team}
+        summary = (result.teams[0] if result.teams else TeamSummary.empty(team)).model_dump(mode="json")
         return JSONResponse(
             {
                 **summary,

@@ -67,6 +67,12 @@ class Settings(BaseSettings):
     default_model: str | None = Field(
         default=None, description="Model group of the seed routes' calls that name no model (or model_group)."
     )
+    tag_job_type: bool = Field(
+        default=True, description="Mirror job_type into LiteLLM's request tags (job_type:<type>)."
+    )
+    metrics_max_job_types: int = Field(
+        default=100, ge=0, description="job_type label values per process; later types are counted as 'other'."
+    )
     redis_prefix: str = Field(default="ljp", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     closed_job_ttl_s: int = Field(default=7 * 24 * 3600, gt=0, description="Redis keeps closed jobs this long.")
 

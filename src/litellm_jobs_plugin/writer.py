@@ -109,6 +109,7 @@ class Writer:
                 self.stats.dropped += 1
                 self.stats.enqueued += 1
                 _log.error("litellm-jobs: buffer full for %.1fs, dropped %s", self.enqueue_timeout_s, event.event_id)
+                self._report()
                 return
         self.stats.enqueued += 1
 
@@ -146,8 +147,16 @@ class Writer:
                 self._oldest_pending = None
                 for _ in batch:
                     self._queue.task_done()
-                if self.observer is not None:
-                    self.observer(self.stats, self.depth)
+                self._report()
+
+    def _report(self) -> None:
+        """Tell the observer (the Prometheus series); never let it stop the writer."""
+        if self.observer is None:
+            return
+        try:
+            self.observer(self.stats, self.depth)
+        except Exception:
+            _log.exception("litellm-jobs: the writer's observer failed")
 
     async def _write(self, batch: list[Item]) -> None:
         assert self.sink is not None
@@ -164,6 +173,7 @@ class Writer:
                 _log.warning(
                     "litellm-jobs: store unavailable (%s); retrying %d events in %.2fs", exc, len(batch), delay
                 )
+                self._report()  # the outage shows (store errors, buffer depth) while it lasts
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.retry_max_s)
                 continue

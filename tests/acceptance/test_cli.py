@@ -71,6 +71,8 @@ def test_grants_are_idempotent_and_errors_are_one_line(database_url: str) -> Non
     for args, message in [
         (("credits", "grant", "team-x", "0"), "positive"),
         (("credits", "grant", "team-x", "ten"), "positive"),
+        (("credits", "grant", "team-x", "0.0000001"), "6 decimals"),
+        (("credits", "grant", "team-x", "1e20"), "14 integer digits"),
         (("jobs", "show", "nope", "--team", "team-x"), "no job 'nope'"),
         (("credits", "show", "bad team"), "team"),
         (("jobs", "list", "--team", "team-x", "--status", "done"), "status must be one of"),
@@ -110,3 +112,11 @@ def test_a_grant_reaches_a_running_proxy_and_its_jobs_are_listed(
     assert "document_analysis" in table.stdout
     balance = cli_json(database_url, "credits", "show", "team-d")
     assert balance["credits_held"] == "1.000000"
+
+
+def test_without_a_database_only_migrate_creates_one(tmp_path: Path) -> None:
+    env = {**clean_env(), "JOBS_DATA_DIR": str(tmp_path / "data")}
+    done = subprocess.run([str(CLI), "credits", "show", "team-x"], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 1
+    assert "no database" in done.stderr
+    assert not (tmp_path / "data").exists()

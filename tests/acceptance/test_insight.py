@@ -64,7 +64,7 @@ def proxy(
         env={
             "JOBS_DATABASE_URL": module_database_url,
             "JOBS_JOB_PRICES": json.dumps({k: str(v) for k, v in PRICES.items()}),
-            "JOBS_IDLE_TIMEOUT_S": "3",
+            "JOBS_IDLE_TIMEOUT_S": "6",  # long enough for any job of the workload between its calls
             "JOBS_REAPER_INTERVAL_S": "0.5",
             "TAG_PROBE_FILE": str(tags_file),
         },
@@ -321,7 +321,6 @@ def test_series_add_up_across_proxy_workers(tmp_path: Path, upstream: FakeUpstre
     )
     try:
         server.grant("team-a", 1000)
-        n = 40
 
         def create(_: int) -> int:
             r = httpx.post(
@@ -332,16 +331,40 @@ def test_series_add_up_across_proxy_workers(tmp_path: Path, upstream: FakeUpstre
             )
             return r.status_code
 
+        def workers_that_counted() -> int:
+            return sum(
+                1
+                for f in multiproc.glob("counter_*.db")
+                if any("litellm_jobs_started" in key for key, *_ in MmapedDict.read_all_values_from_file(str(f)))
+            )
+
+        # Until both workers have opened jobs (the second may still be starting): bounded.
+        created = 0
         with ThreadPoolExecutor(8) as pool:
-            assert list(pool.map(create, range(n))) == [201] * n
+            while workers_that_counted() < 2:
+                assert created < 800, "one worker took every request"
+                assert list(pool.map(create, range(40))) == [201] * 40
+                created += 40
         started = metric_values(server)[("litellm_jobs_started_total", (("job_type", "fanout"), ("team", "team-a")))]
-        assert started == n
-        # Both workers counted some: the sum above is an aggregate, not one process's view.
-        writers = [
-            f
-            for f in multiproc.glob("counter_*.db")
-            if any("litellm_jobs_started" in key for key, *_ in MmapedDict.read_all_values_from_file(str(f)))
-        ]
-        assert len(writers) == 2
+        assert started == created  # the sum of both workers' counts
     finally:
         server.stop(timeout=30)
+
+
+def test_the_window_and_repeated_closes(proxy: tuple[Proxy, Workload]) -> None:
+    server, work = proxy
+    future = api(server, "/api/analytics/job-types", KEY, since="2999-01-01T00:00:00").json()
+    assert future["job_types"] == []
+    past = api(server, "/api/analytics/job-types", KEY, until="2000-01-01").json()
+    assert past["job_types"] == []
+    first = min(api(server, f"/api/jobs/{j}", KEY).json()["created_at"] for j in work.statuses)
+    window = api(server, "/api/analytics/job-types", KEY, since=first).json()
+    assert sum(r["jobs_started"] for r in window["job_types"]) == len(work.statuses)
+    assert api(server, "/api/analytics/job-types", KEY, since="yesterday").status_code == 400
+    assert api(server, f"/api/teams/{TEAM}/usage", KEY, period="9999-12").status_code == 400
+    # Completing a completed job again answers the same and counts nothing twice.
+    done = next(j for j, s in work.statuses.items() if s == "completed" and work.types[j] == "doc")
+    labels = {"job_type": "doc", "team": TEAM, "status": "completed"}
+    before = metric_values(server)[("litellm_jobs_closed_total", tuple(sorted(labels.items())))]
+    assert post(server, f"/api/jobs/{done}/complete", {"status": "completed"}).status_code == 200
+    assert metric_values(server)[("litellm_jobs_closed_total", tuple(sorted(labels.items())))] == before

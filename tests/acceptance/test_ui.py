@@ -53,7 +53,7 @@ def test_log_in_see_a_job_open_its_detail(shared_proxy: Proxy, browser: object, 
     from selenium.webdriver.common.by import By
     from selenium.webdriver.remote.webdriver import WebDriver
     from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
+    from selenium.webdriver.support.ui import Select, WebDriverWait
 
     assert isinstance(browser, WebDriver)
     job_id = f"ui-{uuid.uuid4().hex[:8]}"
@@ -87,10 +87,17 @@ def test_log_in_see_a_job_open_its_detail(shared_proxy: Proxy, browser: object, 
     purposes = sorted(tr.find_elements(By.TAG_NAME, "td")[1].text for tr in calls)
     assert purposes == ["extract", "summarise"]
 
-    # Filters: another status hides the job.
-    browser.find_element(By.ID, "f-status").send_keys("completed")
+    # Filters: the job's type and status keep it, another status hides it.
+    browser.find_element(By.ID, "f-type").send_keys("document_analysis")
+    Select(browser.find_element(By.ID, "f-status")).select_by_visible_text("in_progress")
     browser.find_element(By.CSS_SELECTOR, "#filters button").click()
-    wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, f'tr.job[data-job-id="{job_id}"]'))
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, f'tr.job[data-job-id="{job_id}"]'))
+    statuses = {td.text for td in browser.find_elements(By.CSS_SELECTOR, "#jobs tbody tr td:nth-child(3)")}
+    assert statuses == {"in_progress"}
+    Select(browser.find_element(By.ID, "f-status")).select_by_visible_text("expired")
+    browser.find_element(By.CSS_SELECTOR, "#filters button").click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "jobs-error"), "No jobs yet."))
+    assert not browser.find_elements(By.CSS_SELECTOR, f'tr.job[data-job-id="{job_id}"]')
 
     shot = tmp_path / "jobs-ui.png"
     assert browser.save_screenshot(str(shot))

@@ -7,6 +7,7 @@ from litellm_jobs_plugin.errors import StoreUnavailable
 from litellm_jobs_plugin.models import CallEvent
 from litellm_jobs_plugin.writer import Writer
 from tests.support.events import event
+from tests.support.services import wait_for_async
 
 
 class Sink:
@@ -112,3 +113,54 @@ async def test_the_oldest_unwritten_age_is_measured_from_enqueueing() -> None:
     await writer.flush()
     assert (writer.depth, writer.oldest_pending_age_s) == (0, 0.0)
     await writer.aclose()
+
+
+async def test_the_metrics_see_an_outage_while_it_lasts_and_a_broken_observer_stops_nothing() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from litellm_jobs_plugin.metrics import Metrics
+
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    sink = Sink()
+    sink.down = True
+    writer = Writer(sink, batch_size=10, retry_max_s=0.01, observer=metrics.writer_progress)
+    for i in range(3):
+        await writer.put(event(f"o{i}"))
+    writer.start()
+
+    async def errors_reported() -> bool:
+        return (registry.get_sample_value("litellm_jobs_store_errors_total") or 0) >= 2
+
+    await wait_for_async(errors_reported, within=5, what="store errors")  # reported while the store is down
+    assert registry.get_sample_value("litellm_jobs_writer_buffer_depth") == 3
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("observer bug")
+
+    writer.observer = broken
+    sink.down = False
+    await asyncio.wait_for(writer.flush(), timeout=5)
+    await writer.put(event("after"))
+    await asyncio.wait_for(writer.flush(), timeout=5)
+    assert any("after" in e for b in sink.batches for e in b)
+    await writer.aclose()
+
+
+def test_job_type_labels_are_bounded() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from litellm_jobs_plugin.metrics import Metrics
+    from litellm_jobs_plugin.models import JobStatus
+
+    registry = CollectorRegistry()
+    metrics = Metrics(registry, max_job_types=2, known_job_types=["priced"])
+    for job_type in ("a", "b", "c", "d", "priced"):
+        metrics.job_started(job_type, "t")
+    metrics.job_closed("z", "t", JobStatus.COMPLETED, charged=1, calls=2)  # type: ignore[arg-type]
+    value = registry.get_sample_value
+    assert value("litellm_jobs_started_total", {"job_type": "a", "team": "t"}) == 1
+    assert value("litellm_jobs_started_total", {"job_type": "b", "team": "t"}) == 1
+    assert value("litellm_jobs_started_total", {"job_type": "other", "team": "t"}) == 2
+    assert value("litellm_jobs_started_total", {"job_type": "priced", "team": "t"}) == 1
+    assert value("litellm_jobs_closed_total", {"job_type": "other", "team": "t", "status": "completed"}) == 1

@@ -71,16 +71,19 @@ class CreditService:
         task.add_done_callback(self._observers.discard)
 
     async def _observe_cost(self, team_id: str, job_id: str, job_type: str, admitted_calls: int) -> None:
-        # Off every request path: the job's cost is known once its admitted calls are recorded.
+        # Off every request path: the job's cost is known once its admitted calls are recorded
+        # (an admitted call LiteLLM then refused never is: past the deadline, what is recorded counts).
         assert self.metrics is not None
-        deadline = asyncio.get_running_loop().time() + max(self.settings.complete_wait_s, 1.0) * 6
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(self.settings.complete_wait_s, 1.0) * 6
+        delay = 0.05
         try:
-            while await self.store.count_calls(team_id, job_id) < admitted_calls:
-                if asyncio.get_running_loop().time() >= deadline:
-                    break
-                await asyncio.sleep(0.1)
+            while await self.store.count_calls(team_id, job_id) < admitted_calls and loop.time() < deadline:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
             job = await self.store.get_job(team_id, job_id)
-        except StoreUnavailable:
+        except Exception:
+            _log.warning("litellm-jobs: could not read job %s for its cost metric", job_id, exc_info=True)
             return
         if job is not None:
             self.metrics.job_cost_known(job_type, job.total_cost_usd)

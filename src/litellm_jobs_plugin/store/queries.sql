@@ -352,8 +352,9 @@ WHERE j.team_id = t.team_id AND j.job_id = t.job_id;
 
 -- name: job_type_stats
 -- Per job type, over the jobs created in [since, until): one team's (team_id set) or every team's.
--- Costs per job are the jobs' own aggregates (sums over their call rows); percentiles are
--- discrete (an actual job's cost), so they are exact numerics.
+-- Costs per job are the jobs' own aggregates (sums over their call rows); the average and the
+-- percentiles are over closed jobs (an open job's cost is not final) and discrete (an actual
+-- job's cost), so they are exact numerics.
 SELECT job_type,
        count(*)::integer AS jobs_started,
        count(*) FILTER (WHERE status = 'completed')::integer AS completed,
@@ -368,9 +369,11 @@ SELECT job_type,
        coalesce(sum(prompt_tokens), 0)::bigint AS prompt_tokens,
        coalesce(sum(completion_tokens), 0)::bigint AS completion_tokens,
        coalesce(sum(total_cost_usd), 0) AS cost_total_usd,
-       round(avg(total_cost_usd), 12) AS cost_avg_usd,
-       percentile_disc(0.5) WITHIN GROUP (ORDER BY total_cost_usd) AS cost_p50_usd,
-       percentile_disc(0.95) WITHIN GROUP (ORDER BY total_cost_usd) AS cost_p95_usd,
+       round(avg(total_cost_usd) FILTER (WHERE status IN ('completed', 'failed', 'expired')), 12) AS cost_avg_usd,
+       percentile_disc(0.5) WITHIN GROUP (ORDER BY total_cost_usd)
+           FILTER (WHERE status IN ('completed', 'failed', 'expired')) AS cost_p50_usd,
+       percentile_disc(0.95) WITHIN GROUP (ORDER BY total_cost_usd)
+           FILTER (WHERE status IN ('completed', 'failed', 'expired')) AS cost_p95_usd,
        coalesce(sum(credits_charged), 0) AS credits_charged,
        coalesce(sum(total_cost_usd) FILTER (WHERE status IN ('failed', 'expired')), 0) AS failed_jobs_cost_usd
 FROM jobs
@@ -401,7 +404,11 @@ ORDER BY job_type, bucket;
 WITH teams AS (
     SELECT team_id FROM credit_accounts WHERE %(team_id)s::text IS NULL OR team_id = %(team_id)s
     UNION
-    SELECT DISTINCT team_id FROM jobs WHERE %(team_id)s::text IS NULL OR team_id = %(team_id)s
+    -- A team whose hold is still in the writer's buffer (Redis mode) has jobs but no account yet.
+    SELECT DISTINCT team_id FROM jobs
+    WHERE (%(team_id)s::text IS NULL OR team_id = %(team_id)s)
+      AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s)
+      AND (%(until)s::timestamptz IS NULL OR created_at < %(until)s)
 ), ledger AS (
     SELECT team_id,
            coalesce(sum(amount) FILTER (WHERE kind IN ('grant', 'adjust')), 0) AS granted,
