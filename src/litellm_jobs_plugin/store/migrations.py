@@ -55,9 +55,11 @@ def load_migrations() -> list[Migration]:
     return found
 
 
-async def apply_migrations(conn: psycopg.AsyncConnection[Any], schema: str) -> list[int]:
-    """Apply pending migrations in ``schema``; returns the versions applied now."""
-    migrations = load_migrations()
+async def apply_migrations(
+    conn: psycopg.AsyncConnection[Any], schema: str, *, until: int | None = None
+) -> list[int]:
+    """Apply pending migrations in ``schema`` (up to version ``until``); returns the versions applied now."""
+    migrations = [m for m in load_migrations() if until is None or m.version <= until]
     applied_now: list[int] = []
     await conn.set_autocommit(True)
     await conn.execute(query("lock_migrations"), {"key": MIGRATION_LOCK_KEY})

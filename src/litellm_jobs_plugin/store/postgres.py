@@ -98,9 +98,10 @@ class PostgresStore:
     async def close(self) -> None:
         await self._pool.close()
 
-    async def migrate(self) -> list[int]:
+    async def migrate(self, *, until: int | None = None) -> list[int]:
+        """Apply pending migrations (up to version ``until``, for upgrade tests); returns those applied."""
         async with wrap_errors(), self._pool.connection() as conn:
-            applied = await apply_migrations(conn, self.schema)
+            applied = await apply_migrations(conn, self.schema, until=until)
         if applied:
             _log.info("litellm-jobs: applied migrations %s in schema %s", applied, self.schema)
         return applied
