@@ -1,0 +1,95 @@
+"""Upgrade safety: every migration applies over data an earlier release wrote, and stays additive
+(old replicas keep working while new ones roll out)."""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+
+import pytest
+
+from litellm_jobs_plugin.analytics import analytics
+from litellm_jobs_plugin.store.migrations import load_migrations
+from litellm_jobs_plugin.store.postgres import PostgresStore
+from tests.conftest import query
+from tests.support.events import context, event
+
+LATEST = len(load_migrations())
+
+#: Rows as the release at each schema version wrote them (only the columns that version had).
+WRITTEN_AT = {
+    1: """
+INSERT INTO jobs (team_id, job_id, job_type, status, total_calls, successful_calls, prompt_tokens,
+                  completion_tokens, total_cost_usd, total_latency_ms, models_used, first_call_at, last_call_at)
+VALUES ('team-u', 'old-job', 'document_analysis', 'in_progress', 1, 1, 10, 5, 0.000123, 250,
+        '{openai/gpt-4o-mini}', now(), now());
+INSERT INTO call_events (event_id, call_id, team_id, job_id, job_type, status, model_group, model,
+                         prompt_tokens, completion_tokens, cost_usd, latency_ms, started_at, ended_at)
+VALUES ('6:team-u:old-call:success', 'old-call', 'team-u', 'old-job', 'document_analysis', 'success',
+        'ChatAgent', 'openai/gpt-4o-mini', 10, 5, 0.000123, 250, now() - interval '1 second', now());
+INSERT INTO calls (team_id, call_id, job_id, job_type, status, model_group, model, prompt_tokens,
+                   completion_tokens, cost_usd, latency_ms, started_at, ended_at)
+VALUES ('team-u', 'old-call', 'old-job', 'document_analysis', 'success', 'ChatAgent', 'openai/gpt-4o-mini',
+        10, 5, 0.000123, 250, now() - interval '1 second', now());
+""",
+    2: """
+INSERT INTO credit_ledger (team_id, kind, amount, idempotency_key) VALUES ('team-u', 'grant', 10, 'grant:old');
+INSERT INTO credit_accounts (team_id, credits_allocated) VALUES ('team-u', 10);
+""",
+}
+
+
+@pytest.mark.parametrize("previous", range(1, LATEST))
+async def test_migrations_apply_over_data_of_every_earlier_version(database_url: str, previous: int) -> None:
+    store = PostgresStore(database_url)
+    await store.open(migrate=False)
+    try:
+        assert await store.migrate(until=previous) == list(range(1, previous + 1))
+        for version, rows in WRITTEN_AT.items():
+            if version <= previous:
+                query(database_url, rows)
+        assert await store.migrate() == list(range(previous + 1, LATEST + 1))
+
+        # The old rows read back through today's code...
+        job = await store.get_job("team-u", "old-job")
+        assert job is not None
+        assert (job.total_calls, job.total_cost_usd) == (1, Decimal("0.000123"))
+        calls = await store.list_calls("team-u", "old-job")
+        assert [(c.call_id, c.purpose) for c in calls] == [("old-call", None)]
+        # ...and today's code keeps writing to them: a new call on the old job.
+        await store.write_batch([event("new-call", ctx=context("team-u", "old-job", "document_analysis"))])
+        job = await store.get_job("team-u", "old-job")
+        assert job is not None
+        assert (job.total_calls, job.total_cost_usd) == (2, Decimal("0.001123"))
+        stats = await analytics(store, team_id="team-u", since=None, until=None)
+        assert [(s.job_type, s.calls) for s in stats.job_types] == [("document_analysis", 2)]
+        if previous >= 2:
+            assert (await store.balance("team-u")).credits_allocated == 10
+    finally:
+        await store.close()
+
+
+#: What a migration may do while replicas of the previous release still run against the schema.
+_FORBIDDEN = [
+    (r"\bDROP\s+(TABLE|COLUMN|INDEX|SCHEMA|VIEW|FUNCTION|TYPE|CONSTRAINT)\b", "drops something old code uses"),
+    (r"\bRENAME\b", "renames something old code uses"),
+    (r"\bALTER\s+COLUMN\s+\w+\s+(SET\s+DATA\s+)?TYPE\b", "changes a column's type"),
+    (r"\bSET\s+NOT\s+NULL\b", "makes a column old code may leave empty required"),
+    (r"\bTRUNCATE\b|\bDELETE\s+FROM\b", "deletes data"),
+]
+
+
+@pytest.mark.parametrize("migration", load_migrations()[1:], ids=lambda m: f"{m.version:04d}_{m.name}")
+def test_migrations_after_the_first_are_additive(migration: object) -> None:
+    sql = re.sub(r"--[^\n]*", "", migration.sql)  # type: ignore[attr-defined]
+    for pattern, why in _FORBIDDEN:
+        assert not re.search(pattern, sql, re.I), f"{why}: make it additive, in two releases"
+    # New columns are nullable or have a default: the previous release's INSERTs still work.
+    for column in re.finditer(r"ADD\s+COLUMN\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)\s+([^,;]+)", sql, re.I):
+        definition = column[2].upper()
+        assert "NOT NULL" not in definition or "DEFAULT" in definition, column[1]
+
+
+def test_the_additive_check_catches_a_breaking_change() -> None:
+    sql = "ALTER TABLE calls DROP COLUMN purpose;"
+    assert any(re.search(p, sql, re.I) for p, _ in _FORBIDDEN)
