@@ -219,3 +219,16 @@ def test_the_probe_routes_exist() -> None:
     litellms = {getattr(r, "path", "") for r in litellm_health.routes}
     assert "/api/jobs/health" in ours
     assert "/health/liveliness" in litellms
+
+
+def test_the_version_matrix_spans_the_supported_range() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    spec = SpecifierSet(next(d for d in project["dependencies"] if d.startswith("litellm[proxy]")).split("]", 1)[1])
+    lowest = pinned_litellm()
+    newest_pin = re.search(r"^litellm==(\S+)$", (ROOT / "constraints-newest.txt").read_text(), re.M)
+    assert newest_pin
+    assert lowest in spec
+    assert newest_pin[1] in spec
+    assert f">={lowest}" in str(spec)  # CI's main pin is the range's floor
+    assert tuple(map(int, newest_pin[1].split("."))) > tuple(map(int, lowest.split(".")))
+    assert "JOBS_TEST_LITELLM_MATRIX=1" in (ROOT / ".ci" / "run").read_text()
