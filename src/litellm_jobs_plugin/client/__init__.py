@@ -29,7 +29,9 @@ from ..errors import (
     StoreUnavailable,
     TeamRequired,
 )
-from ._client import APIError, ChatStream, JobRun, JobsClient, SaasLiteLLMClient, error_from
+from ._client import JobsClient, SaasLiteLLMClient
+from ._errors import APIError, error_from
+from ._job import ChatStream, JobRun
 from ._models import (
     Call,
     CallCost,

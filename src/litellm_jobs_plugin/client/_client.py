@@ -1,14 +1,12 @@
-"""The async client: jobs as context managers on the OpenAI SDK, and the seed system's methods."""
+"""The async client: the plugin's routes over httpx, and the seed system's methods."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import json
-import random
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from decimal import Decimal
 from types import TracebackType
 from typing import Any, Literal, TypeVar
@@ -17,96 +15,29 @@ import httpx
 import openai
 import pydantic
 from httpx_sse import aconnect_sse
-from openai import AsyncStream
-from openai.types.chat import ChatCompletion, ChatCompletionChunk
-from openai.types.completion_usage import CompletionUsage
 
-from ..errors import ERRORS_BY_TYPE, InvalidStructuredOutput, JobsError, StoreUnavailable
+from ._errors import backoff, error_from
+from ._job import JobRun, response_format_of, validated
 from ._models import (
     Call,
     CompletedJob,
     CreatedJob,
     Job,
     JobCostBreakdown,
-    JobCosts,
     JobPage,
     LLMCallResponse,
     StreamEvent,
     TeamBalance,
 )
 
+__all__ = ["JobsClient", "SaasLiteLLMClient"]
+
 M = TypeVar("M", bound=pydantic.BaseModel)
-T = TypeVar("T")
 
 DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 DEFAULT_MAX_RETRIES = 2
 #: Statuses worth retrying for idempotent requests: the proxy or its store was briefly unavailable.
 _RETRY_STATUSES = frozenset({429, 502, 503, 504})
-
-
-class APIError(JobsError):
-    """The proxy answered with an error that is not one of the jobs plugin's (LiteLLM's own, a provider's)."""
-
-    type = "api_error"
-    status = 500
-
-    def __init__(self, message: str | None = None, *, param: str | None = None, error_type: str | None = None) -> None:
-        super().__init__(message, param=param)
-        self.error_type = error_type
-
-
-def error_from(status_code: int, body: object) -> JobsError:
-    """The typed exception for an error answer (OpenAI's error JSON)."""
-    error = body.get("error") if isinstance(body, dict) else None
-    if not isinstance(error, dict):
-        error = body if isinstance(body, dict) and "type" in body else {}
-    kind = error.get("type")
-    message = str(error.get("message") or f"HTTP {status_code}")
-    param = error.get("param") if isinstance(error.get("param"), str) else None
-    cls = ERRORS_BY_TYPE.get(kind) if isinstance(kind, str) else None
-    exc = (
-        cls(message, param=param)
-        if cls is not None
-        else APIError(message, param=param, error_type=kind if isinstance(kind, str) else None)
-    )
-    exc.status_code = status_code
-    exc.body = body
-    return exc
-
-
-@contextlib.contextmanager
-def _sdk_errors() -> Iterator[None]:
-    """OpenAI SDK errors → our typed exceptions (a 402 from the proxy is InsufficientCredits)."""
-    try:
-        yield
-    except openai.APIStatusError as exc:
-        raise error_from(exc.status_code, {"error": exc.body} if isinstance(exc.body, dict) else None) from exc
-    except openai.APIConnectionError:
-        raise  # transport trouble: the caller decides
-    except openai.APIError as exc:  # an error event inside a stream
-        body = exc.body if isinstance(exc.body, dict) else {"message": exc.message}
-        raise error_from(502, {"error": body}) from exc
-
-
-def _never_reached_the_proxy(exc: BaseException) -> bool:
-    """A call that failed like this made no upstream call, so sending it again cannot cost twice:
-    the connection was never made, or the plugin refused it before routing (store starting)."""
-    if isinstance(exc, openai.APIConnectionError) and not isinstance(exc, openai.APITimeoutError):
-        return isinstance(exc.__cause__, httpx.ConnectError | httpx.ConnectTimeout)
-    return isinstance(exc, StoreUnavailable)
-
-
-async def _with_retries(max_retries: int, send: Callable[[], Awaitable[T]]) -> T:
-    attempt = 0
-    while True:
-        try:
-            with _sdk_errors():
-                return await send()
-        except Exception as exc:
-            if attempt >= max_retries or not _never_reached_the_proxy(exc):
-                raise
-            attempt += 1
-            await asyncio.sleep(_backoff(attempt, None))
 
 
 class _State(enum.Enum):
@@ -239,12 +170,12 @@ class JobsClient:
                 never_sent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
                 if attempt < self.max_retries and (idempotent or never_sent):
                     attempt += 1
-                    await asyncio.sleep(_backoff(attempt, None))
+                    await asyncio.sleep(backoff(attempt, None))
                     continue
                 raise
             if response.status_code in _RETRY_STATUSES and idempotent and attempt < self.max_retries:
                 attempt += 1
-                await asyncio.sleep(_backoff(attempt, response.headers.get("retry-after")))
+                await asyncio.sleep(backoff(attempt, response.headers.get("retry-after")))
                 continue
             body = _json_or_none(response)
             if response.status_code >= 400:
@@ -386,9 +317,9 @@ class JobsClient:
     ) -> M:
         """A call whose answer is an instance of ``response_model`` (JSON-schema response_format)."""
         response = await self.llm_call(
-            job_id, messages, model=model, purpose=purpose, response_format=_response_format(response_model), **params
+            job_id, messages, model=model, purpose=purpose, response_format=response_format_of(response_model), **params
         )
-        return _validated(response_model, response.response.content)
+        return validated(response_model, response.response.content)
 
     async def complete_job(
         self,
@@ -490,235 +421,11 @@ class JobsClient:
         return JobRun(self, job_type, job_id=job_id, metadata=metadata, max_calls=max_calls, max_cost_usd=max_cost_usd)
 
 
-class JobRun:
-    """One job, used as ``async with client.job("...") as job:``; see :meth:`JobsClient.job`."""
-
-    def __init__(
-        self,
-        client: JobsClient,
-        job_type: str,
-        *,
-        job_id: str | None,
-        metadata: Mapping[str, Any] | None,
-        max_calls: int | None,
-        max_cost_usd: Decimal | float | None,
-    ) -> None:
-        self._client = client
-        self.job_type = job_type
-        self.job_id = job_id or f"job-{uuid.uuid4().hex}"
-        self._create = {"metadata": metadata, "max_calls": max_calls, "max_cost_usd": max_cost_usd}
-        self.created: CreatedJob | None = None
-        self.result: CompletedJob | None = None
-
-    async def __aenter__(self) -> JobRun:
-        self.created = await self._client.create_job(self.job_type, job_id=self.job_id, **self._create)  # type: ignore[arg-type]
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self.result is not None:
-            return  # closed inside the block
-        if exc is None:
-            await self.complete()
-        else:
-            # Fail the job (its hold released, nothing charged) and let the exception go on.
-            await self.fail(f"{type(exc).__name__}: {exc}"[:4096])
-
-    async def complete(self, *, result: Any = None, metadata: Mapping[str, Any] | None = None) -> CompletedJob:
-        self.result = await self._client.complete_job(self.job_id, "completed", result=result, metadata=metadata)
-        return self.result
-
-    async def fail(self, error_message: str | None = None) -> CompletedJob:
-        self.result = await self._client.complete_job(self.job_id, "failed", error_message=error_message)
-        return self.result
-
-    @property
-    def costs(self) -> JobCosts:
-        """The job's totals and the team's remaining credits, once the job is closed."""
-        if self.result is None:
-            raise RuntimeError("The job is still open: costs are known once it is completed or failed.")
-        return self.result.costs
-
-    def _tag(self, purpose: str | None, extra_body: Mapping[str, Any] | None) -> dict[str, Any]:
-        body = dict(extra_body or {})
-        metadata = dict(body.get("metadata") or {})
-        metadata.update(job_id=self.job_id, job_type=self.job_type)
-        if purpose is not None:
-            metadata["purpose"] = purpose
-        if self._client.team_id is not None:
-            metadata["team_id"] = self._client.team_id
-        body["metadata"] = metadata
-        return body
-
-    def _model(self, model: str | None) -> str:
-        chosen = model or self._client.default_model
-        if chosen is None:
-            raise ValueError("Name a model (or create the client with default_model=...).")
-        return chosen
-
-    async def chat(
-        self,
-        *,
-        messages: Iterable[Mapping[str, Any]],
-        model: str | None = None,
-        purpose: str | None = None,
-        extra_body: Mapping[str, Any] | None = None,
-        **params: Any,
-    ) -> ChatCompletion:
-        """A chat completion in this job, through the OpenAI SDK on the proxy's ``/v1``."""
-        create: Any = self._client.openai.chat.completions.create  # free-form params: not the typed overloads
-        request = {
-            "model": self._model(model),
-            "messages": list(messages),
-            "extra_body": self._tag(purpose, extra_body),
-        }
-        completion: ChatCompletion = await _with_retries(self._client.max_retries, lambda: create(**request, **params))
-        return completion
-
-    def chat_stream(
-        self,
-        *,
-        messages: Iterable[Mapping[str, Any]],
-        model: str | None = None,
-        purpose: str | None = None,
-        extra_body: Mapping[str, Any] | None = None,
-        **params: Any,
-    ) -> ChatStream:
-        """A streamed chat completion in this job: ``async for delta in job.chat_stream(...)``
-        gives the text as it comes; ``usage`` is set at the end."""
-        return ChatStream(
-            self._client.openai,
-            max_retries=self._client.max_retries,
-            model=self._model(model),
-            messages=list(messages),
-            extra_body=self._tag(purpose, extra_body),
-            params=params,
-        )
-
-    async def structured(
-        self,
-        response_model: type[M],
-        *,
-        messages: Iterable[Mapping[str, Any]],
-        model: str | None = None,
-        purpose: str | None = None,
-        extra_body: Mapping[str, Any] | None = None,
-        **params: Any,
-    ) -> M:
-        """A call whose answer is validated into ``response_model``; raises InvalidStructuredOutput."""
-        completion = await self.chat(
-            messages=messages,
-            model=model,
-            purpose=purpose,
-            extra_body=extra_body,
-            response_format=_response_format(response_model),
-            **params,
-        )
-        return _validated(response_model, completion.choices[0].message.content if completion.choices else None)
-
-
-class ChatStream:
-    """The text deltas of one streamed call; ``usage``, ``text`` and ``call_id`` once it has ended.
-
-    Iterate it once (``async for delta in stream``); ``await stream.aclose()`` (or ``async with``)
-    ends it early and frees its connection.
-    """
-
-    def __init__(
-        self,
-        sdk: openai.AsyncOpenAI,
-        *,
-        max_retries: int,
-        model: str,
-        messages: list[Mapping[str, Any]],
-        extra_body: dict[str, Any],
-        params: dict[str, Any],
-    ) -> None:
-        options = dict(params.get("stream_options") or {})
-        options["include_usage"] = True
-        self._request = {
-            **params,
-            "model": model,
-            "messages": messages,
-            "extra_body": extra_body,
-            "stream": True,
-            "stream_options": options,
-        }
-        self._sdk = sdk
-        self._max_retries = max_retries
-        self._stream: AsyncStream[ChatCompletionChunk] | None = None
-        self._started = False
-        self.usage: CompletionUsage | None = None
-        self.call_id: str | None = None
-        self.text = ""
-
-    def __aiter__(self) -> AsyncIterator[str]:
-        if self._started:
-            raise RuntimeError("A ChatStream is iterated once; start another with job.chat_stream(...).")
-        self._started = True
-        return self._deltas()
-
-    async def __aenter__(self) -> ChatStream:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        if self._stream is not None:
-            await self._stream.close()
-
-    async def _deltas(self) -> AsyncIterator[str]:
-        create: Any = self._sdk.chat.completions.create  # free-form params: not the typed overloads
-        stream: AsyncStream[ChatCompletionChunk] = await _with_retries(
-            self._max_retries, lambda: create(**self._request)
-        )
-        self._stream = stream
-        self.call_id = stream.response.headers.get("x-litellm-call-id")
-        parts: list[str] = []
-        with _sdk_errors():
-            async with stream:
-                async for chunk in stream:
-                    if chunk.usage is not None:
-                        self.usage = chunk.usage
-                    for choice in chunk.choices:
-                        if choice.delta.content:
-                            parts.append(choice.delta.content)
-                            yield choice.delta.content
-        self.text = "".join(parts)
-
-
-def _response_format(response_model: type[pydantic.BaseModel]) -> dict[str, Any]:
-    return {
-        "type": "json_schema",
-        "json_schema": {"name": response_model.__name__, "schema": response_model.model_json_schema()},
-    }
-
-
-def _validated(response_model: type[M], content: str | None) -> M:
-    if content is None:
-        raise InvalidStructuredOutput("The model returned no text for a structured response.")
-    try:
-        return response_model.model_validate_json(content)
-    except pydantic.ValidationError as exc:
-        raise InvalidStructuredOutput(
-            f"The model's answer is not a valid {response_model.__name__}: {exc.errors()[0].get('msg')}"
-        ) from exc
-
-
 def _json_or_none(response: httpx.Response) -> Any:
     try:
         return response.json()
     except ValueError:
         return None
-
-
-def _backoff(attempt: int, retry_after: str | None) -> float:
-    if retry_after is not None:
-        with contextlib.suppress(ValueError):
-            return min(float(retry_after), 10.0)
-    return min(0.25 * 2.0 ** (attempt - 1), 4.0) * (0.5 + random.random() / 2)
 
 
 class SaasLiteLLMClient(JobsClient):

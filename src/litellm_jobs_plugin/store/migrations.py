@@ -55,9 +55,7 @@ def load_migrations() -> list[Migration]:
     return found
 
 
-async def apply_migrations(
-    conn: psycopg.AsyncConnection[Any], schema: str, *, until: int | None = None
-) -> list[int]:
+async def apply_migrations(conn: psycopg.AsyncConnection[Any], schema: str, *, until: int | None = None) -> list[int]:
     """Apply pending migrations in ``schema`` (up to version ``until``); returns the versions applied now."""
     migrations = [m for m in load_migrations() if until is None or m.version <= until]
     applied_now: list[int] = []
