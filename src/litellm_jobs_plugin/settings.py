@@ -10,11 +10,17 @@ import enum
 import re
 from decimal import Decimal
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+#: Query parameters of a Prisma database URL that libpq (psycopg) refuses. LiteLLM's DATABASE_URL
+#: often carries them (LiteLLM itself adds connection_limit and pool_timeout).
+_PRISMA_ONLY_PARAMS = frozenset(
+    {"connection_limit", "pool_timeout", "schema", "pgbouncer", "statement_cache_size", "socket_timeout"}
+)
 
 
 class UntaggedPolicy(enum.StrEnum):
@@ -75,6 +81,16 @@ class Settings(BaseSettings):
     )
     redis_prefix: str = Field(default="ljp", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     closed_job_ttl_s: int = Field(default=7 * 24 * 3600, gt=0, description="Redis keeps closed jobs this long.")
+
+    @field_validator("database_url")
+    @classmethod
+    def _libpq_url(cls, value: str | None) -> str | None:
+        """The URL without Prisma-only parameters (a key=value DSN is left as it is)."""
+        if value is None or "://" not in value:
+            return value
+        parts = urlsplit(value)
+        kept = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in _PRISMA_ONLY_PARAMS]
+        return urlunsplit(parts._replace(query=urlencode(kept)))
 
     @field_validator("db_schema")
     @classmethod

@@ -36,7 +36,18 @@ VALUES ('team-u', 'old-call', 'old-job', 'document_analysis', 'success', 'ChatAg
 INSERT INTO credit_ledger (team_id, kind, amount, idempotency_key) VALUES ('team-u', 'grant', 10, 'grant:old');
 INSERT INTO credit_accounts (team_id, credits_allocated) VALUES ('team-u', 10);
 """,
+    3: """
+INSERT INTO calls (team_id, call_id, job_id, job_type, status, model_group, model, prompt_tokens,
+                   completion_tokens, cost_usd, latency_ms, started_at, ended_at, purpose)
+VALUES ('team-u', 'old-call-3', NULL, NULL, 'success', 'ChatAgent', 'openai/gpt-4o-mini', 1, 1, 0,
+        10, now(), now(), 'summary');
+""",
+    4: "",  # indexes only
 }
+
+
+def test_every_schema_version_has_rows_to_upgrade() -> None:
+    assert set(WRITTEN_AT) == set(range(1, LATEST + 1)), "add the rows the new version writes to WRITTEN_AT"
 
 
 @pytest.mark.parametrize("previous", range(1, LATEST))
@@ -65,6 +76,9 @@ async def test_migrations_apply_over_data_of_every_earlier_version(database_url:
         assert [(s.job_type, s.calls) for s in stats.job_types] == [("document_analysis", 2)]
         if previous >= 2:
             assert (await store.balance("team-u")).credits_allocated == 10
+        if previous >= 3:
+            rows = query(database_url, "SELECT purpose FROM calls WHERE call_id = 'old-call-3'")
+            assert rows == [{"purpose": "summary"}]
     finally:
         await store.close()
 
@@ -76,6 +90,8 @@ _FORBIDDEN = [
     (r"\bALTER\s+COLUMN\s+\w+\s+(SET\s+DATA\s+)?TYPE\b", "changes a column's type"),
     (r"\bSET\s+NOT\s+NULL\b", "makes a column old code may leave empty required"),
     (r"\bTRUNCATE\b|\bDELETE\s+FROM\b", "deletes data"),
+    (r"\bADD\s+CONSTRAINT\b", "adds a constraint the previous release's writes may break"),
+    (r"\bCREATE\s+UNIQUE\s+INDEX\b", "adds a uniqueness the previous release's writes may break"),
 ]
 
 

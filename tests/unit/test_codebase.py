@@ -62,6 +62,16 @@ def test_settings_read_jobs_variables(monkeypatch: pytest.MonkeyPatch) -> None:
         Settings()
 
 
+def test_prisma_only_url_parameters_are_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    # LiteLLM's DATABASE_URL carries Prisma parameters that psycopg refuses ("invalid URI query parameter").
+    monkeypatch.setenv(
+        "DATABASE_URL", "postgresql://u:p%40ss@db:5432/litellm?connection_limit=10&pool_timeout=60&sslmode=require"
+    )
+    assert Settings().database_url == "postgresql://u:p%40ss@db:5432/litellm?sslmode=require"
+    monkeypatch.setenv("JOBS_DATABASE_URL", "host=db dbname=litellm")
+    assert Settings().database_url == "host=db dbname=litellm"
+
+
 def test_package_exports_the_plugin_lazily() -> None:
     assert litellm_jobs_plugin.__all__ == ["__version__", "plugin"]
     plugin = litellm_jobs_plugin.plugin

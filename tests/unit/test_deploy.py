@@ -74,18 +74,30 @@ def test_the_image_is_the_tested_litellm_release() -> None:
     arg = re.search(r"^ARG LITELLM_VERSION=(\S+)$", text, re.M)
     assert arg
     assert arg[1] == pinned_litellm()
-    assert re.search(r"^FROM ghcr\.io/berriai/litellm:main-v\$\{LITELLM_VERSION\}$", text, re.M)
+    assert re.search(r"^FROM ghcr\.io/berriai/litellm:v\$\{LITELLM_VERSION\}$", text, re.M)
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     litellm_req = next(d for d in project["dependencies"] if d.startswith("litellm[proxy]"))
     assert arg[1] in SpecifierSet(litellm_req.removeprefix("litellm[proxy]"))
-    # Non-root, a health check on the proxy's liveness route, the package's constraints.
-    assert re.search(r"^USER 1000:1000$", text, re.M)
-    assert "/health/liveliness" in text
+    # The health check probes the proxy's liveness route; the package is installed with its constraints.
+    healthcheck = re.search(r"^HEALTHCHECK .*\n\s+CMD (.+)$", text, re.M)
+    assert healthcheck
+    assert "/health/liveliness" in healthcheck[1]
     assert "pip install --no-cache-dir -c constraints.txt ." in text
+    assert "pip check" in text
+    assert not re.search(r"^USER\s+(root|0)\b", text, re.M)
+    # Everything the image copies is in its build context (.dockerignore keeps it out otherwise).
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    for source in re.findall(r"^COPY (.+) \S+$", text, re.M):
+        for path in source.split():
+            assert (ROOT / path).exists(), path
+            assert not any(path == i or path.startswith(i.rstrip("/") + "/") for i in ignored), path
     # The Kubernetes manifests run this image's tag.
     for name in ("deployment", "migration-job"):
-        containers = manifest(name)["spec"]["template"]["spec"]["containers"]
-        assert {c["image"] for c in containers} == {f"litellm-jobs:{arg[1]}"}
+        pod = manifest(name)["spec"]["template"]["spec"]
+        images = {c["image"] for c in pod["containers"] + pod.get("initContainers", [])}
+        assert images == {f"litellm-jobs:{arg[1]}"}
+    kustomize = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    assert [i["newTag"] for i in kustomize["images"] if i["name"] == "litellm-jobs"] == [arg[1]]
 
 
 def test_the_deploy_config_loads_the_plugin() -> None:
@@ -153,6 +165,9 @@ def test_compose_runs_two_proxies_after_the_migration_with_shared_state() -> Non
     assert prometheus["metrics_path"] == "/metrics/"
     assert sorted(prometheus["static_configs"][0]["targets"]) == ["proxy-a:4000", "proxy-b:4000"]
     assert prometheus["authorization"]["credentials_file"] == "/run/secrets/litellm_master_key"
+    assert "litellm_master_key" in services["prometheus"]["secrets"]
+    for proxy in proxies:
+        assert "JOBS_DATABASE_URL" in proxy["environment"]
 
 
 # -- Kubernetes --------------------------------------------------------------------------------------
@@ -188,7 +203,11 @@ def test_the_manifests_agree_with_each_other_and_the_proxy() -> None:
     assert container["readinessProbe"]["httpGet"]["path"] == "/api/jobs/health"
     assert container["livenessProbe"]["httpGet"]["path"] == "/health/liveliness"
     assert {"requests", "limits"} <= set(container["resources"])
-    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["lifecycle"]["preStop"]["sleep"]["seconds"] > 0
+    init = pod["spec"]["initContainers"][0]
+    assert init["command"] == ["litellm-jobs", "migrate"]
+    assert init["envFrom"] == container["envFrom"]
     assert {e["name"] for e in container["env"]} - {"PROMETHEUS_MULTIPROC_DIR"} <= settings_names()
     secret = manifest("secret.example")
     assert container["envFrom"][0]["secretRef"]["name"] == secret["metadata"]["name"]
@@ -196,17 +215,24 @@ def test_the_manifests_agree_with_each_other_and_the_proxy() -> None:
     hpa = manifest("hpa")
     assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
     assert hpa["spec"]["minReplicas"] >= 2
-    job = manifest("migration-job")["spec"]["template"]["spec"]["containers"][0]
-    assert job["command"] == ["litellm-jobs", "migrate"]
+    job = manifest("migration-job")
+    assert job["metadata"]["generateName"]  # kubectl create: a new Job each run (a Job's template is immutable)
+    assert job["spec"]["template"]["spec"]["containers"][0]["command"] == ["litellm-jobs", "migrate"]
     # The Prometheus Operator's ServiceMonitor (a CRD: checked by hand) finds the Service's port.
     monitor = yaml.safe_load((K8S / "servicemonitor.yaml").read_text())
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     assert {e["port"] for e in monitor["spec"]["endpoints"]} <= {p["name"] for p in service["spec"]["ports"]}
     assert monitor["spec"]["endpoints"][0]["authorization"]["credentials"]["name"] == secret["metadata"]["name"]
-    # Kustomize lists every manifest but the Secret template.
+    # Kustomize lists every manifest but the Secret template and the run-by-hand migration Job.
     listed = set(yaml.safe_load((K8S / "kustomization.yaml").read_text())["resources"])
-    assert listed == {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml", "secret.example.yaml"}
+    assert listed == {p.name for p in K8S.glob("*.yaml")} - {
+        "kustomization.yaml",
+        "secret.example.yaml",
+        "migration-job.yaml",
+    }
+    # Wherever LiteLLM's DATABASE_URL is set, ours is named too.
+    assert "JOBS_DATABASE_URL" in secret["stringData"]
 
 
 def test_the_probe_routes_exist() -> None:
