@@ -26,6 +26,7 @@ from pydantic import ConfigDict, Field
 
 from . import litellm_adapter
 from .errors import InvalidJobMetadata, InvalidStructuredOutput, to_proxy_exception
+from .jobs import new_job_id
 from .metadata import check_job_id, check_job_metadata, check_job_type, check_purpose
 from .models import CallEvent, JobStatus
 from .proxy_call import SSE_DONE, ProxyCall, Relay, sse_data, sse_event
@@ -384,7 +385,7 @@ def add_call_routes(router: APIRouter, plugin: JobsPlugin) -> None:
     async def create_and_call(request: Request, body: dict[str, Any] = body_dep, key: Any = auth) -> Response:
         req = parse(CreateAndCallBody, body)
         # Everything is checked before the job is opened: a rejected request holds nothing.
-        job_id = check_job_id(req.job_id, param="job_id") if req.job_id is not None else f"job-{uuid.uuid4().hex}"
+        job_id = check_job_id(req.job_id, param="job_id") if req.job_id is not None else new_job_id()
         plan = plan_call(
             plugin, key, req, job_id, job_type=req.job_type, stream=bool(req.stream), request_metadata=None
         )

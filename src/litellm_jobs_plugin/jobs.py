@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import uuid
 from dataclasses import dataclass
 
 from .errors import Forbidden, JobIdRequired, TeamRequired
@@ -32,6 +33,11 @@ def paying_team(tag: JobTag, caller: Caller) -> str | None:
         "only the proxy admin may pass metadata.team_id for another team.",
         param="metadata.team_id",
     )
+
+
+def new_job_id() -> str:
+    """A job id for a job created without one (``POST /api/jobs/create``, create-and-call)."""
+    return f"job-{uuid.uuid4().hex}"
 
 
 def single_call_job_id(call_id: str) -> str:

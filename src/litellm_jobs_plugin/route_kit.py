@@ -3,11 +3,8 @@ the JobsError → OpenAI error JSON seam, and the shape of a closed job's costs.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
-import time
-import uuid
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -17,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import litellm_adapter
 from .errors import InvalidJobMetadata, JobNotFound, JobsError, TeamRequired, to_proxy_exception
-from .jobs import Caller, paying_team
+from .jobs import Caller, new_job_id, paying_team
 from .metadata import check_job_id, check_job_metadata, check_job_type, check_team_id
 from .models import Balance, Job, JobCaps, JobTag
 
@@ -136,7 +133,7 @@ async def open_job(plugin: JobsPlugin, key: Any, req: CreateJobBody) -> tuple[bo
     """
     team = team_for(key, req.team_id)
     job_type = check_job_type(req.job_type, param="job_type")
-    job_id = check_job_id(req.job_id, param="job_id") if req.job_id is not None else f"job-{uuid.uuid4().hex}"
+    job_id = check_job_id(req.job_id, param="job_id") if req.job_id is not None else new_job_id()
     metadata = check_job_metadata(req.metadata, param="metadata") if req.metadata is not None else None
     credits = await plugin.credits()
     return await credits.create_job(
@@ -175,15 +172,10 @@ async def closed_job_answer(plugin: JobsPlugin, team: str, job_id: str, closure:
     """The answer to closing a job: its totals, calls and the team's balance after it.
 
     Totals include every call that finished before the close was asked for: this waits (bounded
-    by ``JOBS_COMPLETE_WAIT_S``) until the calls admitted to the job are recorded. The condition
-    lives in PostgreSQL (any replica may write the calls), so it is polled.
+    by ``JOBS_COMPLETE_WAIT_S``) until the calls admitted to the job are recorded.
     """
     store = await plugin.ready()
-    deadline = time.monotonic() + plugin.settings.complete_wait_s
-    while await store.count_calls(team, job_id) < closure.admitted_calls:
-        if time.monotonic() >= deadline:
-            break
-        await asyncio.sleep(0.02)
+    await store.wait_for_calls(team, job_id, closure.admitted_calls, timeout_s=plugin.settings.complete_wait_s)
     job = await job_or_404(plugin, team, job_id)
     calls = await store.list_calls(team, job_id)
     balance = await (await plugin.credits()).balance(team)

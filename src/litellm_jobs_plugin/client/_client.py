@@ -136,6 +136,13 @@ class JobsClient:
             body.setdefault("team_id", self.team_id)
         return json.loads(json.dumps(body, default=str))  # type: ignore[no-any-return]  # Decimals as strings
 
+    def _call_body(
+        self, messages: Iterable[Mapping[str, Any]], model: str | None, purpose: str | None, params: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        return self._body(
+            {**params, "messages": list(messages), "model": model or self.default_model, "purpose": purpose}
+        )
+
     def _query(self, values: Mapping[str, Any]) -> dict[str, Any]:
         query = {k: v for k, v in values.items() if v is not None}
         if self.team_id is not None:
@@ -222,9 +229,7 @@ class JobsClient:
         **params: Any,
     ) -> LLMCallResponse:
         """One call in the job, through ``POST /api/jobs/{job_id}/llm-call`` (not retried once sent)."""
-        body = self._body(
-            {**params, "messages": list(messages), "model": model or self.default_model, "purpose": purpose}
-        )
+        body = self._call_body(messages, model, purpose, params)
         raw = await self._request("POST", f"/api/jobs/{job_id}/llm-call", json_body=body, idempotent=False)
         return LLMCallResponse.model_validate(raw)
 
@@ -238,9 +243,7 @@ class JobsClient:
         **params: Any,
     ) -> AsyncIterator[StreamEvent]:
         """The events of ``POST /api/jobs/{job_id}/llm-call-stream``; the last has usage and cost."""
-        body = self._body(
-            {**params, "messages": list(messages), "model": model or self.default_model, "purpose": purpose}
-        )
+        body = self._call_body(messages, model, purpose, params)
         async for event in self._sse(f"/api/jobs/{job_id}/llm-call-stream", body):
             yield event
 

@@ -74,13 +74,15 @@ class CreditService:
         # Off every request path: the job's cost is known once its admitted calls are recorded
         # (an admitted call LiteLLM then refused never is: past the deadline, what is recorded counts).
         assert self.metrics is not None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + max(self.settings.complete_wait_s, 1.0) * 6
-        delay = 0.05
         try:
-            while await self.store.count_calls(team_id, job_id) < admitted_calls and loop.time() < deadline:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+            await self.store.wait_for_calls(
+                team_id,
+                job_id,
+                admitted_calls,
+                timeout_s=max(self.settings.complete_wait_s, 1.0) * 6,
+                interval_s=0.05,
+                max_interval_s=2.0,
+            )
             job = await self.store.get_job(team_id, job_id)
         except Exception:
             _log.warning("litellm-jobs: could not read job %s for its cost metric", job_id, exc_info=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -276,6 +277,31 @@ class PostgresStore:
     async def count_calls(self, team_id: str, job_id: str) -> int:
         row = await self.fetch_one("count_job_calls", {"team_id": team_id, "job_id": job_id})
         return int(row["n"]) if row else 0
+
+    async def wait_for_calls(
+        self,
+        team_id: str,
+        job_id: str,
+        count: int,
+        *,
+        timeout_s: float,
+        interval_s: float = 0.02,
+        max_interval_s: float | None = None,
+    ) -> bool:
+        """Wait, at most ``timeout_s``, until ``count`` calls of the job are recorded; True if they are.
+
+        The condition lives in PostgreSQL (any replica may write the calls), so it is polled, every
+        ``interval_s``, doubling up to ``max_interval_s`` when given.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        delay = interval_s
+        while await self.count_calls(team_id, job_id) < count:
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_interval_s or interval_s)
+        return True
 
     async def balance(self, team_id: str) -> Balance:
         row = await self.fetch_one("get_balance", {"team_id": team_id})
