@@ -37,6 +37,7 @@ from .route_kit import (
     answer,
     caller_of,
     closed_job_answer,
+    documented_body,
     json_object_body,
     open_job,
     parse,
@@ -380,7 +381,7 @@ def add_call_routes(router: APIRouter, plugin: JobsPlugin) -> None:
             headers={**passed_headers(headers), "cache-control": "no-cache", "x-accel-buffering": "no"},
         )
 
-    @router.post("/api/jobs/create-and-call")
+    @router.post("/api/jobs/create-and-call", openapi_extra=documented_body(CreateAndCallBody))
     @answer
     async def create_and_call(request: Request, body: dict[str, Any] = body_dep, key: Any = auth) -> Response:
         req = parse(CreateAndCallBody, body)
@@ -506,12 +507,12 @@ def add_call_routes(router: APIRouter, plugin: JobsPlugin) -> None:
 
         return sse_response(Relay(produce, tasks=plugin.background), headers)
 
-    @router.post("/api/jobs/{job_id}/llm-call")
+    @router.post("/api/jobs/{job_id}/llm-call", openapi_extra=documented_body(LLMCallBody))
     @answer
     async def llm_call(job_id: str, request: Request, body: dict[str, Any] = body_dep, key: Any = auth) -> Response:
         return await one_call(job_id, request, body, key, stream=False)
 
-    @router.post("/api/jobs/{job_id}/llm-call-stream")
+    @router.post("/api/jobs/{job_id}/llm-call-stream", openapi_extra=documented_body(LLMCallBody))
     @answer
     async def llm_call_stream(
         job_id: str, request: Request, body: dict[str, Any] = body_dep, key: Any = auth

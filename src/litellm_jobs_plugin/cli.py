@@ -28,6 +28,7 @@ from .credits.redis import RedisCredits
 from .errors import JobsError
 from .metadata import check_job_id, check_team_id
 from .models import Balance, JobStatus
+from .reconcile import DEFAULT_LIMIT, DriftKind, Report, find_drift, fix_drift
 from .settings import Settings
 from .store.embedded import EmbeddedPostgres
 from .store.migrations import load_migrations
@@ -355,6 +356,84 @@ def analytics_command(
         return t
 
     emit(result, as_json, table)
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "(none)"
+    if isinstance(value, Decimal):
+        return money(value)
+    if isinstance(value, datetime):
+        return value.isoformat(timespec="milliseconds")
+    if isinstance(value, list):
+        return ", ".join(map(str, value)) or "[]"
+    return str(value)
+
+
+def drift_table(report: Report) -> Table:
+    scope = f"team {report.team_id}" if report.team_id else "every team"
+    counts = ", ".join(f"{k.value} {v}" for k, v in report.counts.items())
+    t = Table(title=f"drift ({scope}): {counts}")
+    for name, justify in (
+        ("kind", "left"),
+        ("team", "left"),
+        ("job", "left"),
+        ("field", "left"),
+        ("stored", "right"),
+        ("expected", "right"),
+    ):
+        t.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for d in report.drifts:
+        for f in d.fields:
+            t.add_row(d.kind.value, d.team_id, d.job_id or "", f.name, _shown(f.stored), _shown(f.expected))
+    return t
+
+
+@app.command("reconcile")
+def reconcile_command(
+    fix: Annotated[
+        bool, typer.Option("--fix", help="Rewrite drifting rows from their source rows (safe while proxies run).")
+    ] = False,
+    team: Annotated[str | None, typer.Option("--team", "-t", help="One team; default: every team.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="Drifting rows listed per kind.")] = DEFAULT_LIMIT,
+    as_json: JsonOption = False,
+) -> None:
+    """Recompute job totals from call rows and balances from the ledger; report (and --fix) drift.
+
+    Exit code 0: no drift (or, with --fix, none left); 1: drift found (without --fix), or an error.
+    """
+
+    async def work(settings: Settings) -> Report:
+        async with database(settings) as (store, _):
+            team_id = None if team is None else check_team_id(team, param="team")
+            if fix:
+                return await fix_drift(store, team_id=team_id, limit=limit)
+            return await find_drift(store, team_id=team_id, limit=limit)
+
+    report = run(work)
+
+    if as_json:
+        out.print_json(json.dumps(report.to_json()))
+    else:
+        if report.drifting:
+            out.print(drift_table(report))
+            listed = len(report.drifts)
+            if listed < report.drifting:
+                out.print(f"({listed} of {report.drifting} drifting rows listed; --limit lists more per kind)")
+        else:
+            out.print("no drift: every job's totals match its calls, every balance its ledger")
+        if report.fixed is not None and report.remaining is not None:
+            fixed = ", ".join(f"{k.value} {report.fixed[k]}" for k in DriftKind)
+            out.print(f"fixed: {fixed}")
+            if report.clean:
+                out.print("no drift left")
+            else:
+                left = ", ".join(f"{k.value} {report.remaining[k]}" for k in DriftKind)
+                out.print(f"[red]drift left:[/red] {left}")
+        elif report.drifting:
+            out.print("run with --fix to rewrite these rows from their calls and ledger entries")
+    if not report.clean:
+        raise typer.Exit(1)
 
 
 def main() -> None:

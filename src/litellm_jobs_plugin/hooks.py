@@ -23,12 +23,14 @@ from .credits.base import CreditBackend
 from .credits.local import choose_backend, describe
 from .errors import JobsError, StoreUnavailable, to_proxy_exception
 from .jobs import Caller, decide_call
+from .journal import RedisJournal
 from .metadata import parse_job_tag
 from .metrics import process_metrics
 from .models import CallEvent, CallStatus, JobStatus
 from .settings import Settings
 from .store.embedded import EmbeddedPostgres
 from .store.postgres import PostgresStore
+from .store.watch import StoreWatch
 from .writer import Writer
 
 _log = logging.getLogger("litellm_jobs_plugin")
@@ -44,12 +46,17 @@ class JobsPlugin(CustomLogger):
         self._store: PostgresStore | None = None
         self._embedded: EmbeddedPostgres | None = None
         self._credits: CreditService | None = None
+        self._watch: StoreWatch | None = None
+        self._journal: RedisJournal | None = None
         self._start_task: asyncio.Task[PostgresStore] | None = None
         self._attached = False
         #: Tasks that outlive the request that started them (in-process calls, stream relays);
         #: shutdown waits for them before flushing.
         self.background: set[asyncio.Task[Any]] = set()
         self._awaited_calls: dict[str, asyncio.Future[CallEvent]] = {}
+        #: Non-streamed calls whose answer waits until their record is in the journal (with Redis):
+        #: call id → resolved by the logging event once the record is appended.
+        self._durable: dict[str, asyncio.Future[None]] = {}
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -111,11 +118,17 @@ class JobsPlugin(CustomLogger):
                     raise
                 store = PostgresStore(url, schema=s.db_schema, min_size=s.pool_min_size, max_size=s.pool_max_size)
                 await asyncio.sleep(1.0)
+        backend: CreditBackend
+        redis_backend: RedisCredits | None = None
+        if s.redis_url:
+            # With Redis the writer's records go to the journal first (a Redis stream), holds included.
+            redis_backend = RedisCredits(s.redis_url, store, prefix=s.redis_prefix, closed_ttl_s=s.closed_job_ttl_s)
+            self._journal = redis_backend.journal(claim_idle_s=s.journal_claim_idle_s)
+            await self._journal.setup()
+            self.writer.journal = self._journal
         # Started first: the in-process credit backend writes its ledger entries through it.
         self.writer.start(store)
-        backend: CreditBackend
-        if s.redis_url:
-            redis_backend = RedisCredits(s.redis_url, store, prefix=s.redis_prefix, closed_ttl_s=s.closed_job_ttl_s)
+        if redis_backend is not None:
             await redis_backend.load_accounts()
             backend = redis_backend
         elif s.local_credits:
@@ -124,7 +137,9 @@ class JobsPlugin(CustomLogger):
             backend = PostgresCredits(store)
         metrics = process_metrics(max_job_types=s.metrics_max_job_types, known_job_types=s.job_prices)
         self.writer.observer = metrics.writer_progress
-        self._credits = CreditService(s, store, self.writer, backend, metrics=metrics)
+        self._watch = StoreWatch(store, interval_s=s.store_check_interval_s)
+        self._watch.start()
+        self._credits = CreditService(s, store, self.writer, backend, metrics=metrics, watch=self._watch)
         self._credits.start_reaper()
         self._store = store
         _log.info("litellm-jobs: ready (schema %s, credits: %s)", s.db_schema, describe(backend))
@@ -193,6 +208,9 @@ class JobsPlugin(CustomLogger):
         if self._credits is not None:
             await self._credits.aclose()
             self._credits = None
+        if self._watch is not None:
+            await self._watch.aclose()
+            self._watch = None
         if self._start_task is not None and not self._start_task.done():
             self._start_task.cancel()
             with contextlib.suppress(BaseException):
@@ -205,15 +223,48 @@ class JobsPlugin(CustomLogger):
             self._embedded = None
         self._start_task = None
 
-    def writer_health(self) -> dict[str, Any]:
+    async def health(self) -> tuple[dict[str, Any], int]:
+        """``GET /api/jobs/health``: (body, status); 503 when the store or Redis does not answer."""
+        body: dict[str, Any] = {"status": "ok", "store": "ok", "redis": None, "writer": None}
+        failing = False
+        try:
+            store = await self.ready(timeout_s=2.0)
+            await asyncio.wait_for(store.ping(), timeout=2.0)
+        except (JobsError, TimeoutError) as exc:
+            body["store"] = exc.message if isinstance(exc, JobsError) else "PostgreSQL did not answer in 2 s."
+            failing = True
+        try:
+            body["writer"] = await asyncio.wait_for(self.writer_health(), timeout=2.0)
+            if self._journal is not None:
+                body["redis"] = "ok"
+        except (JobsError, TimeoutError) as exc:
+            body["redis"] = exc.message if isinstance(exc, JobsError) else "Redis did not answer in 2 s."
+            body["writer"] = await self.writer_health(journal=False)
+            failing = True
+        if failing:
+            body["status"] = "unavailable"
+        return body, 503 if failing else 200
+
+    async def writer_health(self, *, journal: bool = True) -> dict[str, Any]:
+        """The writer's part of ``/api/jobs/health``: what waits to be written, in memory and in the journal.
+
+        Raises StoreUnavailable when the journal (Redis) cannot be read.
+        """
         w = self.writer
-        return {
+        body: dict[str, Any] = {
             "buffer_depth": w.depth,
             "oldest_unwritten_age_s": round(w.oldest_pending_age_s, 3),
             "written": w.stats.written,
             "dropped": w.stats.dropped,
             "store_errors": w.stats.store_errors,
+            "journal": None,
         }
+        if self._journal is not None and journal:
+            length, age = await self._journal.backlog()
+            body["journal"] = {"backlog": length, "oldest_age_s": round(age, 3), "errors": w.stats.journal_errors}
+            body["buffer_depth"] += length
+            body["oldest_unwritten_age_s"] = max(body["oldest_unwritten_age_s"], round(age, 3))
+        return body
 
     # -- LiteLLM hooks (defined here, on the instantiated class: inherited hooks are skipped) ---
 
@@ -242,6 +293,8 @@ class JobsPlugin(CustomLogger):
         except JobsError as exc:
             raise to_proxy_exception(exc) from exc
         adapter.put_stash(data, context)
+        if self._journal is not None and self.settings.durable_ack_timeout_s > 0 and not data.get("stream"):
+            self._expect_durable(str(call_id))
         if context.job_type is not None and self.settings.tag_job_type:
             adapter.add_request_tag(data, f"job_type:{context.job_type}")
         return data
@@ -261,14 +314,19 @@ class JobsPlugin(CustomLogger):
             event = adapter.call_event(kwargs, start_time, end_time, status)
         except Exception:
             _log.exception("litellm-jobs: could not read a LiteLLM %s event", status.value)
+            self._durable_done(kwargs.get("litellm_call_id"), status)
             return
         if event is None:
+            self._durable_done(kwargs.get("litellm_call_id"), status)
             return
         if status is CallStatus.SUCCESS:
             awaited = self._awaited_calls.get(event.call_id)
             if awaited is not None and not awaited.done():
                 awaited.get_loop().call_soon_threadsafe(_resolve, awaited, event)
-        await self.writer.put(event)
+        try:
+            await self.writer.put(event)
+        finally:
+            self._durable_done(event.call_id, status)
         key = event.context.job_key
         if key is None:
             return
@@ -281,6 +339,40 @@ class JobsPlugin(CustomLogger):
         except JobsError as exc:
             _log.warning("litellm-jobs: could not settle job %s after its call: %s", key[1], exc.message)
 
+    # -- a 200 means recorded (with Redis): the answer waits until its record is in the journal --
+
+    #: Bound on calls awaiting their record (calls LiteLLM never logs must not grow the map).
+    _MAX_DURABLE = 100_000
+
+    def _expect_durable(self, call_id: str) -> None:
+        if len(self._durable) >= self._MAX_DURABLE:
+            self._durable.pop(next(iter(self._durable))).cancel()
+        self._durable[call_id] = asyncio.get_running_loop().create_future()
+
+    def _durable_done(self, call_id: Any, status: CallStatus) -> None:
+        """The success event of ``call_id`` is recorded (failed attempts of a fallback are not the answer)."""
+        if status is CallStatus.SUCCESS and isinstance(call_id, str):
+            future = self._durable.get(call_id)
+            if future is not None and not future.done():
+                future.set_result(None)
+
+    async def async_post_call_success_hook(self, data: dict[str, Any], user_api_key_dict: Any, response: Any) -> Any:
+        """Before a non-streamed answer leaves: its success event is in the journal (bounded wait).
+
+        LiteLLM logs a call's success in a background worker right after the call returns; without
+        this wait a crash in between would lose a call whose client got its 200.
+        """
+        call_id = data.get("litellm_call_id")
+        if not isinstance(call_id, str) or (future := self._durable.get(call_id)) is None:
+            return None
+        try:
+            await asyncio.wait_for(asyncio.shield(future), timeout=self.settings.durable_ack_timeout_s)
+        except TimeoutError:
+            _log.warning("litellm-jobs: call %s answered before its record was journaled", call_id)
+        finally:
+            self._durable.pop(call_id, None)
+        return None
+
     async def async_post_call_failure_hook(
         self,
         request_data: dict[str, Any],
@@ -289,6 +381,9 @@ class JobsPlugin(CustomLogger):
         traceback_str: str | None = None,
     ) -> Any:
         """The request failed for good (after fallbacks): a single-call job fails, its hold released."""
+        call_id = request_data.get("litellm_call_id")
+        if isinstance(call_id, str):
+            self._durable.pop(call_id, None)
         context = adapter.stash_of_request(request_data)
         if context is None:
             return None  # rejected before admission (by us or by LiteLLM's auth): nothing was held

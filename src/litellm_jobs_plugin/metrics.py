@@ -10,11 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from .models import JobStatus
 from .writer import WriterStats
+
+if TYPE_CHECKING:
+    from .reconcile import Report
 
 #: Job cost buckets in USD: a cent's fraction to tens of dollars.
 COST_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 50.0)
@@ -77,6 +81,22 @@ class Metrics:
         self.records_written = counter("records_written", "Call events and ledger entries written to PostgreSQL.")
         self.records_dropped = counter("records_dropped", "Records given up on (must stay 0).")
         self.store_errors = counter("store_errors", "Failed write attempts (retried).")
+        # Reconciliation (reconcile.drift_check_forever): the latest check's value wins across the
+        # workers of a replica; every replica checks on its own timer, so max() over instances.
+        self.reconcile_drift = Gauge(
+            "litellm_jobs_reconcile_drift",
+            "Rows whose cached totals differ from their source rows, by kind, at the last check (must stay 0).",
+            ("kind",),
+            registry=registry,
+            multiprocess_mode="livemostrecent",
+        )
+        self.reconcile_last_check = Gauge(
+            "litellm_jobs_reconcile_last_check_timestamp_seconds",
+            "When the last drift check of every team ran (Unix time).",
+            registry=registry,
+            multiprocess_mode="livemostrecent",
+        )
+        self.reconcile_errors = counter("reconcile_check_errors", "Drift checks that failed (retried).")
         self._seen = WriterStats()
 
     def _type(self, job_type: str) -> str:
@@ -114,6 +134,20 @@ class Metrics:
             if now > before:
                 counter.inc(now - before)
         self._seen = WriterStats(written=stats.written, dropped=stats.dropped, store_errors=stats.store_errors)
+
+    def drift_checked(self, report: Report) -> None:
+        """Called after a drift check of every team: the drifting rows per kind, and when.
+
+        A check of one team (``report.team_id`` set) says nothing of the others: ignored.
+        """
+        if report.team_id is not None:
+            return
+        for kind, count in report.counts.items():
+            self.reconcile_drift.labels(kind.value).set(count)
+        self.reconcile_last_check.set(report.checked_at.timestamp())
+
+    def drift_check_failed(self) -> None:
+        self.reconcile_errors.inc()
 
 
 _process_metrics: Metrics | None = None

@@ -10,6 +10,19 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+#: Credits are integers of micro-credits in Redis and in memory.
+MICRO = Decimal(1_000_000)
+CREDIT_QUANTUM = Decimal("0.000001")
+
+
+def to_micro(amount: Decimal) -> int:
+    return int((amount * MICRO).to_integral_value())
+
+
+def from_micro(value: int | str | bytes) -> Decimal:
+    raw = value.decode() if isinstance(value, bytes) else value
+    return (Decimal(int(Decimal(str(raw)))) / MICRO).quantize(CREDIT_QUANTUM)
+
 
 class JobStatus(enum.StrEnum):
     PENDING = "pending"

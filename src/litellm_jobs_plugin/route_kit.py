@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.responses import Response
 
 from . import litellm_adapter
 from .errors import InvalidJobMetadata, JobNotFound, JobsError, TeamRequired, to_proxy_exception
@@ -44,6 +47,13 @@ class CreateJobBody(Body):
     user_id: str | None = Field(default=None, min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")
 
 
+def documented_body(model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` documenting a route's JSON body (read by :func:`json_object_body`, so
+    FastAPI cannot infer it): /openapi.json, /docs and schema-driven tests see its fields."""
+    schema = model.model_json_schema()
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
 def problem(exc: ValidationError) -> InvalidJobMetadata:
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first.get("loc", ())) or "body"
@@ -55,6 +65,30 @@ def parse(model: type[T], body: dict[str, Any]) -> T:
         return model.model_validate(body)
     except ValidationError as exc:
         raise problem(exc) from None
+
+
+class JobsRoute(APIRoute):
+    """Our routes' class: FastAPI's own parameter errors (a query ``limit`` that is not a number, a
+    missing ``period``) are OpenAI's error JSON too, not FastAPI's ``{"detail": [...]}``."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except RequestValidationError as exc:
+                raise to_proxy_exception(parameter_problem(exc)) from None
+
+        return handle
+
+
+def parameter_problem(exc: RequestValidationError) -> InvalidJobMetadata:
+    errors = exc.errors()
+    first: dict[str, Any] = dict(errors[0]) if errors else {}
+    loc = [str(p) for p in first.get("loc", ())]
+    where = ".".join(loc[1:] if len(loc) > 1 and loc[0] in {"query", "path", "header", "body"} else loc) or "request"
+    return InvalidJobMetadata(f"{where}: {first.get('msg', 'invalid value')}", param=where)
 
 
 def json_object_body(max_bytes: int, *, refuse_nul: bool = True) -> Callable[[Request], Awaitable[dict[str, Any]]]:
@@ -80,6 +114,8 @@ def _json_object(raw: bytes, max_bytes: int, refuse_nul: bool) -> dict[str, Any]
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise to_proxy_exception(InvalidJobMetadata("The body is not valid JSON.", param="body")) from None
+    except RecursionError:  # e.g. 40,000 nested arrays: Python's parser gives up
+        raise to_proxy_exception(InvalidJobMetadata("The body's JSON is nested too deeply.", param="body")) from None
     if not isinstance(body, dict):
         raise to_proxy_exception(InvalidJobMetadata("The body must be a JSON object.", param="body"))
     return body

@@ -19,17 +19,19 @@ from pydantic import Field, field_validator
 
 from .analytics import TeamSummary, analytics
 from .call_routes import add_call_routes
-from .errors import Forbidden, InvalidJobMetadata, JobNotFound, JobsError
+from .errors import Forbidden, InvalidJobMetadata, JobNotFound
 from .metadata import check_job_id, check_job_metadata, check_job_type, check_team_id
 from .models import Job, JobStatus
 from .route_kit import (
     MAX_BODY_BYTES,
     Body,
     CreateJobBody,
+    JobsRoute,
     answer,
     balance_json,
     caller_of,
     closed_job_answer,
+    documented_body,
     job_or_404,
     json_object_body,
     money,
@@ -108,22 +110,16 @@ def _next_cursor(job: Job) -> str:
 
 
 def build_router(plugin: JobsPlugin) -> APIRouter:
-    router = APIRouter(tags=["litellm-jobs"])
+    router = APIRouter(tags=["litellm-jobs"], route_class=JobsRoute)
     body_dep = Depends(json_object_body(MAX_BODY_BYTES))  # resolved before auth: declared first
     auth = Depends(user_api_key_auth())
 
     @router.get("/api/jobs/health")
     async def health() -> JSONResponse:
-        body: dict[str, Any] = {"status": "ok", "store": "ok", "writer": plugin.writer_health()}
-        try:
-            store = await plugin.ready()
-            await store.ping()
-        except JobsError as exc:
-            body.update(status="unavailable", store=exc.message)
-            return JSONResponse(body, status_code=503)
-        return JSONResponse(body)
+        """No auth (load balancers, Kubernetes probes): 503 names the failing part."""
+        return JSONResponse(*await plugin.health())
 
-    @router.post("/api/jobs/create", status_code=201)
+    @router.post("/api/jobs/create", status_code=201, openapi_extra=documented_body(CreateJobBody))
     @answer
     async def create_job(body: dict[str, Any] = body_dep, key: Any = auth) -> JSONResponse:
         created, job = await open_job(plugin, key, parse(CreateJobBody, body))
@@ -227,7 +223,7 @@ def build_router(plugin: JobsPlugin) -> APIRouter:
             }
         )
 
-    @router.post("/api/jobs/{job_id}/complete")
+    @router.post("/api/jobs/{job_id}/complete", openapi_extra=documented_body(CompleteJobBody))
     @answer
     async def complete_job(job_id: str, body: dict[str, Any] = body_dep, key: Any = auth) -> JSONResponse:
         req: CompleteJobBody = parse(CompleteJobBody, body)
@@ -293,7 +289,7 @@ def build_router(plugin: JobsPlugin) -> APIRouter:
             }
         )
 
-    @router.post("/api/teams/{team_id}/credits")
+    @router.post("/api/teams/{team_id}/credits", openapi_extra=documented_body(GrantBody))
     @answer
     async def grant_credits(team_id: str, body: dict[str, Any] = body_dep, key: Any = auth) -> JSONResponse:
         if not caller_of(key).is_admin:

@@ -31,6 +31,13 @@ class UntaggedPolicy(enum.StrEnum):
     REJECT = "reject"
 
 
+class FailMode(enum.StrEnum):
+    """What a request that would open a new job (a new credit hold) gets while PostgreSQL is down."""
+
+    CLOSED = "closed"  # 503 jobs_store_unavailable; calls of open jobs go on
+    OPEN = "open"  # the hold is taken anyway (Redis or memory) and written when PostgreSQL is back
+
+
 class Settings(BaseSettings):
     """Settings of the jobs plugin, read from ``JOBS_*`` environment variables.
 
@@ -81,6 +88,23 @@ class Settings(BaseSettings):
     )
     redis_prefix: str = Field(default="ljp", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     closed_job_ttl_s: int = Field(default=7 * 24 * 3600, gt=0, description="Redis keeps closed jobs this long.")
+    fail_mode: FailMode = Field(default=FailMode.CLOSED, description="New holds while PostgreSQL is down.")
+    store_check_interval_s: float = Field(
+        default=1.0, gt=0, description="How often PostgreSQL's reachability is checked (for JOBS_FAIL_MODE)."
+    )
+    journal_claim_idle_s: float = Field(
+        default=30.0, gt=0, description="A journal entry unacknowledged this long is taken over by another replica."
+    )
+    durable_ack_timeout_s: float = Field(
+        default=2.0,
+        ge=0,
+        description="With Redis: a non-streamed answer waits at most this long for its record to be in the journal.",
+    )
+    reconcile_interval_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="How often job totals and balances are checked against their source rows (0: off).",
+    )
 
     @field_validator("database_url")
     @classmethod

@@ -1,7 +1,12 @@
-"""The background writer: a bounded in-memory buffer of call events, written in batches.
+"""The background writer: call events and ledger entries, written to the store in batches.
 
-LiteLLM's logging events only :meth:`Writer.put` into the buffer; one task per process drains it
-into the store, one transaction per batch. Nothing on a call's request path waits for the database.
+LiteLLM's logging events only :meth:`Writer.put` their records; one task per process writes them,
+one transaction per batch. Nothing on a call's request path waits for the database.
+
+Without Redis the records wait in a bounded in-memory buffer (lost on ``kill -9``: at most what the
+health route reports as unwritten). With Redis they go to the :mod:`journal` first, a Redis stream
+every replica reads, and leave it only once PostgreSQL has committed them; while Redis is down the
+in-memory buffer takes over.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .errors import StoreUnavailable
+from .journal import RedisJournal, decode
 from .models import CallEvent, LedgerEntry
 
 _log = logging.getLogger(__name__)
@@ -36,6 +42,9 @@ class WriterStats:
     dropped: int = 0  # events given up on: must stay 0
     store_errors: int = 0
     batches: int = 0
+    journaled: int = 0  # records appended to the journal (not counted in enqueued)
+    journal_errors: int = 0  # Redis failures of the journal (records then took the in-memory buffer)
+    unreadable: int = 0  # journal entries that could not be decoded (left pending, logged)
 
 
 class Writer:
@@ -59,8 +68,15 @@ class Writer:
         enqueue_timeout_s: float = 5.0,
         retry_max_s: float = 5.0,
         observer: Callable[[WriterStats, int], None] | None = None,
+        journal: RedisJournal | None = None,
+        journal_retry_s: float = 1.0,
     ) -> None:
         self.sink = sink
+        #: The durable queue (Redis); None: the in-memory buffer only.
+        self.journal = journal
+        self.journal_retry_s = journal_retry_s
+        self._journal_down_until = 0.0
+        self._journal_task: asyncio.Task[None] | None = None
         #: Told the stats and the buffer depth after every batch (the Prometheus series).
         self.observer = observer
         self.batch_size = batch_size
@@ -70,6 +86,7 @@ class Writer:
         self._queue: asyncio.Queue[Item] = asyncio.Queue(maxsize=max_size)
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._mem_pending = 0
         self._give_up_at: float | None = None
         self._oldest_pending: float | None = None
         # Enqueue times, in queue order (the queue is FIFO): the health route's "oldest unwritten".
@@ -77,8 +94,11 @@ class Writer:
 
     @property
     def depth(self) -> int:
-        """Events buffered and not yet written (including a batch being written)."""
-        return self.stats.enqueued - self.stats.written - self.stats.duplicates - self.stats.dropped
+        """Events in the in-memory buffer, not yet written (including a batch being written).
+
+        The journal's backlog is in Redis: :meth:`RedisJournal.backlog`.
+        """
+        return self._mem_pending
 
     @property
     def oldest_pending_age_s(self) -> float:
@@ -95,16 +115,34 @@ class Writer:
             raise RuntimeError("Writer.start() needs a sink")
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name="litellm-jobs-writer")
+        if self.journal is not None and (self._journal_task is None or self._journal_task.done()):
+            self._journal_task = asyncio.get_running_loop().create_task(
+                self._run_journal(), name="litellm-jobs-journal"
+            )
+
+    @property
+    def journal_up(self) -> bool:
+        """The journal takes new records (False for ``journal_retry_s`` after a Redis failure)."""
+        return self.journal is not None and time.monotonic() >= self._journal_down_until
 
     async def put(self, event: Item) -> None:
-        """Buffer one event. Waits (off the request path) while the buffer is full."""
+        """Record one event: in the journal (durable), else in the buffer (waiting while it is full)."""
+        if self.journal is not None and self.journal_up:
+            try:
+                await self.journal.append(event)
+                self.stats.journaled += 1
+                return
+            except StoreUnavailable as exc:
+                self._journal_failed(exc)
         try:
             self._queue.put_nowait(event)
             self._enqueue_times.append(time.monotonic())
+            self._mem_pending += 1
         except asyncio.QueueFull:
             try:
                 await asyncio.wait_for(self._queue.put(event), timeout=self.enqueue_timeout_s)
                 self._enqueue_times.append(time.monotonic())
+                self._mem_pending += 1
             except TimeoutError:
                 self.stats.dropped += 1
                 self.stats.enqueued += 1
@@ -114,13 +152,41 @@ class Writer:
         self.stats.enqueued += 1
 
     async def flush(self) -> None:
-        """Return once every event put before this call has been written (or given up on)."""
+        """Return once every event put before this call has been written (or given up on).
+
+        With a journal: once the journal is empty too (its entries may be any replica's).
+        """
         await self._queue.join()
+        if self.journal is None:
+            return
+        # Other replicas' readers drain it too, so there is no local event to wait on: poll Redis.
+        backlog, _ = await self.journal.backlog()
+        while backlog:
+            await asyncio.sleep(0.02)
+            backlog, _ = await self.journal.backlog()
+
+    def _journal_failed(self, exc: StoreUnavailable) -> None:
+        self.stats.journal_errors += 1
+        if time.monotonic() >= self._journal_down_until:
+            _log.warning("litellm-jobs: the journal is unavailable (%s); buffering in memory", exc.message)
+        self._journal_down_until = time.monotonic() + self.journal_retry_s
 
     async def aclose(self, timeout_s: float = 30.0) -> None:
-        """Write what is buffered (for at most ``timeout_s``), then stop the task."""
+        """Write what is buffered (for at most ``timeout_s``), then stop the tasks.
+
+        The journal's reader stops after its current batch: what it has not written stays in the
+        journal, for this replica's successor or another replica.
+        """
         self._closing = True
         self._give_up_at = time.monotonic() + timeout_s
+        if self._journal_task is not None and not self._journal_task.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self._journal_task), timeout=timeout_s)
+            except TimeoutError:
+                self._journal_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._journal_task
+        self._journal_task = None
         if self._task is not None and not self._task.done():
             try:
                 await asyncio.wait_for(self.flush(), timeout=timeout_s)
@@ -145,9 +211,71 @@ class Writer:
                 await self._write(batch)
             finally:
                 self._oldest_pending = None
+                self._mem_pending -= len(batch)
                 for _ in batch:
                     self._queue.task_done()
                 self._report()
+
+    async def _run_journal(self) -> None:
+        """Read the journal (what dead replicas left pending first), write, then acknowledge."""
+        assert self.journal is not None
+        journal = self.journal
+        delay = 0.05
+        claim_every = max(0.5, journal.claim_idle_ms / 2000)
+        next_claim = 0.0
+        set_up = False
+        while not self._closing:
+            try:
+                if not set_up:
+                    await journal.setup()
+                    set_up = True
+                    await journal.forget_idle_consumers()
+                entries: list[tuple[str, dict[str, str]]] = []
+                if time.monotonic() >= next_claim:
+                    entries = await journal.claim(self.batch_size)
+                    if journal.claim_scan_done:
+                        next_claim = time.monotonic() + claim_every
+                if not entries:
+                    entries = await journal.read(self.batch_size, block_ms=500)
+            except StoreUnavailable as exc:
+                self.stats.journal_errors += 1
+                _log.warning("litellm-jobs: cannot read the journal (%s); retrying in %.2fs", exc.message, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.retry_max_s)
+                continue
+            delay = 0.05
+            if not entries:
+                continue
+            ids, batch = [], []
+            for entry_id, fields in entries:
+                try:
+                    batch.append(decode(fields))
+                    ids.append(entry_id)
+                except (ValueError, KeyError, TypeError):
+                    # Left pending (never acknowledged): visible in XPENDING, and never silently lost.
+                    self.stats.unreadable += 1
+                    _log.error("litellm-jobs: journal entry %s cannot be read: %r", entry_id, fields)
+            if not await self._write(batch, journaled=True):
+                continue  # shutting down mid-outage: the entries stay in the journal
+            await self._ack(ids)
+            self._report()
+
+    async def _ack(self, ids: list[str]) -> None:
+        assert self.journal is not None
+        delay = 0.05
+        for _ in range(20):
+            try:
+                await self.journal.ack(ids)
+                return
+            except StoreUnavailable as exc:
+                self.stats.journal_errors += 1
+                if self._closing:
+                    break
+                _log.warning("litellm-jobs: cannot acknowledge journal entries (%s); retrying", exc.message)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.retry_max_s)
+        # Unacknowledged entries are claimed and written again later: a duplicate counts once.
+        _log.warning("litellm-jobs: %d journal entries left unacknowledged (they will be rewritten)", len(ids))
 
     def _report(self) -> None:
         """Tell the observer (the Prometheus series); never let it stop the writer."""
@@ -158,7 +286,8 @@ class Writer:
         except Exception:
             _log.exception("litellm-jobs: the writer's observer failed")
 
-    async def _write(self, batch: list[Item]) -> None:
+    async def _write(self, batch: list[Item], *, journaled: bool = False) -> bool:
+        """Write a batch, retrying while the store is unavailable. False: given up at shutdown."""
         assert self.sink is not None
         delay = 0.05
         while True:
@@ -168,8 +297,9 @@ class Writer:
                 # Transient: keep the batch and retry; the buffer absorbs new events meanwhile.
                 self.stats.store_errors += 1
                 if self._give_up_at is not None and time.monotonic() >= self._give_up_at:
-                    self._drop(batch, f"store unavailable at shutdown: {exc}")
-                    return
+                    if not journaled:
+                        self._drop(batch, f"store unavailable at shutdown: {exc}")
+                    return False
                 _log.warning(
                     "litellm-jobs: store unavailable (%s); retrying %d events in %.2fs", exc, len(batch), delay
                 )
@@ -183,14 +313,15 @@ class Writer:
                 if len(batch) == 1:
                     _log.exception("litellm-jobs: cannot write event %s", batch[0].event_id)
                     self._drop(batch, "rejected by the store")
-                    return
+                    return True
                 for event in batch:
-                    await self._write([event])
-                return
+                    if not await self._write([event], journaled=journaled):
+                        return False
+                return True
             self.stats.batches += 1
             self.stats.written += new
             self.stats.duplicates += len(batch) - new
-            return
+            return True
 
     def _drop(self, batch: Sequence[Item], why: str) -> None:
         self.stats.dropped += len(batch)

@@ -182,6 +182,10 @@ def backends(redis_server_url: str | None) -> dict[str, Backend]:
     async def rd(store: PostgresStore, writer: Writer, prefix: str) -> CreditBackend:
         assert redis_server_url is not None
         b = RedisCredits(redis_server_url, store, prefix=f"{REDIS_TEST_PREFIX}-{prefix}")
+        # Holds reach the ledger through the journal (open_job.lua appends them), as in the proxy.
+        writer.journal = b.journal(claim_idle_s=30)
+        await writer.journal.setup()
+        writer.start()
         await b.load_accounts()
         return b
 

@@ -24,8 +24,8 @@ TEAM_KEYS = {
 NO_TEAM_KEY = "sk-noteam"
 
 
-async def user_api_key_auth(request: Request, api_key: str) -> UserAPIKeyAuth:
-    key = api_key.removeprefix("Bearer ").strip()
+async def user_api_key_auth(request: Request, api_key: str | None) -> UserAPIKeyAuth:
+    key = (api_key or "").removeprefix("Bearer ").strip()  # LiteLLM passes None when no key was sent
     if key == MASTER_KEY:
         return UserAPIKeyAuth(api_key=hash_token(key), user_role=LitellmUserRoles.PROXY_ADMIN, user_id="admin")
     if key in TEAM_KEYS:

@@ -9,18 +9,6 @@ from typing import Any, Protocol
 
 from ..models import Balance, JobCaps, JobStatus
 
-MICRO = Decimal(1_000_000)
-CREDIT_QUANTUM = Decimal("0.000001")
-
-
-def to_micro(amount: Decimal) -> int:
-    return int((amount * MICRO).to_integral_value())
-
-
-def from_micro(value: int | str | bytes) -> Decimal:
-    raw = value.decode() if isinstance(value, bytes) else value
-    return (Decimal(int(Decimal(str(raw)))) / MICRO).quantize(CREDIT_QUANTUM)
-
 
 @dataclass(frozen=True, slots=True)
 class OpenJob:
@@ -37,6 +25,9 @@ class OpenJob:
     create_only: bool = False
     metadata: dict[str, Any] | None = None
     user_id: str | None = None
+    #: False while PostgreSQL is known to be down under JOBS_FAIL_MODE=closed: joining an open job
+    #: still works, opening a new one (a new hold) is refused with 503 jobs_store_unavailable.
+    may_create: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +57,9 @@ class CreditBackend(Protocol):
     #: True when ledger entries must be written by the caller (Redis); False when the backend
     #: writes them in its own transaction (PostgreSQL).
     emits_ledger: bool
+    #: True when a new job's hold entry is made durable by the backend itself (Redis appends it to
+    #: the journal in the script that takes the hold); the caller then writes only closures.
+    journals_holds: bool
 
     async def open_job(self, request: OpenJob) -> Admission: ...
 

@@ -102,6 +102,7 @@ class LocalCredits:
     """In-process credits for a single replica (see the module docstring)."""
 
     emits_ledger = True
+    journals_holds = False
 
     def __init__(
         self,
@@ -271,6 +272,8 @@ class LocalCredits:
                 credits_remaining=account.avail,
                 incarnation=job.incarnation,
             )
+        if not request.may_create:
+            raise rules.store_down()
         if account.avail < request.price:
             raise rules.insufficient(request.team_id, request.price, account.avail)
         account.avail -= request.price

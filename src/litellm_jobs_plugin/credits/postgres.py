@@ -34,6 +34,7 @@ def check_existing(job: dict[str, Any], request: OpenJob) -> None:
 
 class PostgresCredits:
     emits_ledger = False
+    journals_holds = False
 
     def __init__(self, store: PostgresStore) -> None:
         self.store = store

@@ -16,10 +16,11 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from ..errors import StoreUnavailable
-from ..models import Balance, JobStatus
+from ..journal import RedisJournal, consumer_name
+from ..models import Balance, JobStatus, from_micro, to_micro
 from ..store.postgres import PostgresStore
 from . import rules
-from .base import Admission, Closure, OpenJob, from_micro, to_micro
+from .base import Admission, Closure, OpenJob
 
 
 def _script(name: str) -> str:
@@ -49,6 +50,10 @@ class RedisKeys:
     def open_jobs(self) -> str:
         return f"{self.prefix}:open"
 
+    @property
+    def journal(self) -> str:
+        return f"{self.prefix}:journal"
+
     @staticmethod
     def member(team_id: str, job_id: str) -> str:
         return f"{len(team_id)}:{team_id}:{job_id}"
@@ -62,6 +67,7 @@ class RedisKeys:
 
 class RedisCredits:
     emits_ledger = True
+    journals_holds = True
 
     def __init__(
         self,
@@ -72,8 +78,16 @@ class RedisCredits:
         closed_ttl_s: int = 7 * 24 * 3600,
         max_connections: int = 50,
     ) -> None:
-        # A blocking pool: under a burst, calls wait for a connection instead of failing.
-        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=10)
+        # A blocking pool: under a burst, calls wait for a connection instead of failing. Short socket
+        # timeouts: an unreachable Redis fails a call in seconds (503), never hangs it.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=10,
+            socket_connect_timeout=2,
+            socket_timeout=5,
+            retry_on_timeout=False,
+        )
         self.client: aioredis.Redis = aioredis.Redis(connection_pool=pool)
         self.store = store
         self.keys = RedisKeys(prefix)
@@ -83,6 +97,10 @@ class RedisCredits:
         self._load = self.client.register_script(_script("load_account"))
         self._apply_grant = self.client.register_script(_script("apply_grant"))
         self._add_cost = self.client.register_script(_script("add_cost"))
+
+    def journal(self, *, claim_idle_s: float = 30.0) -> RedisJournal:
+        """The writer's journal on this Redis (the stream open_job.lua appends holds to)."""
+        return RedisJournal(self.client, self.keys.journal, consumer=consumer_name(), claim_idle_s=claim_idle_s)
 
     async def _call(self, script: Any, keys: list[str], args: list[Any]) -> list[str]:
         try:
@@ -107,7 +125,12 @@ class RedisCredits:
         return len(rows)
 
     async def open_job(self, request: OpenJob) -> Admission:
-        keys = [self.keys.account(request.team_id), self.keys.job(request.team_id, request.job_id), self.keys.open_jobs]
+        keys = [
+            self.keys.account(request.team_id),
+            self.keys.job(request.team_id, request.job_id),
+            self.keys.open_jobs,
+            self.keys.journal,
+        ]
         caps = request.caps
         args = [
             int(time.time() * 1000),
@@ -120,6 +143,10 @@ class RedisCredits:
             "1" if request.count_call else "0",
             self.keys.member(request.team_id, request.job_id),
             (JobStatus.IN_PROGRESS if request.count_call else JobStatus.PENDING).value,
+            request.team_id,
+            request.job_id,
+            "1" if request.single_call else "0",
+            "1" if request.may_create else "0",
         ]
         result = await self._call(self._open, keys, args)
         if result[0] == "not_loaded":
@@ -127,6 +154,8 @@ class RedisCredits:
             await self.load_accounts(request.team_id)
             result = await self._call(self._open, keys, args)
         outcome = result[0]
+        if outcome == "store_down":
+            raise rules.store_down()
         if outcome == "closed":
             raise rules.closed(request.job_id, result[1])
         if outcome == "type_mismatch":

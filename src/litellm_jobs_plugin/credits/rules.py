@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from ..errors import InsufficientCredits, JobBudgetExceeded, JobClosed, JobTypeMismatch
+from ..errors import InsufficientCredits, JobBudgetExceeded, JobClosed, JobTypeMismatch, StoreUnavailable
 
 
 def closed(job_id: str, state: str) -> JobClosed:
@@ -41,3 +41,10 @@ def insufficient(team_id: str, needed: Decimal, remaining: Decimal) -> Insuffici
 
 def conflict(job_id: str, state: str) -> JobClosed:
     return JobClosed(f"Job {job_id!r} is already {state}; a closed job cannot change its status.", param="status")
+
+
+def store_down() -> StoreUnavailable:
+    return StoreUnavailable(
+        "The jobs database is unreachable, so no new job can be opened (JOBS_FAIL_MODE=closed); calls of open "
+        "jobs still work. Retry shortly."
+    )

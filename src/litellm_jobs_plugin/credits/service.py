@@ -12,8 +12,9 @@ from typing import Any
 from ..errors import InsufficientCredits, JobBudgetExceeded, JobClosed, JobNotFound, StoreUnavailable
 from ..metrics import Metrics
 from ..models import Balance, CallContext, Job, JobCaps, JobStatus, LedgerEntry, LedgerKind, ledger_key
-from ..settings import Settings
+from ..settings import FailMode, Settings
 from ..store.postgres import PostgresStore
+from ..store.watch import StoreWatch
 from ..writer import Writer
 from .base import Admission, Closure, CreditBackend, OpenJob
 
@@ -38,8 +39,11 @@ class CreditService:
         backend: CreditBackend,
         *,
         metrics: Metrics | None = None,
+        watch: StoreWatch | None = None,
     ) -> None:
         self.settings = settings
+        #: PostgreSQL's reachability, for JOBS_FAIL_MODE (None: always assumed reachable).
+        self.watch = watch
         self.store = store
         self.writer = writer
         self.backend = backend
@@ -118,9 +122,10 @@ class CreditService:
                 single_call=context.single_call,
                 metadata=context.job_metadata,
                 user_id=context.user_id,
+                may_create=self.may_create(),
             )
         )
-        if admission.created and self.backend.emits_ledger:
+        if admission.created and self.backend.emits_ledger and not self.backend.journals_holds:
             # Off the request path: the hold becomes durable through the writer's buffer.
             await self.writer.put(
                 self._hold_entry(
@@ -133,6 +138,10 @@ class CreditService:
                 )
             )
         return admission
+
+    def may_create(self) -> bool:
+        """New jobs (new holds) may open: PostgreSQL answers, or JOBS_FAIL_MODE=open."""
+        return self.settings.fail_mode is FailMode.OPEN or self.watch is None or self.watch.available
 
     async def create_job(
         self,
@@ -157,6 +166,7 @@ class CreditService:
                 create_only=True,
                 metadata=metadata,
                 user_id=user_id,
+                may_create=self.watch is None or self.watch.available,  # the route writes its row now
             )
         )
         if admission.created and self.backend.emits_ledger:

@@ -453,3 +453,193 @@ LEFT JOIN credit_accounts a ON a.team_id = t.team_id
 LEFT JOIN ledger l ON l.team_id = t.team_id
 LEFT JOIN job_totals j ON j.team_id = t.team_id
 ORDER BY t.team_id;
+
+-- name: reconcile_job_aggregates
+-- Reconciliation (litellm-jobs reconcile): jobs whose aggregates differ from the sums over their
+-- call rows, computed as refresh_job_aggregates computes them (a job without calls has the
+-- aggregates of none). One statement, so one snapshot: a writer's batch is seen whole or not at all.
+-- drifting counts every such job; the rows are the first %(limit)s by (team_id, job_id).
+WITH recomputed AS (
+    SELECT c.team_id, c.job_id,
+           count(*)::integer AS total_calls,
+           (count(*) FILTER (WHERE c.status = 'success'))::integer AS successful_calls,
+           (count(*) FILTER (WHERE c.status = 'failure'))::integer AS failed_calls,
+           coalesce(sum(c.prompt_tokens), 0)::bigint AS prompt_tokens,
+           coalesce(sum(c.completion_tokens), 0)::bigint AS completion_tokens,
+           coalesce(sum(c.cost_usd), 0) AS total_cost_usd,
+           coalesce(sum(c.latency_ms), 0)::bigint AS total_latency_ms,
+           coalesce(array_agg(DISTINCT c.model ORDER BY c.model)
+                    FILTER (WHERE c.model IS NOT NULL), '{}') AS models_used,
+           min(c.started_at) AS first_call_at,
+           max(c.ended_at) AS last_call_at
+    FROM calls c
+    WHERE c.job_id IS NOT NULL AND (%(team_id)s::text IS NULL OR c.team_id = %(team_id)s)
+    GROUP BY c.team_id, c.job_id
+), compared AS (
+    SELECT j.team_id, j.job_id,
+           j.total_calls, coalesce(r.total_calls, 0) AS expected_total_calls,
+           j.successful_calls, coalesce(r.successful_calls, 0) AS expected_successful_calls,
+           j.failed_calls, coalesce(r.failed_calls, 0) AS expected_failed_calls,
+           j.prompt_tokens, coalesce(r.prompt_tokens, 0) AS expected_prompt_tokens,
+           j.completion_tokens, coalesce(r.completion_tokens, 0) AS expected_completion_tokens,
+           j.total_cost_usd, coalesce(r.total_cost_usd, 0) AS expected_total_cost_usd,
+           j.total_latency_ms, coalesce(r.total_latency_ms, 0) AS expected_total_latency_ms,
+           j.models_used, coalesce(r.models_used, '{}') AS expected_models_used,
+           j.first_call_at, r.first_call_at AS expected_first_call_at,
+           j.last_call_at, r.last_call_at AS expected_last_call_at
+    FROM jobs j
+    LEFT JOIN recomputed r ON r.team_id = j.team_id AND r.job_id = j.job_id
+    WHERE %(team_id)s::text IS NULL OR j.team_id = %(team_id)s
+)
+SELECT *, count(*) OVER () AS drifting
+FROM compared
+WHERE (total_calls, successful_calls, failed_calls, prompt_tokens, completion_tokens, total_cost_usd,
+       total_latency_ms, models_used, first_call_at, last_call_at)
+      IS DISTINCT FROM
+      (expected_total_calls, expected_successful_calls, expected_failed_calls, expected_prompt_tokens,
+       expected_completion_tokens, expected_total_cost_usd, expected_total_latency_ms, expected_models_used,
+       expected_first_call_at, expected_last_call_at)
+ORDER BY team_id, job_id
+LIMIT %(limit)s;
+
+-- name: reconcile_job_credits
+-- Jobs whose credits_held / credits_charged differ from their ledger entries (the effects of
+-- apply_ledger: a hold adds to held, a capture moves it to charged, a release gives it back).
+WITH ledger AS (
+    SELECT team_id, job_id,
+           coalesce(sum(amount) FILTER (WHERE kind = 'hold'), 0)
+             - coalesce(sum(amount) FILTER (WHERE kind IN ('capture', 'release')), 0) AS held,
+           coalesce(sum(amount) FILTER (WHERE kind = 'capture'), 0) AS charged
+    FROM credit_ledger
+    WHERE job_id IS NOT NULL AND (%(team_id)s::text IS NULL OR team_id = %(team_id)s)
+    GROUP BY team_id, job_id
+), compared AS (
+    SELECT j.team_id, j.job_id,
+           j.credits_held, coalesce(l.held, 0) AS expected_credits_held,
+           j.credits_charged, coalesce(l.charged, 0) AS expected_credits_charged
+    FROM jobs j
+    LEFT JOIN ledger l ON l.team_id = j.team_id AND l.job_id = j.job_id
+    WHERE %(team_id)s::text IS NULL OR j.team_id = %(team_id)s
+)
+SELECT *, count(*) OVER () AS drifting
+FROM compared
+WHERE (credits_held, credits_charged) IS DISTINCT FROM (expected_credits_held, expected_credits_charged)
+ORDER BY team_id, job_id
+LIMIT %(limit)s;
+
+-- name: reconcile_team_balances
+-- Accounts whose balances differ from the sums over the team's ledger (as ledger_totals), and
+-- teams with ledger entries but no account row (account_exists false, stored values null).
+WITH ledger AS (
+    SELECT team_id,
+           coalesce(sum(amount) FILTER (WHERE kind IN ('grant', 'adjust')), 0) AS allocated,
+           coalesce(sum(amount) FILTER (WHERE kind = 'capture'), 0) AS charged,
+           coalesce(sum(amount) FILTER (WHERE kind = 'hold'), 0)
+             - coalesce(sum(amount) FILTER (WHERE kind IN ('capture', 'release')), 0) AS held
+    FROM credit_ledger
+    WHERE %(team_id)s::text IS NULL OR team_id = %(team_id)s
+    GROUP BY team_id
+), accounts AS (
+    SELECT team_id, credits_allocated, credits_charged, credits_held
+    FROM credit_accounts
+    WHERE %(team_id)s::text IS NULL OR team_id = %(team_id)s
+), compared AS (
+    SELECT coalesce(a.team_id, l.team_id) AS team_id,
+           a.team_id IS NOT NULL AS account_exists,
+           a.credits_allocated, coalesce(l.allocated, 0) AS expected_credits_allocated,
+           a.credits_charged, coalesce(l.charged, 0) AS expected_credits_charged,
+           a.credits_held, coalesce(l.held, 0) AS expected_credits_held
+    FROM accounts a
+    FULL JOIN ledger l ON l.team_id = a.team_id
+)
+SELECT *, count(*) OVER () AS drifting
+FROM compared
+WHERE NOT account_exists
+   OR (credits_allocated, credits_charged, credits_held)
+      IS DISTINCT FROM (expected_credits_allocated, expected_credits_charged, expected_credits_held)
+ORDER BY team_id
+LIMIT %(limit)s;
+
+-- name: reconcile_try_lock
+-- Only one drift check at a time across replicas; released when the check's transaction ends.
+SELECT pg_try_advisory_xact_lock(%(key)s) AS locked;
+
+-- name: reconcile_clear_job_aggregates
+-- The aggregates of jobs (locked by lock_jobs) that have no call rows: refresh_job_aggregates
+-- only updates jobs that have some.
+UPDATE jobs j SET
+    total_calls = 0,
+    successful_calls = 0,
+    failed_calls = 0,
+    prompt_tokens = 0,
+    completion_tokens = 0,
+    total_cost_usd = 0,
+    total_latency_ms = 0,
+    models_used = '{}',
+    first_call_at = NULL,
+    last_call_at = NULL,
+    updated_at = now()
+FROM unnest(%(team_ids)s::text[], %(job_ids)s::text[]) AS t(team_id, job_id)
+WHERE j.team_id = t.team_id AND j.job_id = t.job_id
+  AND NOT EXISTS (SELECT 1 FROM calls c WHERE c.team_id = j.team_id AND c.job_id = j.job_id)
+  AND (j.total_calls, j.successful_calls, j.failed_calls, j.prompt_tokens, j.completion_tokens,
+       j.total_cost_usd, j.total_latency_ms, j.models_used, j.first_call_at, j.last_call_at)
+      IS DISTINCT FROM (0, 0, 0, 0::bigint, 0::bigint, 0::numeric, 0::bigint, '{}'::text[],
+                        NULL::timestamptz, NULL::timestamptz)
+RETURNING j.team_id, j.job_id;
+
+-- name: reconcile_fix_job_credits
+-- Sets the credits of jobs (locked by lock_jobs) to the sums over their ledger entries; writers
+-- append a job's entries only under its row lock, so the sums are final while it is held.
+UPDATE jobs j SET
+    credits_held = l.held,
+    credits_charged = l.charged,
+    updated_at = now()
+FROM (
+    SELECT t.team_id, t.job_id,
+           coalesce(sum(e.amount) FILTER (WHERE e.kind = 'hold'), 0)
+             - coalesce(sum(e.amount) FILTER (WHERE e.kind IN ('capture', 'release')), 0) AS held,
+           coalesce(sum(e.amount) FILTER (WHERE e.kind = 'capture'), 0) AS charged
+    FROM unnest(%(team_ids)s::text[], %(job_ids)s::text[]) AS t(team_id, job_id)
+    LEFT JOIN credit_ledger e ON e.team_id = t.team_id AND e.job_id = t.job_id
+    GROUP BY t.team_id, t.job_id
+) l
+WHERE j.team_id = l.team_id AND j.job_id = l.job_id
+  AND (j.credits_held, j.credits_charged) IS DISTINCT FROM (l.held, l.charged)
+RETURNING j.team_id, j.job_id;
+
+-- name: reconcile_ensure_accounts
+-- Account rows for teams that have ledger entries but no account (sorted: one lock order).
+INSERT INTO credit_accounts (team_id)
+SELECT t.team_id FROM unnest(%(team_ids)s::text[]) AS t(team_id)
+ORDER BY t.team_id
+ON CONFLICT (team_id) DO NOTHING;
+
+-- name: reconcile_lock_accounts
+-- As lock_account, for several teams, in team_id order (apply_ledger moves accounts in that order).
+SELECT team_id FROM credit_accounts
+WHERE team_id = ANY(%(team_ids)s::text[])
+ORDER BY team_id
+FOR UPDATE;
+
+-- name: reconcile_fix_team_balances
+-- Sets the balances of accounts (locked by reconcile_lock_accounts) to the sums over their ledger
+-- (a separate statement after the lock: it sees every entry committed before the lock was taken).
+UPDATE credit_accounts a SET
+    credits_allocated = l.allocated,
+    credits_charged = l.charged,
+    credits_held = l.held,
+    updated_at = now()
+FROM (
+    SELECT t.team_id,
+           coalesce(sum(e.amount) FILTER (WHERE e.kind IN ('grant', 'adjust')), 0) AS allocated,
+           coalesce(sum(e.amount) FILTER (WHERE e.kind = 'capture'), 0) AS charged,
+           coalesce(sum(e.amount) FILTER (WHERE e.kind = 'hold'), 0)
+             - coalesce(sum(e.amount) FILTER (WHERE e.kind IN ('capture', 'release')), 0) AS held
+    FROM unnest(%(team_ids)s::text[]) AS t(team_id)
+    LEFT JOIN credit_ledger e ON e.team_id = t.team_id
+    GROUP BY t.team_id
+) l
+WHERE a.team_id = l.team_id
+  AND (a.credits_allocated, a.credits_charged, a.credits_held) IS DISTINCT FROM (l.allocated, l.charged, l.held)
+RETURNING a.team_id;

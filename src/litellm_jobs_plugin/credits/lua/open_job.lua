@@ -1,7 +1,10 @@
 -- Admit a call to a job, or open the job by holding its price: atomically, for every replica.
--- KEYS: account hash, job hash, open-jobs zset
+-- KEYS: account hash, job hash, open-jobs zset, journal stream
 -- ARGV: now_ms, requested_type ('' = any), new_type, price (micro-credits), max_calls (0 = none),
---       max_cost_usd (0 = none), create_only ('1'/'0'), count ('1'/'0'), member, initial_state
+--       max_cost_usd (0 = none), create_only ('1'/'0'), count ('1'/'0'), member, initial_state,
+--       team_id, job_id, single_call ('1'/'0'), may_create ('1'/'0': '0' while PostgreSQL is down
+--       and JOBS_FAIL_MODE=closed)
+-- A new job's hold is appended to the journal in this same script: it is durable as soon as it is taken.
 local acct, job, open = KEYS[1], KEYS[2], KEYS[3]
 local state = redis.call('HGET', job, 'state')
 if state then
@@ -37,6 +40,9 @@ if state then
   return {'ok', state, jtype, avail, redis.call('HGET', job, 'hold') or '0', '0',
           redis.call('HGET', job, 'inc') or ''}
 end
+if ARGV[14] == '0' then
+  return {'store_down'}
+end
 if redis.call('HGET', acct, 'loaded') ~= '1' then
   return {'not_loaded'}
 end
@@ -53,4 +59,6 @@ if ARGV[8] == '1' then calls = 1 end
 redis.call('HSET', job, 'state', ARGV[10], 'type', ARGV[3], 'hold', price, 'calls', calls,
            'max_calls', ARGV[5], 'max_cost', ARGV[6], 'cost', '0', 'last', ARGV[1], 'inc', ARGV[1])
 redis.call('ZADD', open, ARGV[1], ARGV[9])
+redis.call('XADD', KEYS[4], '*', 'k', 'hold', 't', ARGV[11], 'j', ARGV[12], 'y', ARGV[3],
+           'm', string.format('%d', price), 's', ARGV[13], 'i', ARGV[1])
 return {'ok', ARGV[10], ARGV[3], string.format('%d', avail - price), string.format('%d', price), '1', ARGV[1]}

@@ -1,0 +1,238 @@
+"""The journal: a Redis stream holding the writer's items from the moment they are recorded until
+PostgreSQL has committed them.
+
+With Redis configured, a logging event is appended (``XADD``) before anything else happens to it, and
+a job's hold is appended by the very Lua script that takes it (``open_job.lua``). Every replica's
+writer reads the stream through one consumer group (``XREADGROUP``), writes a batch in one
+PostgreSQL transaction, and only then acknowledges and deletes its entries (``XACK`` + ``XDEL``). A
+replica that dies leaves its unacknowledged entries pending; any live replica claims them once they
+have been idle for ``JOBS_JOURNAL_CLAIM_IDLE_S`` (``XAUTOCLAIM``) and writes them. The store is
+idempotent (event ids, ledger idempotency keys), so an entry written twice counts once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from .errors import StoreUnavailable
+from .models import CallContext, CallEvent, CallStatus, LedgerEntry, LedgerKind, from_micro, ledger_key
+
+Item = CallEvent | LedgerEntry
+
+GROUP = "writers"
+
+_EVENT_FIELDS = (
+    "event_id",
+    "call_id",
+    "call_type",
+    "model_group",
+    "model",
+    "model_id",
+    "provider",
+    "prompt_tokens",
+    "completion_tokens",
+    "cache_hit",
+    "stream",
+    "latency_ms",
+    "error_type",
+    "error_code",
+)
+
+
+# -- the codec: one JSON document per entry (field "v"), or the compact hold record of open_job.lua --
+
+
+def encode(item: Item) -> str:
+    if isinstance(item, CallEvent):
+        doc: dict[str, Any] = {name: getattr(item, name) for name in _EVENT_FIELDS}
+        doc.update(
+            t="call",
+            context=item.context.to_stash(),
+            status=item.status.value,
+            cost_usd=str(item.cost_usd),
+            started_at=item.started_at.isoformat(),
+            ended_at=item.ended_at.isoformat(),
+        )
+    else:
+        doc = {
+            "t": "ledger",
+            "team_id": item.team_id,
+            "kind": item.kind.value,
+            "amount": str(item.amount),
+            "idempotency_key": item.idempotency_key,
+            "job_id": item.job_id,
+            "job_type": item.job_type,
+            "single_call": item.single_call,
+            "note": item.note,
+        }
+    return json.dumps(doc, separators=(",", ":"))
+
+
+def decode(fields: dict[str, str]) -> Item:
+    """An entry's item; raises ValueError (or KeyError, TypeError) for an entry it cannot read."""
+    if fields.get("k") == "hold":  # written by open_job.lua, in the same script as the hold
+        team_id, job_id = fields["t"], fields["j"]
+        return LedgerEntry(
+            team_id=team_id,
+            kind=LedgerKind.HOLD,
+            amount=from_micro(fields["m"]),
+            idempotency_key=ledger_key(LedgerKind.HOLD, team_id, job_id, fields["i"]),
+            job_id=job_id,
+            job_type=fields["y"],
+            single_call=fields["s"] == "1",
+        )
+    doc = json.loads(fields["v"])
+    if doc.pop("t") == "ledger":
+        return LedgerEntry(
+            team_id=doc["team_id"],
+            kind=LedgerKind(doc["kind"]),
+            amount=Decimal(doc["amount"]),
+            idempotency_key=doc["idempotency_key"],
+            job_id=doc["job_id"],
+            job_type=doc["job_type"],
+            single_call=bool(doc["single_call"]),
+            note=doc["note"],
+        )
+    return CallEvent(
+        **{name: doc[name] for name in _EVENT_FIELDS},
+        context=CallContext.from_stash(doc["context"]),
+        status=CallStatus(doc["status"]),
+        cost_usd=Decimal(doc["cost_usd"]),
+        started_at=datetime.fromisoformat(doc["started_at"]),
+        ended_at=datetime.fromisoformat(doc["ended_at"]),
+    )
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def consumer_name() -> str:
+    """This process's name in the consumer group: unique per process, readable in XINFO."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class RedisJournal:
+    """The writer's durable queue in one Redis stream, shared by every replica.
+
+    Example::
+
+        journal = RedisJournal(client, "ljp:journal", consumer=consumer_name(), claim_idle_s=30)
+        await journal.setup()
+        await journal.append(event)                 # durable from here on
+        for entry_id, item in await journal.read(500, block_ms=1000):
+            ...                                     # write to PostgreSQL, commit
+        await journal.ack([entry_id, ...])          # then forget
+    """
+
+    def __init__(self, client: aioredis.Redis, stream: str, *, consumer: str, claim_idle_s: float = 30.0) -> None:
+        self.client = client
+        self.stream = stream
+        self.consumer = consumer
+        self.claim_idle_ms = max(1, int(claim_idle_s * 1000))
+        self._claim_cursor = "0-0"
+
+    @property
+    def claim_scan_done(self) -> bool:
+        """The last :meth:`claim` reached the end of the pending list (the next one starts over)."""
+        return self._claim_cursor == "0-0"
+
+    async def setup(self) -> None:
+        """Create the consumer group (from the stream's start: holds appended before it count too)."""
+        try:
+            await self.client.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
+        except aioredis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
+            raise StoreUnavailable(f"Redis is unavailable ({type(exc).__name__}).") from exc
+
+    async def append(self, item: Item) -> None:
+        try:
+            await self.client.xadd(self.stream, {"v": encode(item)})
+        except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
+            raise StoreUnavailable(f"Redis is unavailable ({type(exc).__name__}).") from exc
+
+    async def read(self, count: int, *, block_ms: int) -> list[tuple[str, dict[str, str]]]:
+        """Entries never delivered to any replica, up to ``count``, waiting up to ``block_ms``."""
+        try:
+            answer = await self.client.xreadgroup(GROUP, self.consumer, {self.stream: ">"}, count=count, block=block_ms)
+        except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
+            raise StoreUnavailable(f"Redis is unavailable ({type(exc).__name__}).") from exc
+        except aioredis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            await self.setup()  # the stream was deleted (e.g. a Redis that lost its data)
+            return []
+        rows: list[Any] = list(answer or [])
+        return [(_text(i), _fields(f)) for _, entries in rows for i, f in entries]
+
+    async def claim(self, count: int) -> list[tuple[str, dict[str, str]]]:
+        """Entries another consumer (a dead replica) has held unacknowledged for too long."""
+        try:
+            answer = await self.client.xautoclaim(
+                self.stream, GROUP, self.consumer, self.claim_idle_ms, start_id=self._claim_cursor, count=count
+            )
+        except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
+            raise StoreUnavailable(f"Redis is unavailable ({type(exc).__name__}).") from exc
+        except aioredis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            await self.setup()
+            return []
+        cursor, entries = _text(answer[0]), answer[1]
+        self._claim_cursor = cursor  # "0-0" once the whole pending list has been scanned
+        return [(_text(i), _fields(f)) for i, f in entries if f]
+
+    async def ack(self, entry_ids: Sequence[str]) -> None:
+        """Forget entries whose items PostgreSQL has committed."""
+        if not entry_ids:
+            return
+        try:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.xack(self.stream, GROUP, *entry_ids)
+                pipe.xdel(self.stream, *entry_ids)
+                await pipe.execute()
+        except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
+            raise StoreUnavailable(f"Redis is unavailable ({type(exc).__name__}).") from exc
+
+    async def backlog(self) -> tuple[int, float]:
+        """(entries not yet written, age in seconds of the oldest), for the health route."""
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.xlen(self.stream)
+                pipe.xrange(self.stream, count=1)
+                length, first = await pipe.execute()
+        except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
+            raise StoreUnavailable(f"Redis is unavailable ({type(exc).__name__}).") from exc
+        if not first:
+            return int(length), 0.0
+        millis = int(_text(first[0][0]).split("-", 1)[0])
+        return int(length), max(0.0, time.time() - millis / 1000)
+
+    async def forget_idle_consumers(self, idle_s: float = 3600.0) -> int:
+        """Remove consumers of dead processes that hold nothing (their names only clutter XINFO)."""
+        removed = 0
+        try:
+            for info in await self.client.xinfo_consumers(self.stream, GROUP):
+                name, pending, idle_ms = _text(info["name"]), int(info["pending"]), int(info["idle"])
+                if name != self.consumer and pending == 0 and idle_ms > idle_s * 1000:
+                    await self.client.xgroup_delconsumer(self.stream, GROUP, name)
+                    removed += 1
+        except (aioredis.ConnectionError, aioredis.TimeoutError, aioredis.ResponseError):
+            return removed
+        return removed
+
+
+def _fields(raw: Any) -> dict[str, str]:
+    return {_text(k): _text(v) for k, v in (raw or {}).items()}

@@ -1,0 +1,295 @@
+"""Crashes and outages against real processes: replicas killed with SIGKILL, the test's own
+PostgreSQL and Redis stopped and started again. Billing data is money: nothing lost, nothing twice."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import signal
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from tests.conftest import query
+from tests.support.outages import OwnPostgres, OwnRedis, own_postgres, own_redis
+from tests.support.services import Proxy, wait_for
+
+KEY = "sk-team-a"
+TEAM = "team-a"
+
+
+@dataclass
+class Load:
+    """What a load run saw: the call ids answered 200, per job, and every other outcome."""
+
+    ok: dict[str, str | None] = field(default_factory=dict)  # call id → job id (None: untagged)
+    statuses: dict[int, int] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)  # error type of 4xx/5xx answers
+    transport_errors: int = 0
+
+    def count(self, status: int) -> None:
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+
+
+async def drive(
+    targets: Callable[[], list[Proxy]],
+    load: Load,
+    *,
+    stop: asyncio.Event,
+    jobs: list[str],
+    concurrency: int = 8,
+    untagged_every: int = 4,
+) -> None:
+    """Concurrent non-streamed calls spread over ``targets()`` until ``stop`` is set."""
+    counter = itertools.count()
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        while not stop.is_set():
+            i = next(counter)
+            live = targets()
+            proxy = live[i % len(live)]
+            job = None if i % untagged_every == 0 else jobs[i % len(jobs)]
+            body: dict[str, Any] = {"model": "Summarizer", "messages": [{"role": "user", "content": f"load {i}"}]}
+            if job is not None:
+                body["metadata"] = {"job_id": job, "job_type": "load"}
+            try:
+                r = await client.post(
+                    f"{proxy.url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}
+                )
+            except httpx.TransportError:
+                load.transport_errors += 1
+                continue
+            load.count(r.status_code)
+            if r.status_code == 200:
+                load.ok[r.headers["x-litellm-call-id"]] = job
+            else:
+                error = r.json().get("error", {})
+                load.errors[str(error.get("type"))] = load.errors.get(str(error.get("type")), 0) + 1
+
+    async with httpx.AsyncClient(timeout=60) as client:
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+
+
+async def until(condition: Callable[[], bool], *, within: float, what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def assert_recorded_once(database_url: str, load: Load) -> None:
+    """Every answered call has its row, its one success event, and each job's totals are its rows' sums."""
+    ids = list(load.ok)
+    rows = query(database_url, "SELECT call_id, job_id, status FROM calls WHERE call_id = ANY(%s)", ids)
+    assert {r["call_id"] for r in rows} == set(ids), "a call answered 200 has no row"
+    assert len(rows) == len(ids)
+    assert all(r["status"] == "success" for r in rows)
+    events = query(
+        database_url,
+        "SELECT call_id, count(*) AS n FROM call_events WHERE call_id = ANY(%s) AND status = 'success' GROUP BY 1",
+        ids,
+    )
+    assert {e["call_id"]: e["n"] for e in events} == dict.fromkeys(ids, 1)
+    drift = query(
+        database_url,
+        """SELECT j.job_id, j.total_calls, j.total_cost_usd, count(c.call_id) AS n, coalesce(sum(c.cost_usd), 0) AS cost
+        FROM jobs j LEFT JOIN calls c USING (team_id, job_id) WHERE j.team_id = %s
+        GROUP BY j.job_id, j.total_calls, j.total_cost_usd
+        HAVING j.total_calls <> count(c.call_id) OR j.total_cost_usd <> coalesce(sum(c.cost_usd), 0)""",
+        TEAM,
+    )
+    assert drift == []
+
+
+def journal_state(url: str, prefix: str) -> tuple[int, int]:
+    """(entries in the journal, entries delivered and not acknowledged) in Redis."""
+    client = redis.Redis.from_url(url)
+    try:
+        stream = f"{prefix}:journal"
+        pending = sum(int(c["pending"]) for c in client.xinfo_consumers(stream, "writers"))
+        return int(client.xlen(stream)), pending
+    finally:
+        client.close()
+
+
+def test_kill_9_of_one_replica_mid_load_loses_no_answered_call(
+    start_proxy: Callable[..., Proxy], database_url: str, redis_server_url: str | None, redis_prefix: str
+) -> None:
+    if redis_server_url is None:
+        pytest.skip("no Redis server")
+    env = {"JOBS_REDIS_URL": redis_server_url, "JOBS_REDIS_PREFIX": redis_prefix, "JOBS_JOURNAL_CLAIM_IDLE_S": "2"}
+    a, b = start_proxy(database_url, env=env), start_proxy(database_url, env=env)
+    a.grant(TEAM, 100_000)
+    live = [a, b]
+    load = Load()
+    jobs = [f"kill-{uuid.uuid4().hex[:6]}-{k}" for k in range(6)]
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(drive(lambda: live, load, stop=stop, jobs=jobs))
+        await until(lambda: len(load.ok) >= 60, within=120, what=f"60 answered calls ({load})")
+        a.stop(sig=signal.SIGKILL)
+        live.remove(a)
+        killed_at = len(load.ok)
+        await until(lambda: len(load.ok) >= killed_at + 40, within=120, what="40 more calls on the survivor")
+        stop.set()
+        await task
+
+    asyncio.run(scenario())
+    assert a.proc.returncode == -signal.SIGKILL
+    # The killed replica's successor starts; between it and the survivor, the journal drains.
+    start_proxy(database_url, env=env)
+    wait_for(lambda: journal_state(redis_server_url, redis_prefix) == (0, 0), timeout=60, what="the journal to drain")
+    wait_for(
+        lambda: len(query(database_url, "SELECT 1 FROM calls WHERE call_id = ANY(%s)", list(load.ok))) == len(load.ok),
+        timeout=30,
+        what="every answered call's row",
+    )
+    assert load.statuses.get(200, 0) == len(load.ok) >= 100
+    assert set(load.statuses) == {200}, load.errors
+    assert_recorded_once(database_url, load)
+
+
+def test_a_replica_takes_over_what_a_killed_replica_left_in_the_journal(
+    start_proxy: Callable[..., Proxy], database_url: str, redis_server_url: str | None, redis_prefix: str
+) -> None:
+    """Deterministic take-over: entries a dead consumer read and never acknowledged are claimed."""
+    if redis_server_url is None:
+        pytest.skip("no Redis server")
+    client = redis.Redis.from_url(redis_server_url)
+    stream = f"{redis_prefix}:journal"
+    # A "replica" that read three holds from the journal and died before writing them.
+    client.xgroup_create(stream, "writers", id="0", mkstream=True)
+    for n in range(3):
+        fields = {"k": "hold", "t": TEAM, "j": f"orphan-{n}", "y": "load", "m": "1000000", "s": "0", "i": "1"}
+        client.xadd(stream, fields)  # type: ignore[arg-type]
+    delivered = client.xreadgroup("writers", "dead-replica", {stream: ">"}, count=10)
+    assert len(delivered[0][1]) == 3  # type: ignore[index]
+    env = {"JOBS_REDIS_URL": redis_server_url, "JOBS_REDIS_PREFIX": redis_prefix, "JOBS_JOURNAL_CLAIM_IDLE_S": "1"}
+    start_proxy(database_url, env=env)
+    wait_for(lambda: journal_state(redis_server_url, redis_prefix) == (0, 0), timeout=60, what="the take-over")
+    holds = query(database_url, "SELECT job_id, amount FROM credit_ledger WHERE kind = 'hold' ORDER BY job_id")
+    assert [(h["job_id"], h["amount"]) for h in holds] == [(f"orphan-{n}", Decimal(1)) for n in range(3)]
+    client.close()
+
+
+@pytest.fixture
+def pg(tmp_path: Path) -> Any:
+    with own_postgres(tmp_path / "own-pg") as server:
+        yield server
+
+
+@pytest.fixture
+def own_redis_server(tmp_path: Path) -> Any:
+    with own_redis(tmp_path / "own-redis") as server:
+        yield server
+
+
+def call(proxy: Proxy, job: str | None, *, key: str = KEY) -> httpx.Response:
+    body: dict[str, Any] = {"model": "Summarizer", "messages": [{"role": "user", "content": "hi"}]}
+    if job is not None:
+        body["metadata"] = {"job_id": job, "job_type": "load"}
+    return httpx.post(
+        f"{proxy.url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=60
+    )
+
+
+def test_postgres_down_mid_load_open_jobs_go_on_new_jobs_get_503_and_nothing_is_lost(
+    start_proxy: Callable[..., Proxy], pg: OwnPostgres, own_redis_server: OwnRedis
+) -> None:
+    env = {
+        "JOBS_REDIS_URL": own_redis_server.url,
+        "JOBS_STORE_CHECK_INTERVAL_S": "0.2",
+        "JOBS_JOURNAL_CLAIM_IDLE_S": "2",
+    }
+    proxy = start_proxy(pg.url, env=env)
+    proxy.grant(TEAM, 1000)
+    jobs = [f"pg-{k}" for k in range(4)]
+    for job in jobs:  # opened while PostgreSQL is up
+        assert call(proxy, job).status_code == 200
+    load = Load()
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(drive(lambda: [proxy], load, stop=stop, jobs=jobs, untagged_every=1_000_000))
+        await until(lambda: len(load.ok) >= 20, within=60, what="20 calls before the outage")
+        pg.stop()
+        await until(lambda: proxy.health().status_code == 503, within=30, what="health to turn 503")
+        during = len(load.ok)
+        await until(lambda: len(load.ok) >= during + 30, within=60, what="30 calls of open jobs during the outage")
+        # A new job (a new hold) is refused while the database is down: JOBS_FAIL_MODE=closed.
+        refused = await asyncio.to_thread(call, proxy, "pg-new-during-outage")
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"]["type"] == "jobs_store_unavailable"
+        assert "JOBS_FAIL_MODE" in refused.json()["error"]["message"]
+        health = proxy.health().json()
+        assert health["status"] == "unavailable"
+        assert health["store"] != "ok"
+        pg.start()
+        await until(lambda: proxy.health().status_code == 200, within=60, what="health to be 200 again")
+        after = len(load.ok)
+        await until(lambda: len(load.ok) >= after + 10, within=60, what="calls after the outage")
+        stop.set()
+        await task
+
+    asyncio.run(scenario())
+    assert set(load.statuses) == {200}, load.errors
+    wait_for(
+        lambda: len(query(pg.url, "SELECT 1 FROM calls WHERE call_id = ANY(%s)", list(load.ok))) == len(load.ok),
+        timeout=60,
+        what="every answered call's row",
+    )
+    assert_recorded_once(pg.url, load)
+    assert query(pg.url, "SELECT count(*) AS n FROM jobs WHERE job_id = 'pg-new-during-outage'") == [{"n": 0}]
+    assert call(proxy, "pg-new-after").status_code == 200  # new jobs open again
+
+
+def test_redis_down_mid_load_fails_closed_and_never_overspends(
+    start_proxy: Callable[..., Proxy], database_url: str, own_redis_server: OwnRedis
+) -> None:
+    env = {"JOBS_REDIS_URL": own_redis_server.url, "JOBS_JOURNAL_CLAIM_IDLE_S": "2"}
+    a, b = start_proxy(database_url, env=env), start_proxy(database_url, env=env)
+    granted = 40
+    a.grant(TEAM, granted)
+    load = Load()
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        # Every call is a single-call job (untagged): each takes a hold, so credits run out mid-run.
+        task = asyncio.create_task(drive(lambda: [a, b], load, stop=stop, jobs=["-"], untagged_every=1))
+        await until(lambda: len(load.ok) >= 10, within=60, what="10 calls before the outage")
+        own_redis_server.stop()
+        await until(lambda: load.errors.get("jobs_store_unavailable", 0) >= 5, within=60, what="503s")
+        await until(lambda: a.health().status_code == 503, within=30, what="health to turn 503")
+        own_redis_server.start()
+        await until(lambda: load.errors.get("insufficient_credits", 0) >= 5, within=120, what="credits to run out")
+        stop.set()
+        await task
+
+    asyncio.run(scenario())
+    assert set(load.statuses) <= {200, 402, 503}, load.statuses
+    assert load.statuses[503] >= 5
+    assert load.statuses[402] >= 5
+    wait_for(lambda: a.health().status_code == 200, timeout=30, what="health 200 after Redis returned")
+    wait_for(
+        lambda: len(query(database_url, "SELECT 1 FROM calls WHERE call_id = ANY(%s)", list(load.ok))) == len(load.ok),
+        timeout=60,
+        what="every answered call's row",
+    )
+    (row,) = query(
+        database_url,
+        """SELECT coalesce(sum(amount) FILTER (WHERE kind = 'capture'), 0) AS charged
+        FROM credit_ledger WHERE team_id = %s""",
+        TEAM,
+    )
+    assert row["charged"] <= granted
+    balance = httpx.get(f"{a.url}/api/teams/{TEAM}", headers={"Authorization": "Bearer sk-master"}).json()
+    assert Decimal(balance["credits_remaining"]) >= 0
