@@ -26,6 +26,7 @@ from .jobs import Caller, decide_call
 from .journal import RedisJournal
 from .metadata import parse_job_tag
 from .metrics import process_metrics
+from .reconcile import drift_check_forever
 from .models import CallEvent, CallStatus, JobStatus
 from .settings import Settings
 from .store.embedded import EmbeddedPostgres
@@ -48,6 +49,7 @@ class JobsPlugin(CustomLogger):
         self._credits: CreditService | None = None
         self._watch: StoreWatch | None = None
         self._journal: RedisJournal | None = None
+        self._drift_task: asyncio.Task[None] | None = None
         self._start_task: asyncio.Task[PostgresStore] | None = None
         self._attached = False
         #: Tasks that outlive the request that started them (in-process calls, stream relays);
@@ -141,6 +143,9 @@ class JobsPlugin(CustomLogger):
         self._watch.start()
         self._credits = CreditService(s, store, self.writer, backend, metrics=metrics, watch=self._watch)
         self._credits.start_reaper()
+        self._drift_task = asyncio.get_running_loop().create_task(
+            drift_check_forever(store, metrics, s.reconcile_interval_s), name="litellm-jobs-drift-check"
+        )
         self._store = store
         _log.info("litellm-jobs: ready (schema %s, credits: %s)", s.db_schema, describe(backend))
         return store
@@ -211,6 +216,11 @@ class JobsPlugin(CustomLogger):
         if self._watch is not None:
             await self._watch.aclose()
             self._watch = None
+        if self._drift_task is not None:
+            self._drift_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._drift_task
+            self._drift_task = None
         if self._start_task is not None and not self._start_task.done():
             self._start_task.cancel()
             with contextlib.suppress(BaseException):

@@ -296,9 +296,7 @@ async def drift_check_forever(store: PostgresStore, metrics: Metrics, interval_s
     while True:
         try:
             report = await check_once(store)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
+        except Exception:  # not CancelledError: the loop ends when its task is cancelled
             _log.exception("litellm-jobs: the drift check failed; retrying in %.0fs", interval_s)
             metrics.drift_check_failed()
         else:

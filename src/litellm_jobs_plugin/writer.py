@@ -189,7 +189,7 @@ class Writer:
         self._journal_task = None
         if self._task is not None and not self._task.done():
             try:
-                await asyncio.wait_for(self.flush(), timeout=timeout_s)
+                await asyncio.wait_for(self._queue.join(), timeout=timeout_s)  # the journal keeps its own
             except TimeoutError:
                 _log.error("litellm-jobs: shutdown flush timed out with %d events unwritten", self.depth)
             self._task.cancel()

@@ -43,6 +43,7 @@ def cli_json(database_url: str, *args: str) -> Any:
         ("jobs", "list"),
         ("jobs", "show"),
         ("analytics",),
+        ("reconcile",),
     ],
 )
 def test_every_command_has_help(args: tuple[str, ...]) -> None:

@@ -19,7 +19,7 @@ import redis
 
 from tests.conftest import query
 from tests.support.outages import OwnPostgres, OwnRedis, own_postgres, own_redis
-from tests.support.services import Proxy, wait_for
+from tests.support.services import FakeUpstream, Proxy, wait_for
 
 KEY = "sk-team-a"
 TEAM = "team-a"
@@ -293,3 +293,109 @@ def test_redis_down_mid_load_fails_closed_and_never_overspends(
     assert row["charged"] <= granted
     balance = httpx.get(f"{a.url}/api/teams/{TEAM}", headers={"Authorization": "Bearer sk-master"}).json()
     assert Decimal(balance["credits_remaining"]) >= 0
+
+
+def test_with_redis_every_answer_is_in_the_journal_before_the_client_gets_it(
+    start_proxy: Callable[..., Proxy], database_url: str, redis_server_url: str | None, redis_prefix: str
+) -> None:
+    """A 200 means recorded: with PostgreSQL writes held back, each answered call (a cache hit
+    included) is already in the journal when its answer arrives; released, all are written."""
+    if redis_server_url is None:
+        pytest.skip("no Redis server")
+    import json
+
+    import psycopg
+
+    proxy = start_proxy(database_url, env={"JOBS_REDIS_URL": redis_server_url, "JOBS_REDIS_PREFIX": redis_prefix})
+    proxy.grant(TEAM, 100)
+    client = redis.Redis.from_url(redis_server_url, decode_responses=True)
+    stream = f"{redis_prefix}:journal"
+
+    def journaled_call_ids() -> set[str]:
+        return {json.loads(f["v"]).get("call_id") for _, f in client.xrange(stream) if "v" in f}  # type: ignore[union-attr]
+
+    blocker = psycopg.connect(database_url)
+    blocker.execute("LOCK TABLE litellm_jobs.call_events IN SHARE MODE")  # the writer's inserts wait
+    answered: list[str] = []
+    try:
+        body: dict[str, Any] = {
+            "model": "Summarizer",
+            "messages": [{"role": "user", "content": f"cache me {uuid.uuid4()}"}],
+            "metadata": {"job_id": "journal-first", "job_type": "load"},
+            "cache": {"use-cache": True},
+        }
+        for n in range(6):
+            r = httpx.post(
+                f"{proxy.url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=60
+            )
+            assert r.status_code == 200, r.text
+            call_id = r.headers["x-litellm-call-id"]
+            assert call_id in journaled_call_ids(), f"answer {n} arrived before its record was journaled"
+            answered.append(call_id)
+        assert query(database_url, "SELECT count(*) AS n FROM calls WHERE call_id = ANY(%s)", answered) == [{"n": 0}]
+    finally:
+        blocker.rollback()
+        blocker.close()
+    wait_for(lambda: journal_state(redis_server_url, redis_prefix) == (0, 0), timeout=30, what="the journal to drain")
+    rows = query(database_url, "SELECT call_id, cache_hit FROM calls WHERE call_id = ANY(%s)", answered)
+    assert len(rows) == 6
+    assert sum(r["cache_hit"] for r in rows) == 5  # the first answer was computed, the others cached
+    assert "answered before its record was journaled" not in proxy.log_path.read_text(errors="replace")
+    client.close()
+
+
+@pytest.mark.parametrize("with_redis", [False, True], ids=["memory", "redis"])
+def test_a_call_finishing_after_its_job_completed_is_recorded_and_not_charged_again(
+    start_proxy: Callable[..., Proxy],
+    database_url: str,
+    redis_server_url: str | None,
+    redis_prefix: str,
+    upstream: FakeUpstream,
+    with_redis: bool,
+) -> None:
+    env = {"JOBS_COMPLETE_WAIT_S": "0"}  # complete answers at once, without waiting for the slow call
+    if with_redis:
+        if redis_server_url is None:
+            pytest.skip("no Redis server")
+        env |= {"JOBS_REDIS_URL": redis_server_url, "JOBS_REDIS_PREFIX": redis_prefix}
+    proxy = start_proxy(database_url, env=env)
+    proxy.grant(TEAM, 10)
+    job = f"late-{uuid.uuid4().hex[:8]}"
+    assert call(proxy, job).status_code == 200
+
+    async def scenario() -> tuple[httpx.Response, httpx.Response]:
+        async with httpx.AsyncClient(timeout=60, headers={"Authorization": f"Bearer {KEY}"}) as client:
+            body = {
+                "model": "Summarizer",
+                "messages": [{"role": "user", "content": "slow [delay:3]"}],
+                "metadata": {"job_id": job, "job_type": "load"},
+            }
+            before = upstream.stats().get("_total", 0)
+            slow = asyncio.create_task(client.post(f"{proxy.url}/v1/chat/completions", json=body))
+            # Once the upstream has the slow call, it was admitted to the job: complete the job now.
+            await until(lambda: upstream.stats().get("_total", 0) > before, within=30, what="the slow call upstream")
+            done = await client.post(f"{proxy.url}/api/jobs/{job}/complete", json={"status": "completed"})
+            return done, await slow
+
+    done, slow = asyncio.run(scenario())
+    assert done.status_code == 200, done.text
+    assert done.json()["status"] == "completed"
+    assert slow.status_code == 200, slow.text
+    late_id = slow.headers["x-litellm-call-id"]
+    wait_for(
+        lambda: query(database_url, "SELECT job_id FROM calls WHERE call_id = %s", late_id) == [{"job_id": job}],
+        timeout=30,
+        what="the late call's row, attached to its job",
+    )
+    (row,) = query(
+        database_url,
+        "SELECT status, total_calls, total_cost_usd, credits_charged FROM jobs WHERE job_id = %s",
+        job,
+    )
+    (sums,) = query(database_url, "SELECT count(*) AS n, sum(cost_usd) AS cost FROM calls WHERE job_id = %s", job)
+    assert (row["status"], row["total_calls"], row["total_cost_usd"]) == ("completed", 2, sums["cost"])
+    assert row["credits_charged"] == Decimal(1)
+    captures = query(
+        database_url, "SELECT count(*) AS n FROM credit_ledger WHERE job_id = %s AND kind = 'capture'", job
+    )
+    assert captures == [{"n": 1}]

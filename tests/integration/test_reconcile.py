@@ -120,7 +120,8 @@ async def test_drift_is_reported_with_stored_and_expected_values(store: Postgres
         ("team_balances", "team-b", None): {"credits_held": (Decimal(2), Decimal(0))},
     }
     money = report.drifts[0].fields[0]
-    assert isinstance(money.stored, Decimal) and isinstance(money.expected, Decimal)  # never float
+    assert isinstance(money.stored, Decimal)  # never float
+    assert isinstance(money.expected, Decimal)
     as_json = report.to_json()
     assert as_json["clean"] is False
     assert as_json["drifts"][0]["fields"]["total_cost_usd"] == {"stored": "0.5035", "expected": "0.0035"}
@@ -188,7 +189,8 @@ async def test_many_drifting_rows_are_counted_listed_up_to_the_limit_and_fixed_i
     assert [d.job_id for d in report.drifts] == [f"job-{i:02d}" for i in range(5)]
     assert report.drifts[0].field_named("models_used") is not None
     fixed = await fix_drift(store, limit=3, batch_size=5)
-    assert fixed.fixed is not None and fixed.fixed[DriftKind.JOB_AGGREGATES] == 12
+    assert fixed.fixed is not None
+    assert fixed.fixed[DriftKind.JOB_AGGREGATES] == 12
     assert len(fixed.drifts) == 3
     assert fixed.clean
     assert snapshot(database_url) == before

@@ -1,0 +1,115 @@
+"""The writer's journal on a real Redis and PostgreSQL: durable until committed, taken over when
+its reader dies, bypassed (in memory) while Redis is unreachable."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+import redis.asyncio as aioredis
+
+from litellm_jobs_plugin.journal import RedisJournal, encode
+from litellm_jobs_plugin.store.postgres import PostgresStore
+from litellm_jobs_plugin.writer import Writer
+from tests.conftest import query
+from tests.support.events import event
+from tests.support.services import free_port, wait_for_async
+
+
+@pytest.fixture
+async def redis_client(redis_server_url: str | None) -> AsyncIterator[aioredis.Redis]:
+    if redis_server_url is None:
+        pytest.skip("no Redis server")
+    client = aioredis.Redis.from_url(redis_server_url)
+    yield client
+    await client.aclose()
+
+
+def journal(client: aioredis.Redis, prefix: str, name: str, claim_idle_s: float = 30.0) -> RedisJournal:
+    return RedisJournal(client, f"{prefix}:journal", consumer=name, claim_idle_s=claim_idle_s)
+
+
+def recorded(database_url: str) -> int:
+    return int(query(database_url, "SELECT count(*) AS n FROM calls")[0]["n"])
+
+
+def recorded_is(database_url: str, n: int) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return await asyncio.to_thread(recorded, database_url) == n
+
+    return check
+
+
+async def test_two_writers_share_one_journal_and_write_each_event_once(
+    store: PostgresStore, database_url: str, redis_client: aioredis.Redis, redis_prefix: str
+) -> None:
+    writers = [Writer(store, journal=journal(redis_client, redis_prefix, f"w{n}"), batch_size=20) for n in range(2)]
+    for w in writers:
+        await w.journal.setup()  # type: ignore[union-attr]
+        w.start()
+    events = [event(f"shared-{i}") for i in range(300)]
+    for i, e in enumerate(events + events[:50]):  # 50 replays
+        await writers[i % 2].put(e)
+    await asyncio.wait_for(writers[0].flush(), timeout=30)
+    assert recorded(database_url) == 300
+    assert sum(w.stats.journaled for w in writers) == 350
+    assert sum(w.stats.written for w in writers) == 300
+    assert sum(w.stats.duplicates for w in writers) == 50
+    assert await redis_client.xlen(f"{redis_prefix}:journal") == 0
+    for w in writers:
+        await w.aclose()
+
+
+async def test_entries_a_dead_reader_left_unacknowledged_are_taken_over(
+    store: PostgresStore, database_url: str, redis_client: aioredis.Redis, redis_prefix: str
+) -> None:
+    dead = journal(redis_client, redis_prefix, "dead")
+    await dead.setup()
+    for i in range(40):
+        await dead.append(event(f"orphan-{i}"))
+    assert len(await dead.read(100, block_ms=10)) == 40  # read, then the process "dies": never acked
+    writer = Writer(store, journal=journal(redis_client, redis_prefix, "heir", claim_idle_s=0.3))
+    writer.start()
+    await wait_for_async(recorded_is(database_url, 40), within=30)
+    await asyncio.wait_for(writer.flush(), timeout=30)
+    pending = await redis_client.xpending(f"{redis_prefix}:journal", "writers")
+    assert pending["pending"] == 0
+    await writer.aclose()
+
+
+async def test_an_unreadable_entry_is_left_pending_and_the_rest_is_written(
+    store: PostgresStore, database_url: str, redis_client: aioredis.Redis, redis_prefix: str
+) -> None:
+    stream = f"{redis_prefix}:journal"
+    j = journal(redis_client, redis_prefix, "w")
+    await j.setup()
+    await redis_client.xadd(stream, {"v": "{not json"})
+    await redis_client.xadd(stream, {"v": encode(event("readable"))})
+    writer = Writer(store, journal=j)
+    writer.start()
+    await wait_for_async(recorded_is(database_url, 1), within=30)
+
+    async def unreadable_seen() -> bool:
+        return writer.stats.unreadable == 1
+
+    await wait_for_async(unreadable_seen, within=30)
+    assert await redis_client.xlen(stream) == 1  # kept for an operator, never silently dropped
+    await writer.aclose()
+
+
+async def test_with_redis_unreachable_events_go_to_memory_and_are_written(
+    store: PostgresStore, database_url: str
+) -> None:
+    unreachable = aioredis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5)
+    writer = Writer(store, journal=journal(unreachable, "none", "w"), journal_retry_s=60)
+    writer.start()
+    for i in range(10):
+        await writer.put(event(f"fallback-{i}"))
+    await wait_for_async(recorded_is(database_url, 10), within=30)
+    assert writer.depth == 0
+    assert writer.stats.journaled == 0
+    assert writer.stats.journal_errors >= 1
+    assert writer.stats.dropped == 0
+    await writer.aclose()
+    await unreachable.aclose()
