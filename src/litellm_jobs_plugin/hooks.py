@@ -26,8 +26,8 @@ from .jobs import Caller, decide_call
 from .journal import RedisJournal
 from .metadata import parse_job_tag
 from .metrics import process_metrics
-from .reconcile import drift_check_forever
 from .models import CallEvent, CallStatus, JobStatus
+from .reconcile import drift_check_forever
 from .settings import Settings
 from .store.embedded import EmbeddedPostgres
 from .store.postgres import PostgresStore
