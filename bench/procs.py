@@ -22,8 +22,7 @@ from typing import Any
 
 import httpx
 import psycopg
-import yaml
-
+import yaml  # type: ignore[import-untyped]
 from tests.support.services import SUPPORT, FakeUpstream, clean_env, free_port, proxy_config, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,7 +127,7 @@ def stop(proc: subprocess.Popen[Any], timeout: float = 60.0) -> None:
 def create_database(prefix: str = "jobs_bench") -> str:
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(ADMIN_DB, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
+        conn.execute(f'CREATE DATABASE "{name}"')
     return database_url(name)
 
 
@@ -144,7 +143,7 @@ def drop_database(url: str) -> None:
     if not name.startswith("jobs_bench"):
         raise ValueError(f"refusing to drop {name}: not a benchmark database")
     with psycopg.connect(ADMIN_DB, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[arg-type]
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def drop_redis_prefix(prefix: str) -> None:
@@ -207,9 +206,7 @@ def start_proxy(
         ]
     log_path = workdir / "proxy.log"
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            cmd, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     return ProxyProc(variant, proc, port, workdir, log_path, callgrind, database, redis_prefix)
 
 
@@ -231,3 +228,23 @@ def clean_env_for(database: str) -> dict[str, str]:
     env = clean_env()
     env["JOBS_DATABASE_URL"] = database
     return env
+
+
+def db_backend_cpu(database: str | None) -> dict[int, float]:
+    """CPU seconds of every PostgreSQL backend connected to ``database`` (its pool), by PID."""
+    if database is None:
+        return {}
+    name = str(psycopg.conninfo.conninfo_to_dict(database)["dbname"])
+    with psycopg.connect(ADMIN_DB, autocommit=True) as conn:
+        pids = [r[0] for r in conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (name,))]
+    ticks = os.sysconf("SC_CLK_TCK")
+    out: dict[int, float] = {}
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            out[pid] = (int(fields[11]) + int(fields[12])) / ticks
+    return out
+
+
+def db_cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())

@@ -80,12 +80,12 @@ def seed(url: str, *, jobs: int, calls_per_job: int, teams: int, big_job_calls: 
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("SET search_path TO litellm_jobs")
         for sql in statements:
-            conn.execute(sql, p)  # type: ignore[arg-type]
+            conn.execute(sql, p)
         conn.execute("ANALYZE")
-        counts = {
-            t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]  # type: ignore[index,arg-type]
-            for t in ("jobs", "calls", "call_events", "credit_ledger", "credit_accounts")
-        }
+        counts: dict[str, int] = {}
+        for t in ("jobs", "calls", "call_events", "credit_ledger", "credit_accounts"):
+            row = conn.execute(f"SELECT count(*) FROM {t}").fetchone()
+            counts[t] = int(row[0]) if row else 0
     return {"seconds": round(time.monotonic() - t0, 1), **counts}
 
 
@@ -99,7 +99,7 @@ def explain_refresh(url: str, team: str, job_id: str) -> float:
     with psycopg.connect(url) as conn:
         conn.execute("SET search_path TO litellm_jobs")
         rows = conn.execute(
-            "EXPLAIN (ANALYZE, FORMAT JSON) " + query,  # type: ignore[arg-type]
+            "EXPLAIN (ANALYZE, FORMAT JSON) " + query,
             {"team_ids": [team], "job_ids": [job_id]},
         ).fetchone()
         conn.rollback()

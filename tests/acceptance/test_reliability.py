@@ -17,6 +17,8 @@ import httpx
 import pytest
 import redis
 
+from litellm_jobs_plugin.reconcile import Report, find_drift
+from litellm_jobs_plugin.store.postgres import PostgresStore
 from tests.conftest import query
 from tests.support.outages import OwnPostgres, OwnRedis, own_postgres, own_redis
 from tests.support.services import FakeUpstream, Proxy, wait_for
@@ -107,6 +109,17 @@ def assert_recorded_once(database_url: str, load: Load) -> None:
         TEAM,
     )
     assert drift == []
+    # And what `litellm-jobs reconcile` checks: every aggregate and balance equals its source rows.
+    assert asyncio.run(reconcile_report(database_url)).clean
+
+
+async def reconcile_report(database_url: str) -> Report:
+    store = PostgresStore(database_url)
+    await store.open(migrate=False)
+    try:
+        return await find_drift(store)
+    finally:
+        await store.close()
 
 
 def journal_state(url: str, prefix: str) -> tuple[int, int]:
@@ -291,6 +304,7 @@ def test_redis_down_mid_load_fails_closed_and_never_overspends(
         TEAM,
     )
     assert row["charged"] <= granted
+    assert asyncio.run(reconcile_report(database_url)).clean
     balance = httpx.get(f"{a.url}/api/teams/{TEAM}", headers={"Authorization": "Bearer sk-master"}).json()
     assert Decimal(balance["credits_remaining"]) >= 0
 
@@ -399,3 +413,47 @@ def test_a_call_finishing_after_its_job_completed_is_recorded_and_not_charged_ag
         database_url, "SELECT count(*) AS n FROM credit_ledger WHERE job_id = %s AND kind = 'capture'", job
     )
     assert captures == [{"n": 1}]
+
+
+def test_without_redis_a_postgres_outage_fails_tracked_calls_closed_and_loses_nothing(
+    start_proxy: Callable[..., Proxy], pg: OwnPostgres
+) -> None:
+    """One replica, no Redis: while its database is down, a tracked call is answered or gets a
+    clear 503; once it is back, calls flow again and every answered call is recorded once."""
+    proxy = start_proxy(pg.url, env={"JOBS_STORE_CHECK_INTERVAL_S": "0.2"})
+    proxy.grant(TEAM, 1000)
+    jobs = [f"mem-{k}" for k in range(3)]
+    load = Load()
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(drive(lambda: [proxy], load, stop=stop, jobs=jobs, concurrency=4))
+        await until(lambda: len(load.ok) >= 20, within=60, what="20 calls before the outage")
+        pg.stop()
+        await until(lambda: proxy.health().status_code == 503, within=30, what="health to turn 503")
+        await until(lambda: load.errors.get("jobs_store_unavailable", 0) >= 3, within=60, what="503s")
+        pg.start()
+        await until(lambda: proxy.health().status_code == 200, within=60, what="health to be 200 again")
+        after = len(load.ok)
+        await until(lambda: len(load.ok) >= after + 20, within=60, what="calls after the outage")
+        stop.set()
+        await task
+
+    asyncio.run(scenario())
+    assert set(load.statuses) <= {200, 503}, load.errors
+    assert set(load.errors) <= {"jobs_store_unavailable"}
+    wait_for(
+        lambda: len(query(pg.url, "SELECT 1 FROM calls WHERE call_id = ANY(%s)", list(load.ok))) == len(load.ok),
+        timeout=60,
+        what="every answered call's row",
+    )
+    assert_recorded_once(pg.url, load)
+    ledger = query(
+        pg.url,
+        """SELECT coalesce(sum(amount) FILTER (WHERE kind = 'capture'), 0) AS charged,
+        coalesce(sum(amount) FILTER (WHERE kind = 'hold'), 0)
+          - coalesce(sum(amount) FILTER (WHERE kind IN ('capture', 'release')), 0) AS held
+        FROM credit_ledger WHERE team_id = %s""",
+        TEAM,
+    )
+    assert ledger[0]["charged"] + ledger[0]["held"] <= 1000

@@ -1,0 +1,667 @@
+"""The benchmark of issue 8: the plugin proxy against the bare proxy, side by side.
+
+    .venv/bin/python -m bench.run quick        # a few minutes
+    .venv/bin/python -m bench.run full         # the long one (memory run of 20 minutes, more rounds)
+    .venv/bin/python -m bench.run quick --stages callgrind,wall
+
+Stages: ``callgrind`` (instructions per request, the primary figure), ``wall`` (throughput,
+latency, CPU ms per request, alternating rounds), ``profile`` (py-spy of the plugin proxy under
+load), ``memory`` (RSS over a long run; the in-process credit state under 1 million jobs),
+``growth`` (100k jobs seeded in the database). Results: ``bench/results/<stamp>/results.json``
+and ``report.md`` (a copy at ``bench/results/latest.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+from tests.support.services import FakeUpstream
+
+from . import callgrind, profile, seed
+from .load import LoadResult, Scenario, closed_loop, open_loop
+from .procs import (
+    ROOT,
+    TEAM,
+    ProxyProc,
+    Variant,
+    cleanup,
+    create_database,
+    db_backend_cpu,
+    db_cpu_delta,
+    drop_database,
+    start_proxy,
+)
+
+BARE = Variant("bare", plugin=False)
+PLUGIN = Variant("plugin", plugin=True)
+PLUGIN_ALLOW = Variant("plugin-allow", plugin=True, untagged="allow")
+PLUGIN_REDIS = Variant("plugin-redis", plugin=True, redis=True)
+PLUGIN_REDIS_ALLOW = Variant("plugin-redis-allow", plugin=True, redis=True, untagged="allow")
+
+
+@dataclasses.dataclass(frozen=True)
+class Mode:
+    cg_requests: int
+    cg_warm: int
+    cg_rounds: int
+    cg_settle_s: float
+    cg_idle_s: float
+    wall_rounds: int
+    wall_sat_s: float
+    wall_lat_s: float
+    concurrency: int
+    rate_plain: float
+    rate_stream: float
+    profile_s: int
+    memory_s: float
+    local_jobs: int
+    seed_jobs: int
+    seed_calls_per_job: int
+    seed_teams: int
+    seed_big_job_calls: int
+    variants: tuple[Variant, ...]
+
+
+MODES = {
+    "quick": Mode(
+        cg_requests=20,
+        cg_warm=8,
+        cg_rounds=2,
+        cg_settle_s=2.0,
+        cg_idle_s=8.0,
+        wall_rounds=2,
+        wall_sat_s=5.0,
+        wall_lat_s=5.0,
+        concurrency=8,
+        rate_plain=30.0,
+        rate_stream=15.0,
+        profile_s=12,
+        memory_s=60.0,
+        local_jobs=1_000_000,
+        seed_jobs=100_000,
+        seed_calls_per_job=2,
+        seed_teams=1000,
+        seed_big_job_calls=20_000,
+        variants=(BARE, PLUGIN, PLUGIN_ALLOW, PLUGIN_REDIS),
+    ),
+    "full": Mode(
+        cg_requests=100,
+        cg_warm=20,
+        cg_rounds=3,
+        cg_settle_s=3.0,
+        cg_idle_s=20.0,
+        wall_rounds=5,
+        wall_sat_s=15.0,
+        wall_lat_s=15.0,
+        concurrency=8,
+        rate_plain=30.0,
+        rate_stream=15.0,
+        profile_s=30,
+        memory_s=1200.0,
+        local_jobs=1_000_000,
+        seed_jobs=100_000,
+        seed_calls_per_job=10,
+        seed_teams=1000,
+        seed_big_job_calls=100_000,
+        variants=(BARE, PLUGIN, PLUGIN_ALLOW, PLUGIN_REDIS, PLUGIN_REDIS_ALLOW),
+    ),
+}
+
+
+def scenarios_of(variant: Variant) -> list[Scenario]:
+    """The calls each proxy gets; the bare proxy gets both body shapes (with and without metadata)."""
+    out: list[Scenario] = []
+    for stream in (False, True):
+        if not variant.plugin:
+            out += [Scenario("untagged", stream, "none"), Scenario("open_job", stream, "open_job")]
+        elif variant.untagged == "allow":
+            out.append(Scenario("untagged", stream, "none"))
+        else:
+            # untagged under JOBS_UNTAGGED=single_call_job: every call is a new job (hold, capture)
+            out += [Scenario("single_call", stream, "none"), Scenario("open_job", stream, "open_job")]
+    return out
+
+
+def bare_twin(scenario: Scenario) -> Scenario:
+    return Scenario("open_job" if scenario.tag == "open_job" else "untagged", scenario.stream, scenario.tag)
+
+
+def cell_name(variant: Variant, scenario: Scenario) -> str:
+    return f"{variant.name}/{scenario.name}/{'stream' if scenario.stream else 'plain'}"
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+@contextlib.contextmanager
+def proxies(
+    tmp: Path, upstream: FakeUpstream, variants: tuple[Variant, ...], *, cg: bool, database: str | None = None
+) -> Iterator[dict[str, ProxyProc]]:
+    started: dict[str, ProxyProc] = {}
+    try:
+        for v in variants:
+            started[v.name] = start_proxy(tmp, upstream, v, callgrind=cg, database=database)
+        for p in started.values():
+            p.wait_ready(timeout=900 if cg else 180)
+            p.grant()
+        yield started
+    finally:
+        for p in started.values():
+            cleanup(p, keep_database=database is not None)
+
+
+def open_job_id(variant: Variant, rnd: int, stage: str) -> str:
+    return f"bench-open-{stage}-{variant.name}-{rnd}"
+
+
+# -- callgrind --------------------------------------------------------------------------------
+
+
+def stage_callgrind(tmp: Path, upstream: FakeUpstream, mode: Mode, res: dict[str, Any]) -> None:
+    out: dict[str, Any] = {"cells": {}, "idle": {}, "requests": mode.cg_requests, "settle_s": mode.cg_settle_s}
+    res["callgrind"] = out
+    with proxies(tmp, upstream, mode.variants, cg=True) as procs:
+        log("callgrind: all proxies ready")
+        for rnd in range(mode.cg_rounds):
+            for v in mode.variants:
+                p = procs[v.name]
+                idle = callgrind.measure(p, None, requests=0, settle_s=mode.cg_idle_s)
+                out["idle"].setdefault(v.name, []).append(idle.instructions / idle.seconds)
+                for sc in scenarios_of(v):
+                    job = open_job_id(v, rnd, "cg")
+                    callgrind.warm(p, sc, requests=mode.cg_warm, job_id=job)
+                    w = callgrind.measure(p, sc, requests=mode.cg_requests, settle_s=mode.cg_settle_s, job_id=job)
+                    health = p.writer_health()
+                    cell = out["cells"].setdefault(cell_name(v, sc), {"per_request": [], "seconds": [], "ok": []})
+                    cell["per_request"].append(w.per_request)
+                    cell["seconds"].append(w.seconds)
+                    cell["ok"].append(w.ok)
+                    cell["writer_after"] = health
+                    log(f"callgrind r{rnd} {cell_name(v, sc)}: {w.per_request / 1e6:.2f} M instr/request ({w.ok} ok)")
+
+
+def callgrind_summary(res: dict[str, Any]) -> list[dict[str, Any]]:
+    cg = res.get("callgrind")
+    if not cg:
+        return []
+    cells = cg["cells"]
+    rows = []
+    for name, cell in cells.items():
+        vname, sname, kind = name.split("/")
+        med = statistics.median(cell["per_request"])
+        spread = (max(cell["per_request"]) - min(cell["per_request"])) / med if med else 0.0
+        idle_rate = statistics.median(cg["idle"].get(vname, [0.0]))
+        window_s = statistics.median(cell["seconds"])
+        corrected = med - idle_rate * window_s / cg["requests"]
+        row: dict[str, Any] = {
+            "cell": name,
+            "variant": vname,
+            "scenario": sname,
+            "kind": kind,
+            "instr": med,
+            "spread": spread,
+            "idle_rate": idle_rate,
+            "corrected": corrected,
+        }
+        if vname != "bare":
+            twin = cells.get(f"bare/{'open_job' if sname == 'open_job' else 'untagged'}/{kind}")
+            if twin:
+                bmed = statistics.median(twin["per_request"])
+                bidle = statistics.median(cg["idle"]["bare"])
+                bcorr = bmed - bidle * statistics.median(twin["seconds"]) / cg["requests"]
+                row["ratio"] = med / bmed
+                row["ratio_corrected"] = corrected / bcorr
+                row["delta"] = med - bmed
+        rows.append(row)
+    return rows
+
+
+# -- wall clock -------------------------------------------------------------------------------
+
+
+def constant(body: bytes) -> Callable[[], bytes]:
+    return lambda: body
+
+
+def _run_load(coro: Any) -> LoadResult:
+    result: LoadResult = asyncio.run(coro)
+    return result
+
+
+def wall_cell(p: ProxyProc, sc: Scenario, mode: Mode, job_id: str) -> dict[str, Any]:
+    body = sc.body(job_id)
+    _run_load(closed_loop(p.url, lambda: body, concurrency=mode.concurrency, duration_s=1.0))  # warm
+    cpu0, db0 = p.cpu_seconds(), db_backend_cpu(p.database)
+    sat = _run_load(closed_loop(p.url, lambda: body, concurrency=mode.concurrency, duration_s=mode.wall_sat_s))
+    cpu1, db1 = p.cpu_seconds(), db_backend_cpu(p.database)
+    rate = mode.rate_stream if sc.stream else mode.rate_plain
+    lat = _run_load(open_loop(p.url, lambda: body, rate=rate, duration_s=mode.wall_lat_s))
+    n = max(1, sat.ok)
+    return {
+        "rps": sat.rps,
+        "sat_p50": sat.pct(50),
+        "sat_p95": sat.pct(95),
+        "sat_p99": sat.pct(99),
+        "cpu_ms": (cpu1 - cpu0) * 1000 / n,
+        "db_cpu_ms": db_cpu_delta(db0, db1) * 1000 / n,
+        "errors": sat.errors + lat.errors,
+        "statuses": {**{str(k): v for k, v in sat.statuses.items()}},
+        "rate": rate,
+        "p50": lat.pct(50),
+        "p95": lat.pct(95),
+        "p99": lat.pct(99),
+    }
+
+
+def stage_wall(procs: dict[str, ProxyProc], mode: Mode, res: dict[str, Any]) -> None:
+    out: dict[str, Any] = {"rounds": mode.wall_rounds, "cells": {}}
+    res["wall"] = out
+    cells = [(v, sc) for v in (p.variant for p in procs.values()) for sc in scenarios_of(v)]
+    for rnd in range(mode.wall_rounds):
+        # alternate: every plugin cell right after its bare twin, the order rotated each round
+        plugin_cells = [c for c in cells if c[0].plugin]
+        k = rnd % max(1, len(plugin_cells))
+        plugin_cells = plugin_cells[k:] + plugin_cells[:k]
+        order: list[tuple[Variant, Scenario]] = []
+        for v, sc in plugin_cells:
+            order += [(BARE, bare_twin(sc)), (v, sc)] if rnd % 2 == 0 else [(v, sc), (BARE, bare_twin(sc))]
+        for v, sc in order:
+            p = procs[v.name]
+            r = wall_cell(p, sc, mode, open_job_id(v, rnd, "wall"))
+            out["cells"].setdefault(cell_name(v, sc), []).append(r)
+            log(
+                f"wall r{rnd} {cell_name(v, sc)}: {r['rps']:.1f} req/s, cpu {r['cpu_ms']:.2f} ms/req, "
+                f"p50/p99 at {r['rate']:.0f}/s {r['p50']:.1f}/{r['p99']:.1f} ms, errors {r['errors']}"
+            )
+
+
+def wall_summary(res: dict[str, Any]) -> list[dict[str, Any]]:
+    wall = res.get("wall")
+    if not wall:
+        return []
+    cells = wall["cells"]
+    keys = ["rps", "cpu_ms", "db_cpu_ms", "sat_p50", "sat_p99", "p50", "p95", "p99"]
+    rows = []
+    for name, runs in cells.items():
+        vname, sname, kind = name.split("/")
+        row: dict[str, Any] = {"cell": name, "variant": vname, "errors": sum(r["errors"] for r in runs)}
+        for k in keys:
+            row[k] = statistics.median(r[k] for r in runs)
+        if vname != "bare":
+            twin_runs = cells.get(f"bare/{'open_job' if sname == 'open_job' else 'untagged'}/{kind}")
+            if twin_runs:
+                # per round: the plugin cell against the bare run next to it (same round)
+                n = min(len(runs), len(twin_runs))
+                row["rps_ratio"] = statistics.median(runs[i]["rps"] / twin_runs[i]["rps"] for i in range(n))
+                row["cpu_ratio"] = statistics.median(runs[i]["cpu_ms"] / twin_runs[i]["cpu_ms"] for i in range(n))
+                row["p50_added"] = statistics.median(runs[i]["p50"] - twin_runs[i]["p50"] for i in range(n))
+                row["p99_added"] = statistics.median(runs[i]["p99"] - twin_runs[i]["p99"] for i in range(n))
+        rows.append(row)
+    return rows
+
+
+# -- profile ----------------------------------------------------------------------------------
+
+
+def stage_profile(tmp: Path, procs: dict[str, ProxyProc], mode: Mode, res: dict[str, Any]) -> None:
+    out: dict[str, Any] = {}
+    res["profile"] = out
+    targets = [(PLUGIN, Scenario("single_call", False, "none")), (PLUGIN, Scenario("open_job", False, "open_job"))]
+    targets += [(PLUGIN, Scenario("single_call", True, "none"))]
+    if PLUGIN_REDIS.name in procs:
+        targets.append((PLUGIN_REDIS, Scenario("single_call", False, "none")))
+    for v, sc in targets:
+        p = procs[v.name]
+        raw = tmp / f"pyspy-{v.name}-{sc.name}-{int(sc.stream)}.txt"
+        body = constant(sc.body(open_job_id(v, 99, "profile")))
+        _run_load(closed_loop(p.url, body, concurrency=mode.concurrency, duration_s=1.0))
+        spy = profile.record(p.pid, raw, seconds=mode.profile_s)
+        time.sleep(1.0)
+        cpu0 = p.cpu_seconds()
+        load = _run_load(closed_loop(p.url, body, concurrency=mode.concurrency, duration_s=mode.profile_s - 2.0))
+        cpu_ms = (p.cpu_seconds() - cpu0) * 1000 / max(1, load.ok)
+        spy.wait(timeout=mode.profile_s + 60)
+        prof = profile.analyse(raw)
+        name = cell_name(v, sc)
+        out[name] = {
+            "samples": prof.samples,
+            "plugin_share": prof.plugin_share,
+            "cpu_ms_per_request": cpu_ms,
+            "plugin_us_per_call": prof.plugin_share * cpu_ms * 1000,
+            "top_inclusive": prof.inclusive.most_common(15),
+            "top_plugin_frames": prof.plugin_leaf_modules.most_common(12),
+            "top_leaves": prof.self_time.most_common(12),
+            "raw": str(raw),
+        }
+        log(f"profile {name}: plugin {prof.plugin_share:.1%} of {prof.samples} samples, cpu {cpu_ms:.2f} ms/req")
+
+
+# -- memory -----------------------------------------------------------------------------------
+
+
+def local_credits_memory(jobs: int) -> dict[str, Any]:
+    """The in-process credit backend's own state after ``jobs`` single-call jobs (open, close)."""
+    code = f"""
+import asyncio, json, time, tracemalloc, resource
+from decimal import Decimal
+from litellm_jobs_plugin.credits.local import LocalCredits
+from litellm_jobs_plugin.credits.base import OpenJob
+from litellm_jobs_plugin.models import JobStatus
+
+async def main():
+    lc = LocalCredits(None, None, None)
+    lc._account("t").avail = Decimal(10**12)
+    tracemalloc.start()
+    samples = []
+    t0 = time.perf_counter()
+    for i in range({jobs}):
+        job = f"call-{{i}}"
+        await lc.open_job(OpenJob(team_id="t", job_id=job, new_type="default", requested_type=None,
+                                  price=Decimal(1), single_call=True))
+        await lc.close_job("t", job, JobStatus.COMPLETED)
+        if (i + 1) % ({jobs} // 10) == 0:
+            cur, peak = tracemalloc.get_traced_memory()
+            samples.append({{"jobs": i + 1, "traced_mib": round(cur / 2**20, 1), "jobs_in_memory": len(lc._jobs),
+                             "closed_remembered": len(lc._closed),
+                             "rss_max_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}})
+    print(json.dumps({{"samples": samples, "us_per_job": (time.perf_counter() - t0) / {jobs} * 1e6,
+                      "max_closed": lc.max_closed}}))
+asyncio.run(main())
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1800, cwd=ROOT)
+    if proc.returncode != 0:
+        return {"error": proc.stderr[-2000:]}
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def stage_memory(procs: dict[str, ProxyProc], mode: Mode, res: dict[str, Any]) -> None:
+    out: dict[str, Any] = {"seconds": mode.memory_s}
+    res["memory"] = out
+    log(f"memory: in-process credit state under {mode.local_jobs} jobs")
+    out["local_credits"] = local_credits_memory(mode.local_jobs)
+    log(f"memory: {out['local_credits']}")
+    sc = Scenario("single_call", False, "none")
+    bare_sc = Scenario("untagged", False, "none")
+    samples: dict[str, list[tuple[float, int, int]]] = {"plugin": [], "bare": []}
+    done = {"plugin": 0, "bare": 0}
+    stop_at = time.monotonic() + mode.memory_s
+
+    def drive(name: str, p: ProxyProc, scenario: Scenario) -> None:
+        body = scenario.body(None)
+        while time.monotonic() < stop_at:
+            r = _run_load(closed_loop(p.url, lambda: body, concurrency=4, duration_s=min(10.0, mode.memory_s)))
+            done[name] += r.ok
+
+    threads = [
+        threading.Thread(target=drive, args=("plugin", procs[PLUGIN.name], sc)),
+        threading.Thread(target=drive, args=("bare", procs[BARE.name], bare_sc)),
+    ]
+    for t in threads:
+        t.start()
+    t0 = time.monotonic()
+    while any(t.is_alive() for t in threads):
+        for name, v in (("plugin", PLUGIN), ("bare", BARE)):
+            samples[name].append((round(time.monotonic() - t0, 1), done[name], procs[v.name].rss_kib()))
+        time.sleep(max(1.0, mode.memory_s / 40))
+    for t in threads:
+        t.join()
+    out["rss"] = samples
+    out["calls"] = dict(done)
+    log(f"memory: {done} calls; rss plugin {samples['plugin'][0][2]}→{samples['plugin'][-1][2]} KiB")
+
+
+# -- growth -----------------------------------------------------------------------------------
+
+
+def stage_growth(
+    tmp: Path, upstream: FakeUpstream, procs: dict[str, ProxyProc], mode: Mode, res: dict[str, Any]
+) -> None:
+    out: dict[str, Any] = {}
+    res["growth"] = out
+    url = create_database()
+    try:
+        seed.migrate(url)
+        log("growth: seeding")
+        out["seed"] = seed.seed(
+            url,
+            jobs=mode.seed_jobs,
+            calls_per_job=mode.seed_calls_per_job,
+            teams=mode.seed_teams,
+            big_job_calls=mode.seed_big_job_calls,
+        )
+        log(f"growth: seeded {out['seed']}")
+        out["refresh_ms_big_job"] = seed.explain_refresh(url, TEAM, seed.BIG_JOB)
+        out["refresh_ms_seed_job"] = seed.explain_refresh(url, "seed-team-1", "seed-job-1")
+        seeded_variant = Variant("plugin-seeded", plugin=True)
+        p = start_proxy(tmp, upstream, seeded_variant, callgrind=False, database=url)
+        try:
+            p.wait_ready(timeout=300)
+            p.grant()
+            out["rss_kib_at_start"] = p.rss_kib()
+            cells: dict[str, list[dict[str, Any]]] = {}
+            empty = procs[PLUGIN.name]
+            for rnd in range(mode.wall_rounds):
+                for sc in (Scenario("single_call", False, "none"), Scenario("open_job", False, "open_job")):
+                    pairs = [("empty", empty, open_job_id(PLUGIN, rnd, "growth")), ("seeded", p, seed.BIG_JOB)]
+                    for label, proxy, job in pairs if rnd % 2 == 0 else pairs[::-1]:
+                        r = wall_cell(proxy, sc, mode, job)
+                        cells.setdefault(f"{label}/{sc.name}", []).append(r)
+                        log(
+                            f"growth r{rnd} {label}/{sc.name}: {r['rps']:.1f} req/s cpu {r['cpu_ms']:.2f} ms "
+                            f"db {r['db_cpu_ms']:.2f} ms p50 {r['p50']:.1f} ms"
+                        )
+            out["wall"] = cells
+        finally:
+            cleanup(p, keep_database=True)
+        # instructions on the seeded database (the same windows as the callgrind stage)
+        cgp = start_proxy(tmp, upstream, seeded_variant, callgrind=True, database=url)
+        try:
+            cgp.wait_ready(timeout=900)
+            cgp.grant()
+            cg: dict[str, list[float]] = {}
+            for rnd in range(mode.cg_rounds):
+                for sc in (Scenario("single_call", False, "none"), Scenario("open_job", False, "open_job")):
+                    callgrind.warm(cgp, sc, requests=mode.cg_warm, job_id=seed.BIG_JOB)
+                    w = callgrind.measure(
+                        cgp, sc, requests=mode.cg_requests, settle_s=mode.cg_settle_s, job_id=seed.BIG_JOB
+                    )
+                    cg.setdefault(sc.name, []).append(w.per_request)
+                    log(f"growth callgrind r{rnd} seeded/{sc.name}: {w.per_request / 1e6:.2f} M instr/request")
+            out["callgrind"] = cg
+        finally:
+            cleanup(cgp, keep_database=True)
+    finally:
+        with contextlib.suppress(Exception):
+            drop_database(url)
+
+
+# -- report -----------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    def sh(*cmd: str) -> str:
+        with contextlib.suppress(Exception):
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.strip()
+        return ""
+
+    lscpu = sh("lscpu")
+    keep = ("Architecture", "CPU(s):", "Model name", "Thread(s) per core", "Core(s) per socket", "L2", "L3")
+    commit = sh("git", "-C", str(ROOT), "rev-parse", "HEAD")
+    dirty = bool(sh("git", "-C", str(ROOT), "status", "--porcelain", "--", "src"))
+    return {
+        "lscpu": [line for line in lscpu.splitlines() if line.strip().startswith(keep)],
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "litellm": sh(sys.executable, "-c", "import importlib.metadata as m; print(m.version('litellm'))"),
+        "valgrind": sh("valgrind", "--version"),
+        "postgres": sh("psql", "-h", "127.0.0.1", "-U", "postgres", "-tAc", "SHOW server_version"),
+        "redis": sh("redis-cli", "-h", "127.0.0.1", "INFO", "server").split("redis_version:")[-1].split()[0:1],
+        "commit": commit + (" with uncommitted changes in src/" if dirty else ""),
+        "mem_total": sh("sh", "-c", "free -g | awk '/Mem:/ {print $2 \" GiB\"}'"),
+    }
+
+
+def report(res: dict[str, Any]) -> str:
+    lines = [f"# Benchmark run {res['stamp']} ({res['mode']})", "", f"Command: `{res['command']}`", ""]
+    m = res["machine"]
+    lines += [
+        "Machine: " + "; ".join(m["lscpu"]),
+        f"Kernel {m['kernel']}, Python {m['python']}, LiteLLM {m['litellm']}, {m['valgrind']}, "
+        f"PostgreSQL {m['postgres']}, Redis {''.join(m['redis'])}, RAM {m['mem_total']}",
+        f"Commit: {m['commit']}",
+        "",
+    ]
+    rows = callgrind_summary(res)
+    if rows:
+        cg = res["callgrind"]
+        lines += [
+            f"## Instructions per request (callgrind, {cg['requests']} sequential requests per window, "
+            f"settle {cg['settle_s']} s, median of rounds)",
+            "",
+            "| cell | M instr/req | spread | plugin/bare | Δ M instr | idle M instr/s | plugin/bare idle-corrected |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in rows:
+            lines.append(
+                f"| {r['cell']} | {r['instr'] / 1e6:.2f} | {r['spread']:.2%} | "
+                f"{r.get('ratio', float('nan')):.4f} | {r.get('delta', 0) / 1e6:+.2f} | {r['idle_rate'] / 1e6:.2f} | "
+                f"{r.get('ratio_corrected', float('nan')):.4f} |"
+            )
+        lines.append("")
+    wrows = wall_summary(res)
+    if wrows:
+        w = res["wall"]
+        lines += [
+            f"## Wall clock ({w['rounds']} alternating rounds, medians; saturation: closed loop, "
+            f"moderate: open loop at the rate given)",
+            "",
+            "| cell | req/s | ×bare | CPU ms/req | ×bare | DB CPU ms/req | P50/P95/P99 ms (moderate) | "
+            "added P50 / P99 ms | P50/P99 ms (saturated) | errors |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in wrows:
+            lines.append(
+                f"| {r['cell']} | {r['rps']:.1f} | {r.get('rps_ratio', float('nan')):.3f} | {r['cpu_ms']:.2f} | "
+                f"{r.get('cpu_ratio', float('nan')):.3f} | {r['db_cpu_ms']:.2f} | "
+                f"{r['p50']:.1f}/{r['p95']:.1f}/{r['p99']:.1f} | "
+                f"{r.get('p50_added', float('nan')):+.2f} / {r.get('p99_added', float('nan')):+.2f} | "
+                f"{r['sat_p50']:.0f}/{r['sat_p99']:.0f} | {r['errors']} |"
+            )
+        lines.append("")
+    prof = res.get("profile")
+    if prof:
+        lines += ["## Profile (py-spy, plugin proxy under saturation)", ""]
+        for name, p in prof.items():
+            lines += [
+                f"### {name}: plugin {p['plugin_share']:.1%} of {p['samples']} samples × "
+                f"{p['cpu_ms_per_request']:.2f} ms CPU/req ≈ {p['plugin_us_per_call']:.0f} µs per call",
+                "",
+                "Inclusive (plugin frames): "
+                + ", ".join(f"`{n}` {c / max(1, p['samples']):.1%}" for n, c in p["top_inclusive"][:10]),
+                "",
+                "Deepest plugin frame: "
+                + ", ".join(f"`{n}` {c / max(1, p['samples']):.1%}" for n, c in p["top_plugin_frames"][:8]),
+                "",
+            ]
+    mem = res.get("memory")
+    if mem:
+        lines += ["## Memory", "", f"In-process credit state: `{json.dumps(mem.get('local_credits'))}`", ""]
+        for name, s in mem.get("rss", {}).items():
+            pts = s[:: max(1, len(s) // 8)] + s[-1:]
+            points = ", ".join(f"({t}, {c}, {k / 1024:.0f})" for t, c, k in pts)
+            lines.append(f"- {name} RSS (s, calls, MiB): {points}")
+        lines.append("")
+    g = res.get("growth")
+    if g:
+        lines += ["## Growth (seeded database)", "", f"Seed: `{json.dumps(g.get('seed'))}`", ""]
+        lines.append(
+            f"Aggregate refresh of one job (EXPLAIN ANALYZE): big job {g.get('refresh_ms_big_job', 0):.2f} ms, "
+            f"seeded job {g.get('refresh_ms_seed_job', 0):.2f} ms; "
+            f"RSS at start {g.get('rss_kib_at_start', 0) / 1024:.0f} MiB"
+        )
+        lines.append("")
+        for name, runs in (g.get("wall") or {}).items():
+            lines.append(
+                f"- {name}: {statistics.median(r['rps'] for r in runs):.1f} req/s, "
+                f"CPU {statistics.median(r['cpu_ms'] for r in runs):.2f} ms/req, "
+                f"DB CPU {statistics.median(r['db_cpu_ms'] for r in runs):.2f} ms/req, "
+                f"P50 {statistics.median(r['p50'] for r in runs):.1f} ms"
+            )
+        for name, xs in (g.get("callgrind") or {}).items():
+            lines.append(f"- callgrind seeded/{name}: {statistics.median(xs) / 1e6:.2f} M instr/req ({xs})")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("mode", choices=sorted(MODES))
+    ap.add_argument("--stages", default="callgrind,wall,profile,memory,growth")
+    args = ap.parse_args()
+    mode = MODES[args.mode]
+    stages = set(args.stages.split(","))
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    outdir = ROOT / "bench" / "results" / stamp
+    outdir.mkdir(parents=True, exist_ok=True)
+    res: dict[str, Any] = {
+        "stamp": stamp,
+        "mode": args.mode,
+        "command": " ".join([".venv/bin/python -m bench.run", *sys.argv[1:]]),
+        "settings": dataclasses.asdict(mode),
+        "machine": machine(),
+    }
+
+    def save() -> None:
+        (outdir / "results.json").write_text(json.dumps(res, indent=1, default=str))
+        text = report(res)
+        (outdir / "report.md").write_text(text)
+        (ROOT / "bench" / "results" / "latest.md").write_text(text)
+
+    with tempfile.TemporaryDirectory(prefix="jobs-bench-") as tmp_s:
+        tmp = Path(tmp_s)
+        with FakeUpstream.run(tmp) as upstream:
+            try:
+                if "callgrind" in stages:
+                    stage_callgrind(tmp, upstream, mode, res)
+                    save()
+                if stages & {"wall", "profile", "memory", "growth"}:
+                    with proxies(tmp, upstream, mode.variants, cg=False) as procs:
+                        log("native proxies ready")
+                        if "wall" in stages:
+                            stage_wall(procs, mode, res)
+                            save()
+                        if "profile" in stages:
+                            stage_profile(outdir, procs, mode, res)
+                            save()
+                        if "growth" in stages:
+                            stage_growth(tmp, upstream, procs, mode, res)
+                            save()
+                        if "memory" in stages:
+                            stage_memory(procs, mode, res)
+                            save()
+            finally:
+                save()
+    log(f"results: {outdir / 'report.md'}")
+
+
+if __name__ == "__main__":
+    main()
