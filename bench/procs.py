@@ -192,6 +192,10 @@ def start_proxy(
             redis_prefix = f"bench-{uuid.uuid4().hex[:8]}"
             env["JOBS_REDIS_URL"] = REDIS_URL
             env["JOBS_REDIS_PREFIX"] = redis_prefix
+        if callgrind:
+            # valgrind runs ~50x slower: the store watch's 1 s ping timeout would declare PostgreSQL
+            # down (503 for new jobs); a 5 s interval (and timeout) keeps it honest.
+            env["JOBS_STORE_CHECK_INTERVAL_S"] = "5"
         env.update(dict(variant.extra_env))
     litellm_bin = str(Path(sys.executable).with_name("litellm"))
     cmd = [sys.executable, litellm_bin, "--config", "config.yaml", "--host", "127.0.0.1", "--port", str(port)]

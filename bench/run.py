@@ -20,6 +20,7 @@ import dataclasses
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -82,18 +83,18 @@ class Mode:
 MODES = {
     "quick": Mode(
         cg_requests=20,
-        cg_warm=8,
+        cg_warm=5,
         cg_rounds=2,
         cg_settle_s=2.0,
-        cg_idle_s=8.0,
+        cg_idle_s=6.0,
         wall_rounds=2,
-        wall_sat_s=5.0,
-        wall_lat_s=5.0,
+        wall_sat_s=4.0,
+        wall_lat_s=4.0,
         concurrency=8,
         rate_plain=30.0,
         rate_stream=15.0,
         profile_s=12,
-        memory_s=60.0,
+        memory_s=45.0,
         local_jobs=1_000_000,
         seed_jobs=100_000,
         seed_calls_per_job=2,
@@ -618,6 +619,8 @@ def main() -> None:
     ap.add_argument("--stages", default="callgrind,wall,profile,memory,growth")
     args = ap.parse_args()
     mode = MODES[args.mode]
+    # SIGTERM unwinds like Ctrl-C: every process started is stopped by its PID in the finally blocks
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     stages = set(args.stages.split(","))
     stamp = time.strftime("%Y%m%d-%H%M%S")
     outdir = ROOT / "bench" / "results" / stamp

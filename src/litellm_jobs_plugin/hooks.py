@@ -139,6 +139,7 @@ class JobsPlugin(CustomLogger):
             backend = PostgresCredits(store)
         metrics = process_metrics(max_job_types=s.metrics_max_job_types, known_job_types=s.job_prices)
         self.writer.observer = metrics.writer_progress
+        self.writer.journal_observer = metrics.journal_progress
         self._watch = StoreWatch(store, interval_s=s.store_check_interval_s)
         self._watch.start()
         self._credits = CreditService(s, store, self.writer, backend, metrics=metrics, watch=self._watch)

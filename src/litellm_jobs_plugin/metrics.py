@@ -78,6 +78,19 @@ class Metrics:
             registry=registry,
             multiprocess_mode="livesum",
         )
+        # The journal is shared by every replica: each one reports what it last read (max, not sum).
+        self.journal_backlog = Gauge(
+            "litellm_jobs_journal_backlog",
+            "Records in the Redis journal not yet written to PostgreSQL (all replicas).",
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self.journal_oldest_age = Gauge(
+            "litellm_jobs_journal_oldest_age_seconds",
+            "Age of the oldest record in the Redis journal not yet written to PostgreSQL.",
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
         self.records_written = counter("records_written", "Call events and ledger entries written to PostgreSQL.")
         self.records_dropped = counter("records_dropped", "Records given up on (must stay 0).")
         self.store_errors = counter("store_errors", "Failed write attempts (retried).")
@@ -122,6 +135,11 @@ class Metrics:
 
     def rejected(self, reason: str, team: str) -> None:
         self.rejections.labels(reason, team).inc()
+
+    def journal_progress(self, backlog: int, oldest_age_s: float) -> None:
+        """Called by the writer's journal reader about once a second."""
+        self.journal_backlog.set(backlog)
+        self.journal_oldest_age.set(oldest_age_s)
 
     def writer_progress(self, stats: WriterStats, depth: int) -> None:
         """Called by the writer after each batch: counters move by what changed since last time."""

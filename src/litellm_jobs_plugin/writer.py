@@ -70,13 +70,17 @@ class Writer:
         observer: Callable[[WriterStats, int], None] | None = None,
         journal: RedisJournal | None = None,
         journal_retry_s: float = 1.0,
+        journal_observer: Callable[[int, float], None] | None = None,
     ) -> None:
+        #: Told the journal's backlog and the age of its oldest entry about once a second.
+        self.journal_observer = journal_observer
         self.sink = sink
         #: The durable queue (Redis); None: the in-memory buffer only.
         self.journal = journal
         self.journal_retry_s = journal_retry_s
         self._journal_down_until = 0.0
         self._journal_task: asyncio.Task[None] | None = None
+        self._watch_task: asyncio.Task[None] | None = None
         #: Told the stats and the buffer depth after every batch (the Prometheus series).
         self.observer = observer
         self.batch_size = batch_size
@@ -118,6 +122,9 @@ class Writer:
         if self.journal is not None and (self._journal_task is None or self._journal_task.done()):
             self._journal_task = asyncio.get_running_loop().create_task(
                 self._run_journal(), name="litellm-jobs-journal"
+            )
+            self._watch_task = asyncio.get_running_loop().create_task(
+                self._watch_journal(), name="litellm-jobs-journal-backlog"
             )
 
     @property
@@ -187,6 +194,11 @@ class Writer:
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._journal_task
         self._journal_task = None
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
+            self._watch_task = None
         if self._task is not None and not self._task.done():
             try:
                 await asyncio.wait_for(self._queue.join(), timeout=timeout_s)  # the journal keeps its own
@@ -259,6 +271,19 @@ class Writer:
                 continue  # shutting down mid-outage: the entries stay in the journal
             await self._ack(ids)
             self._report()
+
+    async def _watch_journal(self) -> None:
+        """Tell the journal observer (the Prometheus gauges) the backlog, every second, outages included."""
+        assert self.journal is not None
+        while True:
+            if self.journal_observer is not None:
+                try:
+                    self.journal_observer(*await self.journal.backlog())
+                except StoreUnavailable:
+                    pass
+                except Exception:
+                    _log.exception("litellm-jobs: the journal's observer failed")
+            await asyncio.sleep(1.0)
 
     async def _ack(self, ids: list[str]) -> None:
         assert self.journal is not None

