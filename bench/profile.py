@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PLUGIN_MARK = "litellm_jobs_plugin"
+#: Leaf frames of a thread that waits (py-spy may sample them as active): not CPU.
+IDLE_LEAVES = ("concurrent/futures/thread.py", "threading.py", "queue.py", "selectors.py")
 
 
 def py_spy() -> str:
@@ -20,9 +22,24 @@ def py_spy() -> str:
 
 
 def record(pid: int, out: Path, *, seconds: int, rate: int = 200) -> subprocess.Popen[bytes]:
-    """Start sampling ``pid`` for ``seconds`` (returns the py-spy process; wait for it)."""
+    """Start sampling ``pid`` for ``seconds`` (returns the py-spy process; wait for it). ``--gil``: only
+    the thread holding the GIL is sampled, so samples are Python CPU, not threads waiting."""
     return subprocess.Popen(
-        [py_spy(), "record", "-p", str(pid), "-d", str(seconds), "-r", str(rate), "--format", "raw", "-o", str(out)],
+        [
+            py_spy(),
+            "record",
+            "--gil",
+            "-p",
+            str(pid),
+            "-d",
+            str(seconds),
+            "-r",
+            str(rate),
+            "--format",
+            "raw",
+            "-o",
+            str(out),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -58,6 +75,8 @@ def analyse(raw: Path) -> Profile:
             continue
         count = int(count_s)
         frames = stack.split(";")
+        if any(mark in frames[-1] for mark in IDLE_LEAVES):
+            continue
         prof.samples += count
         plugin_frames = [f for f in frames if PLUGIN_MARK in f]
         if plugin_frames:

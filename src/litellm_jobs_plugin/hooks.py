@@ -234,8 +234,14 @@ class JobsPlugin(CustomLogger):
             self._embedded = None
         self._start_task = None
 
-    async def health(self) -> tuple[dict[str, Any], int]:
-        """``GET /api/jobs/health``: (body, status); 503 when the store or Redis does not answer."""
+    async def health(self, *, replica_only: bool = False) -> tuple[dict[str, Any], int]:
+        """``GET /api/jobs/health``: (body, status); 503 when the store or Redis does not answer.
+
+        ``replica_only`` (``?scope=replica``, the Kubernetes readiness probe): 503 only for what is
+        wrong with this replica — not started, or its in-memory buffer nearly full. A database or
+        Redis outage is everyone's: taking every replica out of the Service would stop the calls
+        of open jobs, which go on through it.
+        """
         body: dict[str, Any] = {"status": "ok", "store": "ok", "redis": None, "writer": None}
         failing = False
         try:
@@ -252,6 +258,11 @@ class JobsPlugin(CustomLogger):
             body["redis"] = exc.message if isinstance(exc, JobsError) else "Redis did not answer in 2 s."
             body["writer"] = await self.writer_health(journal=False)
             failing = True
+        if replica_only:
+            full = self.writer.depth >= 0.9 * self.settings.buffer_max
+            failing = self._store is None or full
+            if full:
+                body["writer"]["buffer"] = "nearly full"
         if failing:
             body["status"] = "unavailable"
         return body, 503 if failing else 200

@@ -18,6 +18,9 @@ JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 JOB_TYPE_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 TEAM_ID_PATTERN = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
 MAX_JOB_METADATA_BYTES = 8 * 1024
+#: Stored JSON nested deeper than this would make reading the job back (json, PostgreSQL's jsonb,
+#: LiteLLM's deep copies) hit recursion limits: 8 KiB could otherwise hold 1,000 levels.
+MAX_JOB_METADATA_DEPTH = 32
 MAX_PURPOSE_CHARS = 128
 
 JOB_ID_HEADER = "x-job-id"
@@ -63,9 +66,31 @@ def check_purpose(value: object, *, param: str = "metadata.purpose") -> str:
     return value
 
 
+def json_depth(value: object, *, limit: int) -> int:
+    """How deeply ``value``'s objects and arrays nest (a scalar is 0), counted without recursion;
+    stops counting once past ``limit``."""
+    deepest = 0
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > limit:
+            break
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
 def check_job_metadata(value: object, *, param: str = "metadata.job_metadata") -> dict[str, Any]:
     if not isinstance(value, dict):
         raise InvalidJobMetadata(f"{param} must be a JSON object (got {_show(value)}).", param=param)
+    if json_depth(value, limit=MAX_JOB_METADATA_DEPTH) > MAX_JOB_METADATA_DEPTH:
+        raise InvalidJobMetadata(f"{param} nests deeper than {MAX_JOB_METADATA_DEPTH} levels.", param=param)
     try:
         size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
     except (TypeError, ValueError) as exc:

@@ -18,7 +18,7 @@ from starlette.responses import Response
 from . import litellm_adapter
 from .errors import InvalidJobMetadata, JobNotFound, JobsError, TeamRequired, to_proxy_exception
 from .jobs import Caller, new_job_id, paying_team
-from .metadata import check_job_id, check_job_metadata, check_job_type, check_team_id
+from .metadata import check_job_id, check_job_metadata, check_job_type, check_team_id, json_depth
 from .models import Balance, Job, JobCaps, JobTag
 
 if TYPE_CHECKING:
@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 #: Bodies of the job routes are small; the seed routes' bodies carry prompts (documents).
 MAX_BODY_BYTES = 64 * 1024
 MAX_CALL_BODY_BYTES = 16 * 1024 * 1024
+#: Deeper bodies are refused before anything copies, validates or stores them (Python's json and
+#: LiteLLM's deep copies of metadata fail with a RecursionError, a 500, at a few hundred levels).
+MAX_BODY_DEPTH = 64
 
 T = TypeVar("T", bound=BaseModel)
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
@@ -118,6 +121,10 @@ def _json_object(raw: bytes, max_bytes: int, refuse_nul: bool) -> dict[str, Any]
         raise to_proxy_exception(InvalidJobMetadata("The body's JSON is nested too deeply.", param="body")) from None
     if not isinstance(body, dict):
         raise to_proxy_exception(InvalidJobMetadata("The body must be a JSON object.", param="body"))
+    if json_depth(body, limit=MAX_BODY_DEPTH) > MAX_BODY_DEPTH:
+        raise to_proxy_exception(
+            InvalidJobMetadata(f"The body nests deeper than {MAX_BODY_DEPTH} levels.", param="body")
+        )
     return body
 
 

@@ -115,9 +115,12 @@ def build_router(plugin: JobsPlugin) -> APIRouter:
     auth = Depends(user_api_key_auth())
 
     @router.get("/api/jobs/health")
-    async def health() -> JSONResponse:
-        """No auth (load balancers, Kubernetes probes): 503 names the failing part."""
-        return JSONResponse(*await plugin.health())
+    async def health(scope: str | None = Query(default=None)) -> JSONResponse:
+        """No auth (load balancers, Kubernetes probes): 503 names the failing part.
+
+        ``?scope=replica`` fails only for this replica's own trouble (the readiness probe).
+        """
+        return JSONResponse(*await plugin.health(replica_only=scope == "replica"))
 
     @router.post("/api/jobs/create", status_code=201, openapi_extra=documented_body(CreateJobBody))
     @answer

@@ -195,8 +195,8 @@ def test_a_replica_takes_over_what_a_killed_replica_left_in_the_journal(
 
 
 @pytest.fixture
-def pg(tmp_path: Path) -> Any:
-    with own_postgres(tmp_path / "own-pg") as server:
+def pg() -> Any:
+    with own_postgres() as server:
         yield server
 
 
@@ -259,6 +259,10 @@ def test_postgres_down_mid_load_open_jobs_go_on_new_jobs_get_503_and_nothing_is_
         health = proxy.health().json()
         assert health["status"] == "unavailable"
         assert health["store"] != "ok"
+        # The readiness probe's view: this replica is fine, keep it in the Service.
+        replica = await asyncio.to_thread(httpx.get, f"{proxy.url}/api/jobs/health?scope=replica", timeout=10)
+        assert replica.status_code == 200, replica.text
+        assert replica.json()["store"] != "ok"
         pg.start()
         await until(lambda: proxy.health().status_code == 200, within=60, what="health to be 200 again")
         after = len(load.ok)

