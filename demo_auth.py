@@ -15,8 +15,8 @@ from litellm.proxy.utils import hash_token
 DEMO_KEYS = {"sk-demo-team-a": "demo-team-a", "sk-demo-team-b": "demo-team-b"}
 
 
-async def user_api_key_auth(request: Request, api_key: str) -> UserAPIKeyAuth:
-    key = api_key.removeprefix("Bearer ").strip()
+async def user_api_key_auth(request: Request, api_key: str | None) -> UserAPIKeyAuth:
+    key = (api_key or "").removeprefix("Bearer ").strip()  # LiteLLM passes None when no key was sent
     if key == os.environ.get("LITELLM_MASTER_KEY", "sk-local-master"):
         return UserAPIKeyAuth(api_key=hash_token(key), user_role=LitellmUserRoles.PROXY_ADMIN)
     if key in DEMO_KEYS:
