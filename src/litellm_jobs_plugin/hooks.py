@@ -72,7 +72,12 @@ class JobsPlugin(CustomLogger):
     def writer(self) -> Writer:
         if self._writer is None:
             s = self.settings
-            self._writer = Writer(max_size=s.buffer_max, batch_size=s.batch_size, enqueue_timeout_s=s.enqueue_timeout_s)
+            self._writer = Writer(
+                max_size=s.buffer_max,
+                batch_size=s.batch_size,
+                enqueue_timeout_s=s.enqueue_timeout_s,
+                linger_s=s.batch_linger_ms / 1000,
+            )
         return self._writer
 
     def attach_to_proxy(self) -> None:
@@ -140,7 +145,7 @@ class JobsPlugin(CustomLogger):
         metrics = process_metrics(max_job_types=s.metrics_max_job_types, known_job_types=s.job_prices)
         self.writer.observer = metrics.writer_progress
         self.writer.journal_observer = metrics.journal_progress
-        self._watch = StoreWatch(store, interval_s=s.store_check_interval_s)
+        self._watch = StoreWatch(url, interval_s=s.store_check_interval_s)
         self._watch.start()
         self._credits = CreditService(s, store, self.writer, backend, metrics=metrics, watch=self._watch)
         self._credits.start_reaper()
@@ -357,7 +362,9 @@ class JobsPlugin(CustomLogger):
             await credits.add_cost(key[0], key[1], event.cost_usd)
             if event.context.single_call and status is CallStatus.SUCCESS:
                 # The call is its own job: its success completes it (a replay is a no-op).
-                await credits.close_job(key[0], key[1], JobStatus.COMPLETED, single_call=True)
+                await credits.close_job(
+                    key[0], key[1], JobStatus.COMPLETED, single_call=True, via_writer=True, cost_usd=event.cost_usd
+                )
         except JobsError as exc:
             _log.warning("litellm-jobs: could not settle job %s after its call: %s", key[1], exc.message)
 
@@ -412,7 +419,7 @@ class JobsPlugin(CustomLogger):
         if context.single_call and context.job_key is not None:
             try:
                 await (await self.credits()).close_job(
-                    context.job_key[0], context.job_key[1], JobStatus.FAILED, single_call=True
+                    context.job_key[0], context.job_key[1], JobStatus.FAILED, single_call=True, via_writer=True
                 )
             except JobsError as exc:
                 _log.warning("litellm-jobs: could not fail job %s: %s", context.job_key[1], exc.message)

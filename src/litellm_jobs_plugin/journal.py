@@ -25,7 +25,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from .errors import StoreUnavailable
-from .models import CallContext, CallEvent, CallStatus, LedgerEntry, LedgerKind, from_micro, ledger_key
+from .models import CallContext, CallEvent, CallStatus, JobStatus, LedgerEntry, LedgerKind, from_micro, ledger_key
 
 Item = CallEvent | LedgerEntry
 
@@ -74,6 +74,7 @@ def encode(item: Item) -> str:
             "job_type": item.job_type,
             "single_call": item.single_call,
             "note": item.note,
+            "closes": None if item.closes is None else item.closes.value,
         }
     return json.dumps(doc, separators=(",", ":"))
 
@@ -102,6 +103,7 @@ def decode(fields: dict[str, str]) -> Item:
             job_type=doc["job_type"],
             single_call=bool(doc["single_call"]),
             note=doc["note"],
+            closes=None if doc.get("closes") is None else JobStatus(doc["closes"]),
         )
     return CallEvent(
         **{name: doc[name] for name in _EVENT_FIELDS},
@@ -163,8 +165,8 @@ class RedisJournal:
         except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
             raise StoreUnavailable(f"Redis is unavailable ({type(exc).__name__}).") from exc
 
-    async def read(self, count: int, *, block_ms: int) -> list[tuple[str, dict[str, str]]]:
-        """Entries never delivered to any replica, up to ``count``, waiting up to ``block_ms``."""
+    async def read(self, count: int, *, block_ms: int | None) -> list[tuple[str, dict[str, str]]]:
+        """Entries never delivered to any replica, up to ``count``, waiting up to ``block_ms`` (None: not at all)."""
         try:
             answer = await self.client.xreadgroup(GROUP, self.consumer, {self.stream: ">"}, count=count, block=block_ms)
         except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:

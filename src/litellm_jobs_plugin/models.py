@@ -230,6 +230,9 @@ class LedgerEntry:
     job_type: str | None = None
     single_call: bool = False
     note: str | None = None
+    #: A capture or release written by the writer that also closes its job row with this status
+    #: (a single-call job's closure, off the request path).
+    closes: JobStatus | None = None
 
     @property
     def job_key(self) -> tuple[str, str] | None:

@@ -71,7 +71,10 @@ class Writer:
         journal: RedisJournal | None = None,
         journal_retry_s: float = 1.0,
         journal_observer: Callable[[int, float], None] | None = None,
+        linger_s: float = 0.02,
     ) -> None:
+        #: After a batch's first record, wait this long for more (one transaction for many calls).
+        self.linger_s = linger_s
         #: Told the journal's backlog and the age of its oldest entry about once a second.
         self.journal_observer = journal_observer
         self.sink = sink
@@ -212,6 +215,8 @@ class Writer:
     async def _run(self) -> None:
         while True:
             batch = [await self._queue.get()]
+            if self.linger_s and self._queue.qsize() < self.batch_size - 1 and not self._closing:
+                await asyncio.sleep(self.linger_s)
             while len(batch) < self.batch_size:
                 try:
                     batch.append(self._queue.get_nowait())
@@ -249,6 +254,9 @@ class Writer:
                         next_claim = time.monotonic() + claim_every
                 if not entries:
                     entries = await journal.read(self.batch_size, block_ms=500)
+                    if entries and len(entries) < self.batch_size and self.linger_s:
+                        await asyncio.sleep(self.linger_s)
+                        entries += await journal.read(self.batch_size - len(entries), block_ms=None)
             except StoreUnavailable as exc:
                 self.stats.journal_errors += 1
                 _log.warning("litellm-jobs: cannot read the journal (%s); retrying in %.2fs", exc.message, delay)

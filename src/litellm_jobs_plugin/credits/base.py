@@ -64,7 +64,13 @@ class CreditBackend(Protocol):
     async def open_job(self, request: OpenJob) -> Admission: ...
 
     async def close_job(
-        self, team_id: str, job_id: str, status: JobStatus, *, idle_cutoff_s: float | None = None
+        self,
+        team_id: str,
+        job_id: str,
+        status: JobStatus,
+        *,
+        idle_cutoff_s: float | None = None,
+        single_call: bool = False,
     ) -> Closure | None:
         """None: unknown job, or (with ``idle_cutoff_s``) a job that was active since."""
         ...

@@ -323,7 +323,13 @@ class LocalCredits:
         )
 
     async def close_job(
-        self, team_id: str, job_id: str, status: JobStatus, *, idle_cutoff_s: float | None = None
+        self,
+        team_id: str,
+        job_id: str,
+        status: JobStatus,
+        *,
+        idle_cutoff_s: float | None = None,
+        single_call: bool = False,
     ) -> Closure | None:
         delegate = await self._ready()
         if delegate is not None:
@@ -436,7 +442,13 @@ class SharedPostgresCredits(PostgresCredits):
         return contextlib.nullcontext()
 
     async def close_job(
-        self, team_id: str, job_id: str, status: JobStatus, *, idle_cutoff_s: float | None = None
+        self,
+        team_id: str,
+        job_id: str,
+        status: JobStatus,
+        *,
+        idle_cutoff_s: float | None = None,
+        single_call: bool = False,
     ) -> Closure | None:
         await self._wait()
         return await super().close_job(team_id, job_id, status, idle_cutoff_s=idle_cutoff_s)

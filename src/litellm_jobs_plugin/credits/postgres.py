@@ -106,7 +106,13 @@ class PostgresCredits:
         raise RuntimeError("job row neither found nor created")  # pragma: no cover
 
     async def close_job(
-        self, team_id: str, job_id: str, status: JobStatus, *, idle_cutoff_s: float | None = None
+        self,
+        team_id: str,
+        job_id: str,
+        status: JobStatus,
+        *,
+        idle_cutoff_s: float | None = None,
+        single_call: bool = False,
     ) -> Closure | None:
         s = self.store
         key = {"team_id": team_id, "job_id": job_id}

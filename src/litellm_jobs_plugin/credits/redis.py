@@ -31,6 +31,9 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+SINGLE_CALL_CLOSED_TTL_S = 3600
+
+
 class RedisKeys:
     """Every Redis key the plugin uses, in one place. Ids are length-prefixed: they may hold ':'."""
 
@@ -178,14 +181,20 @@ class RedisCredits:
         )
 
     async def close_job(
-        self, team_id: str, job_id: str, status: JobStatus, *, idle_cutoff_s: float | None = None
+        self,
+        team_id: str,
+        job_id: str,
+        status: JobStatus,
+        *,
+        idle_cutoff_s: float | None = None,
+        single_call: bool = False,
     ) -> Closure | None:
         now_ms = int(time.time() * 1000)
         cutoff = "" if idle_cutoff_s is None else str(now_ms - int(idle_cutoff_s * 1000))
         result = await self._call(
             self._close,
             [self.keys.account(team_id), self.keys.job(team_id, job_id), self.keys.open_jobs],
-            [status.value, now_ms, cutoff, self.keys.member(team_id, job_id), self.closed_ttl_s],
+            [status.value, now_ms, cutoff, self.keys.member(team_id, job_id), self._closed_ttl(single_call)],
         )
         outcome = result[0]
         if outcome in ("unknown", "active"):
@@ -201,6 +210,11 @@ class RedisCredits:
             credits_remaining=from_micro(result[5]),
             incarnation=result[6] if len(result) > 6 else "",
         )
+
+    def _closed_ttl(self, single_call: bool) -> int:
+        """How long Redis remembers a closed job: a single-call job's id (its call id) is never
+        opened again, so it is kept an hour, not JOBS_CLOSED_JOB_TTL_S (Redis would grow by a key per call)."""
+        return min(self.closed_ttl_s, SINGLE_CALL_CLOSED_TTL_S) if single_call else self.closed_ttl_s
 
     async def grant(
         self, team_id: str, amount: Decimal, *, kind: str, idempotency_key: str, note: str | None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 from decimal import Decimal
@@ -62,12 +63,17 @@ class CreditService:
             self.metrics.job_started(admission.job_type, request.team_id)
         return admission
 
-    def _closed(self, team_id: str, job_id: str, status: JobStatus, closure: Closure) -> None:
+    def _closed(
+        self, team_id: str, job_id: str, status: JobStatus, closure: Closure, cost_usd: Decimal | None = None
+    ) -> None:
         """Count a closure (once: repeats are not counted), and its job's cost once it is recorded."""
         if self.metrics is None or closure.repeated:
             return
         charged = closure.hold if status is JobStatus.COMPLETED else Decimal(0)
         self.metrics.job_closed(closure.job_type, team_id, status, charged=charged, calls=closure.admitted_calls)
+        if cost_usd is not None:
+            self.metrics.job_cost_known(closure.job_type, cost_usd)
+            return
         task = asyncio.get_running_loop().create_task(
             self._observe_cost(team_id, job_id, closure.job_type, closure.admitted_calls)
         )
@@ -204,17 +210,26 @@ class CreditService:
         error_message: str | None = None,
         metadata: dict[str, Any] | None = None,
         idle_cutoff_s: float | None = None,
+        via_writer: bool = False,
+        cost_usd: Decimal | None = None,
     ) -> Closure | None:
         """Complete (capture the hold), fail or expire (release it). Idempotent per status.
+
+        ``via_writer`` (a single-call job closed by its own call's logging event): the decision is
+        made now, and its ledger entries and job row are written by the writer, with the call's
+        record, instead of in two round trips of their own. ``cost_usd``: the job's cost, if known
+        (a single-call job's is its call's), for the cost metric.
 
         Raises JobClosed when the job is already closed with the other status; returns None for an
         unknown job (or one that was active again, for the reaper).
         """
         async with self.backend.closing():
-            closure = await self.backend.close_job(team_id, job_id, status, idle_cutoff_s=idle_cutoff_s)
+            closure = await self.backend.close_job(
+                team_id, job_id, status, idle_cutoff_s=idle_cutoff_s, single_call=single_call
+            )
             if closure is None:
                 return None
-            self._closed(team_id, job_id, status, closure)
+            self._closed(team_id, job_id, status, closure, cost_usd)
             if self.backend.emits_ledger:
                 # Make the closure durable now (a repeated close re-runs it harmlessly).
                 kind = LedgerKind.CAPTURE if status is JobStatus.COMPLETED else LedgerKind.RELEASE
@@ -229,6 +244,11 @@ class CreditService:
                         idempotency_key=ledger_key(kind, team_id, job_id, closure.incarnation),
                     ),
                 ]
+                if via_writer:
+                    entries[1] = dataclasses.replace(entries[1], closes=status)
+                    for entry in entries:
+                        await self.writer.put(entry)
+                    return closure
                 try:
                     await self.store.apply_ledger(entries)
                 except StoreUnavailable:

@@ -147,6 +147,16 @@ class PostgresStore:
                 await conn.execute(query("lock_jobs"), job_keys)
             if entries:
                 new += len(await self._apply_ledger(conn, entries))
+                closing = sorted({(e.team_id, e.job_id, e.closes.value) for e in entries if e.closes and e.job_id})
+                if closing:
+                    await conn.execute(
+                        query("close_jobs"),
+                        {
+                            "team_ids": [c[0] for c in closing],
+                            "job_ids": [c[1] for c in closing],
+                            "statuses": [c[2] for c in closing],
+                        },
+                    )
             if events:
                 new += await self._insert_events(conn, events)
         return new

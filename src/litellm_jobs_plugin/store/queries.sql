@@ -289,6 +289,13 @@ ON CONFLICT (team_id, job_id) DO UPDATE SET
 WHERE j.status IN ('pending', 'in_progress')
 RETURNING status, completed_at;
 
+-- name: close_jobs
+-- Closes jobs whose closure the writer carries (single-call jobs); the rows exist (ensure_jobs ran
+-- in the same transaction). A closed job is never reopened or closed again.
+UPDATE jobs j SET status = c.status, completed_at = now(), updated_at = now()
+FROM unnest(%(team_ids)s::text[], %(job_ids)s::text[], %(statuses)s::text[]) AS c(team_id, job_id, status)
+WHERE j.team_id = c.team_id AND j.job_id = c.job_id AND j.status IN ('pending', 'in_progress');
+
 -- name: idle_jobs
 SELECT team_id, job_id FROM jobs
 WHERE status IN ('pending', 'in_progress') AND last_activity_at < now() - make_interval(secs => %(idle_s)s)

@@ -5,46 +5,78 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
-from ..errors import StoreUnavailable
-from .postgres import PostgresStore
+import psycopg
+
+from .sql import query
 
 _log = logging.getLogger(__name__)
 
 
 class StoreWatch:
-    """Pings the store every ``interval_s`` in the background; :attr:`available` is the last answer.
+    """Pings PostgreSQL every ``interval_s`` on a connection of its own; :attr:`available` is the verdict.
+
+    Not through the store's pool: at saturation the pool's connections are all busy and a ping
+    waiting for one is no sign of an outage. A refused or broken connection is one at once; a ping
+    that only times out (a loaded event loop or database) counts after ``failures_to_down`` in a row.
 
     Example::
 
-        watch = StoreWatch(store, interval_s=1.0)
+        watch = StoreWatch(url, interval_s=1.0)
         watch.start()
         if not watch.available: ...   # refuse new holds (JOBS_FAIL_MODE=closed)
         await watch.aclose()
     """
 
-    def __init__(self, store: PostgresStore, *, interval_s: float = 1.0) -> None:
-        self.store = store
+    def __init__(self, url: str, *, interval_s: float = 1.0, timeout_s: float = 5.0, failures_to_down: int = 2) -> None:
+        self.url = url
         self.interval_s = interval_s
+        self.timeout_s = timeout_s
+        self.failures_to_down = failures_to_down
         self.available = True
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._timeouts = 0
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="litellm-jobs-store-watch")
 
+    async def _ping(self) -> None:
+        if self._conn is None or self._conn.closed:
+            self._conn = await psycopg.AsyncConnection.connect(
+                self.url, autocommit=True, connect_timeout=max(1, int(self.timeout_s))
+            )
+        await self._conn.execute(query("ping"))
+
     async def check(self) -> bool:
         try:
-            await asyncio.wait_for(self.store.ping(), timeout=max(self.interval_s, 1.0))
-        except (StoreUnavailable, TimeoutError) as exc:
-            if self.available:
-                _log.warning("litellm-jobs: PostgreSQL is unreachable (%s)", exc)
-            self.available = False
+            await asyncio.wait_for(self._ping(), timeout=self.timeout_s)
+        except TimeoutError:
+            self._timeouts += 1
+            if self._timeouts >= self.failures_to_down:
+                self._down(f"no answer in {self.timeout_s:.1f}s, {self._timeouts} times")
+        except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as exc:
+            await self._drop_connection()
+            self._down(str(exc).strip() or type(exc).__name__)
         else:
+            self._timeouts = 0
             if not self.available:
                 _log.warning("litellm-jobs: PostgreSQL is reachable again")
             self.available = True
         return self.available
+
+    def _down(self, why: str) -> None:
+        if self.available:
+            _log.warning("litellm-jobs: PostgreSQL is unreachable (%s)", why)
+        self.available = False
+
+    async def _drop_connection(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await self._conn.close()
+            self._conn = None
 
     async def _run(self) -> None:
         while True:
@@ -57,3 +89,4 @@ class StoreWatch:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        await self._drop_connection()
