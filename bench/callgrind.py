@@ -1,7 +1,8 @@
 """Instructions per request: a proxy under ``valgrind --tool=callgrind --instr-atstart=no``.
 
-For a window of requests: ``callgrind_control -i on PID`` and ``-z`` (zero), N sequential requests,
-a fixed settle time (the writer's batch and any follow-up of the last call run inside the window),
+For a window of requests: ``callgrind_control -i on PID`` and ``-z`` (zero), N requests (sequential:
+the worst case for the writer's batching, one call per batch; or at a concurrency of 8: the batches
+amortize over several calls, as in production), a fixed settle time (the writer's batch and any follow-up of the last call run inside the window),
 ``callgrind_control -d`` (dump), ``-i off``; the program total is read with ``callgrind_annotate``.
 An idle window of the same proxy (no request) gives its background rate in instructions per
 second, so per-request work can be told from time-driven work (timers, pollers), which valgrind's
@@ -14,7 +15,7 @@ import asyncio
 import re
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .load import Scenario, closed_loop
@@ -53,6 +54,7 @@ class Window:
     requests: int
     seconds: float
     ok: int
+    statuses: dict[int, int] = field(default_factory=dict)
 
     @property
     def per_request(self) -> float:
@@ -60,25 +62,35 @@ class Window:
 
 
 def measure(
-    proxy: ProxyProc, scenario: Scenario | None, *, requests: int, settle_s: float, job_id: str | None = None
+    proxy: ProxyProc,
+    scenario: Scenario | None,
+    *,
+    requests: int,
+    settle_s: float,
+    job_id: str | None = None,
+    concurrency: int = 1,
 ) -> Window:
-    """One instrumented window: ``requests`` sequential calls (``None``: idle for ``settle_s``)."""
+    """One instrumented window: ``requests`` calls, ``concurrency`` at a time (``None``: idle for ``settle_s``)."""
     before = set(proxy.workdir.glob("callgrind.out.*"))
     _ctl("-i", "on", str(proxy.pid))
     _ctl("-z", str(proxy.pid))
     t0 = time.monotonic()
     ok = 0
+    statuses: dict[int, int] = {}
     if scenario is not None:
         body = scenario.body(job_id)
-        result = asyncio.run(closed_loop(proxy.url, lambda: body, concurrency=1, requests=requests, timeout_s=300))
+        result = asyncio.run(
+            closed_loop(proxy.url, lambda: body, concurrency=concurrency, requests=requests, timeout_s=300)
+        )
         ok = result.ok
+        statuses = dict(result.statuses)
     time.sleep(settle_s)
     seconds = time.monotonic() - t0
     _ctl("-d", str(proxy.pid))
     _ctl("-i", "off", str(proxy.pid))
     dump = _latest_dump(proxy, before)
     proxy.dumps.append(dump)
-    return Window(program_total(dump), requests if scenario is not None else 0, seconds, ok)
+    return Window(program_total(dump), requests if scenario is not None else 0, seconds, ok, statuses)
 
 
 def warm(proxy: ProxyProc, scenario: Scenario, *, requests: int, job_id: str | None = None) -> None:

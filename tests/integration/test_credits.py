@@ -398,3 +398,51 @@ def test_a_job_id_reused_after_it_was_forgotten_is_a_new_job_with_its_own_entrie
             await store.close()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("backend_name", ["local", "redis"])
+@pytest.mark.parametrize("status", [JobStatus.COMPLETED, JobStatus.FAILED])
+def test_a_single_call_closure_through_the_writer_lands_with_its_ledger_entries(
+    database_url: str, redis_server_url: str | None, backend_name: str, status: JobStatus
+) -> None:
+    """The closure a call's own logging event makes (via_writer): no round trip of its own, and
+    once the writer has written it, the job is closed, captured or released, and the balances match."""
+    make_backend = backend_or_skip(redis_server_url, backend_name)
+
+    async def scenario() -> None:
+        run = next(_run)
+        team = f"w{run}"
+        store = PostgresStore(database_url, max_size=4)
+        await store.open()
+        writer = Writer(store)
+        writer.start()
+        backend = await make_backend(store, writer, f"via-writer-{run}")
+        credits = CreditService(Settings(job_prices=PRICES), store, writer, backend)
+        try:
+            await credits.grant(team, Decimal(5), kind="grant", idempotency_key="g")
+            await credits.admit_call(ctx(team, "call-1", "big", single_call=True))
+            closure = await credits.close_job(team, "call-1", status, single_call=True, via_writer=True)
+            assert closure is not None
+            assert not closure.repeated
+            await asyncio.wait_for(writer.flush(), timeout=30)
+            (job,) = query(
+                database_url, "SELECT status, credits_held, credits_charged FROM jobs WHERE team_id = %s", team
+            )
+            charged = Decimal(2) if status is JobStatus.COMPLETED else Decimal(0)
+            assert (job["status"], job["credits_held"], job["credits_charged"]) == (status.value, 0, charged)
+            kinds = sorted(
+                r["kind"] for r in query(database_url, "SELECT kind FROM credit_ledger WHERE team_id = %s", team)
+            )
+            assert kinds == sorted(["grant", "hold", "capture" if status is JobStatus.COMPLETED else "release"])
+            balance = await credits.balance(team)
+            assert (balance.credits_remaining, balance.credits_held) == (Decimal(5) - charged, 0)
+            (account,) = query(
+                database_url, "SELECT credits_charged, credits_held FROM credit_accounts WHERE team_id = %s", team
+            )
+            assert (account["credits_charged"], account["credits_held"]) == (charged, 0)
+        finally:
+            await writer.aclose()
+            await credits.aclose()
+            await store.close()
+
+    asyncio.run(scenario())
