@@ -142,7 +142,7 @@ class Writer:
                 await self.journal.append(event)
                 self.stats.journaled += 1
                 return
-            except StoreUnavailable as exc:
+            except Exception as exc:
                 self._journal_failed(exc)
         try:
             self._queue.put_nowait(event)
@@ -175,10 +175,10 @@ class Writer:
             await asyncio.sleep(0.02)
             backlog, _ = await self.journal.backlog()
 
-    def _journal_failed(self, exc: StoreUnavailable) -> None:
+    def _journal_failed(self, exc: Exception) -> None:
         self.stats.journal_errors += 1
         if time.monotonic() >= self._journal_down_until:
-            _log.warning("litellm-jobs: the journal is unavailable (%s); buffering in memory", exc.message)
+            _log.warning("litellm-jobs: the journal is unavailable (%r); buffering in memory", exc)
         self._journal_down_until = time.monotonic() + self.journal_retry_s
 
     async def aclose(self, timeout_s: float = 30.0) -> None:
@@ -257,9 +257,9 @@ class Writer:
                     if entries and len(entries) < self.batch_size and self.linger_s:
                         await asyncio.sleep(self.linger_s)
                         entries += await journal.read(self.batch_size - len(entries), block_ms=None)
-            except StoreUnavailable as exc:
+            except Exception as exc:
                 self.stats.journal_errors += 1
-                _log.warning("litellm-jobs: cannot read the journal (%s); retrying in %.2fs", exc.message, delay)
+                _log.warning("litellm-jobs: cannot read the journal (%r); retrying in %.2fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.retry_max_s)
                 continue
@@ -300,11 +300,11 @@ class Writer:
             try:
                 await self.journal.ack(ids)
                 return
-            except StoreUnavailable as exc:
+            except Exception as exc:
                 self.stats.journal_errors += 1
                 if self._closing:
                     break
-                _log.warning("litellm-jobs: cannot acknowledge journal entries (%s); retrying", exc.message)
+                _log.warning("litellm-jobs: cannot acknowledge journal entries (%r); retrying", exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.retry_max_s)
         # Unacknowledged entries are claimed and written again later: a duplicate counts once.

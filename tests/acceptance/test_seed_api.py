@@ -401,8 +401,11 @@ def test_seed_call_routes_go_through_the_proxys_own_path(proxy: Proxy) -> None:
     assert r.headers["x-litellm-attempted-fallbacks"] == "1"
     assert r.json()["metadata"]["model_group"] == "ChatAgent"
     assert r.json()["metadata"]["model_used"] == "ChatAgent-fallback"
+    # The failed attempt and the answer are two events, possibly written in two batches: wait for both.
     calls = wait_for(
-        lambda: api(proxy, f"/api/jobs/{job_id}/calls").json()["calls"] or None, timeout=30, what="the call row"
+        lambda: [c for c in api(proxy, f"/api/jobs/{job_id}/calls").json()["calls"] if c["attempts"] == 2] or None,
+        timeout=30,
+        what="the call row with both attempts",
     )
     assert [(c["call_id"], c["attempts"], c["purpose"]) for c in calls] == [(r.json()["call_id"], 2, "fallback")]
     assert r.headers["x-job-id"] == job_id
