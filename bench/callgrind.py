@@ -2,7 +2,8 @@
 
 For a window of requests: ``callgrind_control -i on PID`` and ``-z`` (zero), N requests (sequential:
 the worst case for the writer's batching, one call per batch; or at a concurrency of 8: the batches
-amortize over several calls, as in production), a fixed settle time (the writer's batch and any follow-up of the last call run inside the window),
+amortize over several calls, as in production), a fixed settle time (the writer's batch and any
+follow-up of the last call run inside the window),
 ``callgrind_control -d`` (dump), ``-i off``; the program total is read with ``callgrind_annotate``.
 An idle window of the same proxy (no request) gives its background rate in instructions per
 second, so per-request work can be told from time-driven work (timers, pollers), which valgrind's

@@ -176,8 +176,19 @@ def open_job_id(variant: Variant, rnd: int, stage: str) -> str:
 # -- callgrind --------------------------------------------------------------------------------
 
 
+#: The callgrind windows: sequential (one call per writer batch, the worst case for batching) and
+#: concurrent (the same number of calls, 8 at a time: the batches amortize over several calls).
+CG_WINDOWS = {"sequential": 1, "concurrent": 8}
+
+
 def stage_callgrind(tmp: Path, upstream: FakeUpstream, mode: Mode, res: dict[str, Any]) -> None:
-    out: dict[str, Any] = {"cells": {}, "idle": {}, "requests": mode.cg_requests, "settle_s": mode.cg_settle_s}
+    out: dict[str, Any] = {
+        "windows": {name: {"concurrency": c, "cells": {}} for name, c in CG_WINDOWS.items()},
+        "idle": {},
+        "requests": mode.cg_requests,
+        "settle_s": mode.cg_settle_s,
+        "warm_statuses": {},
+    }
     res["callgrind"] = out
     with proxies(tmp, upstream, mode.variants, cg=True) as procs:
         log("callgrind: all proxies ready")
@@ -188,29 +199,49 @@ def stage_callgrind(tmp: Path, upstream: FakeUpstream, mode: Mode, res: dict[str
                 out["idle"].setdefault(v.name, []).append(idle.instructions / idle.seconds)
                 for sc in scenarios_of(v):
                     job = open_job_id(v, rnd, "cg")
-                    callgrind.warm(p, sc, requests=mode.cg_warm, job_id=job)
-                    w = callgrind.measure(p, sc, requests=mode.cg_requests, settle_s=mode.cg_settle_s, job_id=job)
-                    health = p.writer_health()
-                    cell = out["cells"].setdefault(cell_name(v, sc), {"per_request": [], "seconds": [], "ok": []})
-                    cell["per_request"].append(w.per_request)
-                    cell["seconds"].append(w.seconds)
-                    cell["ok"].append(w.ok)
-                    cell["writer_after"] = health
-                    log(f"callgrind r{rnd} {cell_name(v, sc)}: {w.per_request / 1e6:.2f} M instr/request ({w.ok} ok)")
+                    name = cell_name(v, sc)
+                    warm = callgrind.warm(p, sc, requests=mode.cg_warm, job_id=job)
+                    out["warm_statuses"].setdefault(name, []).append({str(k): n for k, n in warm.items()})
+                    for wname, conc in CG_WINDOWS.items():
+                        w = callgrind.measure(
+                            p, sc, requests=mode.cg_requests, settle_s=mode.cg_settle_s, job_id=job, concurrency=conc
+                        )
+                        health = p.writer_health()
+                        cells = out["windows"][wname]["cells"]
+                        cell = cells.setdefault(name, {"per_request": [], "seconds": [], "ok": [], "statuses": []})
+                        cell["per_request"].append(w.per_request)
+                        cell["seconds"].append(w.seconds)
+                        cell["ok"].append(w.ok)
+                        cell["statuses"].append({str(k): n for k, n in w.statuses.items()})
+                        cell["writer_after"] = health
+                        log(
+                            f"callgrind r{rnd} {wname} {name}: {w.per_request / 1e6:.2f} M instr/request "
+                            f"({w.ok}/{w.requests} ok, {w.seconds:.1f} s)"
+                        )
+        out["store_outages"] = {name: p.store_outages() for name, p in procs.items()}
 
 
-def callgrind_summary(res: dict[str, Any]) -> list[dict[str, Any]]:
+def callgrind_summary(res: dict[str, Any], window: str = "sequential") -> list[dict[str, Any]]:
     cg = res.get("callgrind")
     if not cg:
         return []
-    cells = cg["cells"]
+    # the first run's results.json had one window (sequential) under "cells"
+    cells = cg["windows"][window]["cells"] if "windows" in cg else (cg["cells"] if window == "sequential" else {})
+
+    def clean(cell: dict[str, Any], key: str) -> list[float]:
+        """A window with a failed request (its error path: LiteLLM's retries, fallback, traceback) is
+        left out when a window of the cell had none."""
+        xs = [x for x, ok in zip(cell[key], cell["ok"], strict=True) if ok == cg["requests"]]
+        return xs or list(cell[key])
+
     rows = []
     for name, cell in cells.items():
         vname, sname, kind = name.split("/")
-        med = statistics.median(cell["per_request"])
-        spread = (max(cell["per_request"]) - min(cell["per_request"])) / med if med else 0.0
+        per_request = clean(cell, "per_request")
+        med = statistics.median(per_request)
+        spread = (max(per_request) - min(per_request)) / med if med else 0.0
         idle_rate = statistics.median(cg["idle"].get(vname, [0.0]))
-        window_s = statistics.median(cell["seconds"])
+        window_s = statistics.median(clean(cell, "seconds"))
         corrected = med - idle_rate * window_s / cg["requests"]
         row: dict[str, Any] = {
             "cell": name,
@@ -221,16 +252,20 @@ def callgrind_summary(res: dict[str, Any]) -> list[dict[str, Any]]:
             "spread": spread,
             "idle_rate": idle_rate,
             "corrected": corrected,
+            "window_s": window_s,
+            "failed": sum(cg["requests"] - ok for ok in cell["ok"]),
+            "windows": len(per_request),
         }
         if vname != "bare":
             twin = cells.get(f"bare/{'open_job' if sname == 'open_job' else 'untagged'}/{kind}")
             if twin:
-                bmed = statistics.median(twin["per_request"])
+                bmed = statistics.median(clean(twin, "per_request"))
                 bidle = statistics.median(cg["idle"]["bare"])
-                bcorr = bmed - bidle * statistics.median(twin["seconds"]) / cg["requests"]
+                bcorr = bmed - bidle * statistics.median(clean(twin, "seconds")) / cg["requests"]
                 row["ratio"] = med / bmed
                 row["ratio_corrected"] = corrected / bcorr
                 row["delta"] = med - bmed
+                row["delta_corrected"] = corrected - bcorr
         rows.append(row)
     return rows
 
@@ -327,6 +362,9 @@ def stage_profile(tmp: Path, procs: dict[str, ProxyProc], mode: Mode, res: dict[
     res["profile"] = out
     targets = [(PLUGIN, Scenario("single_call", False, "none")), (PLUGIN, Scenario("open_job", False, "open_job"))]
     targets += [(PLUGIN, Scenario("single_call", True, "none"))]
+    if PLUGIN_ALLOW.name in procs:
+        # nothing held: the hooks and the writer only
+        targets.append((PLUGIN_ALLOW, Scenario("untagged", False, "none")))
     if PLUGIN_REDIS.name in procs:
         targets.append((PLUGIN_REDIS, Scenario("single_call", False, "none")))
     for v, sc in targets:
@@ -531,23 +569,29 @@ def report(res: dict[str, Any]) -> str:
         f"Commit: {m['commit']}",
         "",
     ]
-    rows = callgrind_summary(res)
-    if rows:
-        cg = res["callgrind"]
+    cg: dict[str, Any] = res.get("callgrind") or {}
+    for window, conc in CG_WINDOWS.items():
+        rows = callgrind_summary(res, window)
+        if not rows:
+            continue
         lines += [
-            f"## Instructions per request (callgrind, {cg['requests']} sequential requests per window, "
-            f"settle {cg['settle_s']} s, median of rounds)",
+            f"## Instructions per request (callgrind, {window}: {cg['requests']} requests per window at a "
+            f"concurrency of {conc}, settle {cg['settle_s']} s, median of rounds)",
             "",
-            "| cell | M instr/req | spread | plugin/bare | Δ M instr | idle M instr/s | plugin/bare idle-corrected |",
-            "|---|---|---|---|---|---|---|",
+            "| cell | M instr/req | spread | plugin/bare | Δ M instr | idle M instr/s | window s | "
+            "plugin/bare idle-corrected | Δ M idle-corrected | failed requests |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in rows:
             lines.append(
                 f"| {r['cell']} | {r['instr'] / 1e6:.2f} | {r['spread']:.2%} | "
                 f"{r.get('ratio', float('nan')):.4f} | {r.get('delta', 0) / 1e6:+.2f} | {r['idle_rate'] / 1e6:.2f} | "
-                f"{r.get('ratio_corrected', float('nan')):.4f} |"
+                f"{r['window_s']:.1f} | {r.get('ratio_corrected', float('nan')):.4f} | "
+                f"{r.get('delta_corrected', 0) / 1e6:+.2f} | {r['failed']} ({r['windows']} windows kept) |"
             )
         lines.append("")
+    if cg and "store_outages" in cg:
+        lines += [f"Store watch outages logged under callgrind: `{json.dumps(cg['store_outages'])}`", ""]
     wrows = wall_summary(res)
     if wrows:
         w = res["wall"]
