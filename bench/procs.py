@@ -190,6 +190,8 @@ def start_proxy(
     port = free_port()
     env = clean_env()
     env["LITELLM_LOG"] = "ERROR"
+    # a crash of the interpreter (the plugin proxy segfaulted once under load) leaves its Python stacks in the log
+    env["PYTHONFAULTHANDLER"] = "1"
     redis_prefix: str | None = None
     if variant.plugin:
         if database is None:

@@ -15,13 +15,14 @@ from hypothesis import strategies as st
 
 from litellm_jobs_plugin.credits import CreditService, PostgresCredits, RedisCredits
 from litellm_jobs_plugin.credits.base import CreditBackend
-from litellm_jobs_plugin.credits.local import LocalCredits, SharedPostgresCredits, choose_backend
+from litellm_jobs_plugin.credits.local import Authority, LocalCredits, SharedPostgresCredits, choose_backend
 from litellm_jobs_plugin.errors import InsufficientCredits, JobClosed, JobsError
 from litellm_jobs_plugin.models import CallContext, JobStatus
 from litellm_jobs_plugin.settings import Settings
 from litellm_jobs_plugin.store.postgres import PostgresStore
 from litellm_jobs_plugin.writer import Writer
 from tests.conftest import REDIS_TEST_PREFIX, query
+from tests.support.services import PostgresServer, wait_for_async
 
 PRICES = {"cheap": Decimal(1), "big": Decimal(2)}
 _run = itertools.count()
@@ -446,3 +447,33 @@ def test_a_single_call_closure_through_the_writer_lands_with_its_ledger_entries(
             await store.close()
 
     asyncio.run(scenario())
+
+
+def test_a_waiter_in_another_database_does_not_count_as_a_second_process(
+    database_url: str, pg_server: PostgresServer
+) -> None:
+    """Advisory locks are per database; pg_locks is per server. Two deployments sharing one server
+    (each its own database) must not make each other hand their credits over."""
+    other_url = pg_server.create_database()
+
+    async def scenario() -> None:
+        mine, theirs, their_second = Authority(database_url), Authority(other_url), Authority(other_url)
+        try:
+            assert await mine.try_exclusive()
+            assert await theirs.try_exclusive()
+            waiting = asyncio.create_task(their_second.shared())  # waits: their lock is held exclusively
+
+            async def seen() -> bool:
+                return await theirs.waiters() == 1
+
+            await wait_for_async(seen, within=10, what="the waiter in the other database")
+            assert await mine.waiters() == 0
+            waiting.cancel()
+        finally:
+            for authority in (mine, theirs, their_second):
+                await authority.aclose()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        pg_server.drop_database(other_url)

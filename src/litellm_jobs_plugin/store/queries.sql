@@ -334,8 +334,10 @@ SELECT pg_advisory_unlock(%(key)s);
 
 -- name: authority_waiters
 -- Processes waiting for the credits authority lock (a bigint key shows as classid<<32 | objid).
+-- Advisory locks belong to one database: pg_locks shows the whole server's.
 SELECT count(*) FROM pg_locks
 WHERE locktype = 'advisory' AND NOT granted AND objsubid = 1
+  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
   AND ((classid::bigint << 32) | objid::bigint) = %(key)s;
 
 -- name: open_jobs
