@@ -67,7 +67,7 @@ class Settings(BaseSettings):
     buffer_max: int = Field(default=50_000, ge=1)
     batch_size: int = Field(default=500, ge=1)
     batch_linger_ms: float = Field(
-        default=20.0, ge=0, description="After a batch's first record, wait this long for more before writing."
+        default=0.0, ge=0, description="After a batch's first record, wait this long for more before writing."
     )
     enqueue_timeout_s: float = Field(default=5.0, ge=0)
     shutdown_timeout_s: float = Field(default=30.0, gt=0)

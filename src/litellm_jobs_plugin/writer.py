@@ -71,7 +71,7 @@ class Writer:
         journal: RedisJournal | None = None,
         journal_retry_s: float = 1.0,
         journal_observer: Callable[[int, float], None] | None = None,
-        linger_s: float = 0.02,
+        linger_s: float = 0.0,
     ) -> None:
         #: After a batch's first record, wait this long for more (one transaction for many calls).
         self.linger_s = linger_s

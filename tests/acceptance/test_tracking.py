@@ -11,7 +11,7 @@ import pytest
 
 from tests.acceptance.helpers import TEAM_A, TEAM_B, api, client, cost_header, tag, wait_for_job
 from tests.conftest import query
-from tests.support.services import FakeUpstream, Proxy
+from tests.support.services import FakeUpstream, Proxy, wait_for
 
 MESSAGES: list[Any] = [{"role": "user", "content": "Summarise the attached contract"}]
 
@@ -39,7 +39,12 @@ def test_three_call_job_with_a_stream_and_a_fallback(shared_proxy: Proxy, module
         assert raw.headers["x-job-id"] == job_id
         assert raw.headers["x-job-status"] == "in_progress"
 
-    job = wait_for_job(shared_proxy, job_id, calls=3)
+    # The fallback's failed attempt and its answer are two events (maybe two batches): wait for the answer.
+    job = wait_for(
+        lambda: (j := wait_for_job(shared_proxy, job_id, calls=3))["successful_calls"] == 3 and j,
+        timeout=30,
+        what="the job's three successful calls",
+    )
     calls = {c["call_id"]: c for c in api(shared_proxy, f"/api/jobs/{job_id}/calls").json()["calls"]}
     ids = [r.headers["x-litellm-call-id"] for r in (plain, streamed, fallback)]
     assert sorted(calls) == sorted(ids)
