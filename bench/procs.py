@@ -44,6 +44,9 @@ class Variant:
     redis: bool = False
     untagged: str = "single_call_job"  # JOBS_UNTAGGED
     extra_env: tuple[tuple[str, str], ...] = ()
+    #: A callback module loaded instead of the plugin (``null_plugin``: the hooks' floor); the
+    #: proxy is then treated as a bare one (no database, no grants).
+    callback: str | None = None
 
 
 @dataclass
@@ -170,7 +173,8 @@ def drop_redis_prefix(prefix: str) -> None:
 def config_for(upstream: FakeUpstream, variant: Variant) -> dict[str, Any]:
     config = proxy_config(upstream)
     if not variant.plugin:
-        config["litellm_settings"] = {**config["litellm_settings"], "callbacks": []}
+        callbacks = [f"{variant.callback}.plugin"] if variant.callback else []
+        config["litellm_settings"] = {**config["litellm_settings"], "callbacks": callbacks}
     return config
 
 
@@ -186,6 +190,8 @@ def start_proxy(
     workdir = tmp / f"{variant.name}-{'cg' if callgrind else 'native'}-{uuid.uuid4().hex[:6]}"
     workdir.mkdir(parents=True)
     shutil.copy(SUPPORT / "test_auth.py", workdir / "test_auth.py")
+    if variant.callback:
+        shutil.copy(ROOT / "bench" / f"{variant.callback}.py", workdir / f"{variant.callback}.py")
     (workdir / "config.yaml").write_text(yaml.safe_dump(config_for(upstream, variant), sort_keys=False))
     port = free_port()
     env = clean_env()

@@ -20,6 +20,7 @@ import dataclasses
 import json
 import os
 import platform
+import re
 import signal
 import statistics
 import subprocess
@@ -55,6 +56,9 @@ PLUGIN = Variant("plugin", plugin=True)
 PLUGIN_ALLOW = Variant("plugin-allow", plugin=True, untagged="allow")
 PLUGIN_REDIS = Variant("plugin-redis", plugin=True, redis=True)
 PLUGIN_REDIS_ALLOW = Variant("plugin-redis-allow", plugin=True, redis=True, untagged="allow")
+#: The floor: the plugin's hooks, each returning at once (what LiteLLM spends on calling them).
+NULL = Variant("null", plugin=False, callback="null_plugin")
+VARIANTS = {v.name: v for v in (BARE, NULL, PLUGIN, PLUGIN_ALLOW, PLUGIN_REDIS, PLUGIN_REDIS_ALLOW)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +82,8 @@ class Mode:
     seed_teams: int
     seed_big_job_calls: int
     variants: tuple[Variant, ...]
+    #: Only the cells whose name (``variant/scenario/plain|stream``) matches this regex (``--only``).
+    only: str | None = None
 
 
 MODES = {
@@ -195,6 +201,7 @@ def stage_callgrind(tmp: Path, upstream: FakeUpstream, mode: Mode, res: dict[str
         "warm_statuses": {},
     }
     res["callgrind"] = out
+    only = re.compile(mode.only) if mode.only else None
     with proxies(tmp, upstream, mode.variants, cg=True) as procs:
         log("callgrind: all proxies ready")
         for rnd in range(mode.cg_rounds):
@@ -205,6 +212,8 @@ def stage_callgrind(tmp: Path, upstream: FakeUpstream, mode: Mode, res: dict[str
                 for sc in scenarios_of(v):
                     job = open_job_id(v, rnd, "cg")
                     name = cell_name(v, sc)
+                    if only is not None and not only.search(name):
+                        continue
                     warm = callgrind.warm(p, sc, requests=mode.cg_warm, job_id=job)
                     out["warm_statuses"].setdefault(name, []).append({str(k): n for k, n in warm.items()})
                     for wname, conc in CG_WINDOWS.items():
@@ -686,8 +695,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("mode", choices=sorted(MODES))
     ap.add_argument("--stages", default="callgrind,wall,profile,memory,growth")
+    ap.add_argument("--variants", help=f"comma-separated, of {', '.join(VARIANTS)} (default: the mode's)")
+    ap.add_argument("--only", help="regex on cell names (variant/scenario/plain|stream), e.g. 'plain$'")
+    ap.add_argument("--rounds", type=int, help="callgrind rounds (default: the mode's)")
     args = ap.parse_args()
     mode = MODES[args.mode]
+    if args.variants:
+        mode = dataclasses.replace(mode, variants=tuple(VARIANTS[n] for n in args.variants.split(",")))
+    if args.only:
+        mode = dataclasses.replace(mode, only=args.only)
+    if args.rounds:
+        mode = dataclasses.replace(mode, cg_rounds=args.rounds)
     # SIGTERM unwinds like Ctrl-C: every process started is stopped by its PID in the finally blocks
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     stages = set(args.stages.split(","))

@@ -202,7 +202,8 @@ async def _fix_jobs(
         if aggregates:
             # The writer's own recomputation for jobs with calls; the clear query for jobs without.
             cur = await conn.execute(query("refresh_job_aggregates"), _job_params(aggregates))
-            refreshed = max(cur.rowcount, 0)
+            row = await cur.fetchone()
+            refreshed = int(row["refreshed"]) if row else 0
             cur = await conn.execute(query("reconcile_clear_job_aggregates"), _job_params(aggregates))
             cleared = len(await cur.fetchall())
         fixed_credits = 0

@@ -172,3 +172,59 @@ async def test_a_call_id_reused_by_another_team_touches_nothing_of_the_first(sto
     job_a = await store.get_job("team-a", "a-job")
     assert job_a is not None
     assert (job_a.total_calls, job_a.failed_calls, job_a.total_cost_usd) == (1, 0, Decimal("0.5"))
+
+
+async def test_aggregates_moved_by_each_batch_equal_a_recomputation_from_the_call_rows(store: PostgresStore) -> None:
+    """record_batch moves a job's aggregates by the calls a batch adds, and recomputes a job one of
+    whose call rows changes (a later attempt of a call): whatever the batches, the result is what
+    reconcile recomputes from the rows."""
+    from litellm_jobs_plugin.reconcile import find_drift
+
+    rng = random.Random(8)
+    models = ["openai/gpt-4o-mini", "openai/gpt-4o", "anthropic/claude", None]
+    written: list[object] = []
+    for round_ in range(30):
+        batch = []
+        for _ in range(rng.randint(1, 6)):
+            ctx = context(job_id=f"job-{rng.randint(1, 4)}")
+            call = f"call-{rng.randint(1, 40)}"  # calls recur: later attempts change existing rows
+            status = rng.choice([CallStatus.SUCCESS, CallStatus.FAILURE])
+            batch.append(
+                event(
+                    call,
+                    ctx=ctx,
+                    status=status,
+                    cost=f"0.00{rng.randint(1, 999)}",
+                    model=rng.choice(models),  # type: ignore[arg-type]
+                    offset_s=rng.uniform(-100, 100),
+                    attempt=f"{round_}-{rng.randint(1, 3)}",
+                )
+            )
+        if written and rng.random() < 0.3:
+            batch.append(rng.choice(written))  # a replay
+        await store.write_batch(batch)  # type: ignore[arg-type]
+        written += batch
+        report = await find_drift(store)
+        assert report.clean, (round_, report.drifts)
+    job = await store.get_job("team-a", "job-1")
+    assert job is not None
+    assert job.total_calls > 3
+    assert len(job.models_used) > 1
+
+
+async def test_a_job_opened_by_its_hold_keeps_the_metadata_of_its_first_call(store: PostgresStore) -> None:
+    """In process and with Redis the hold opens the job row before the call is logged; the first
+    call that carries job_metadata sets it, and later ones do not replace it."""
+    from litellm_jobs_plugin.models import LedgerEntry, LedgerKind, ledger_key
+
+    hold = LedgerEntry("team-a", LedgerKind.HOLD, Decimal(1), ledger_key(LedgerKind.HOLD, "team-a", "meta"), "meta")
+    await store.write_batch([hold])
+    job = await store.get_job("team-a", "meta")
+    assert job is not None
+    assert job.metadata == {}
+    await store.write_batch([event(ctx=context(job_id="meta", job_metadata={"customer": "acme", "n": 1}))])
+    await store.write_batch([event(ctx=context(job_id="meta", job_metadata={"customer": "other"}))])
+    job = await store.get_job("team-a", "meta")
+    assert job is not None
+    assert job.metadata == {"customer": "acme", "n": 1}
+    assert job.total_calls == 2

@@ -43,6 +43,7 @@ VALUES ('team-u', 'old-call-3', NULL, NULL, 'success', 'ChatAgent', 'openai/gpt-
         10, now(), now(), 'summary');
 """,
     4: "",  # indexes only
+    5: "",  # functions only (the writer's batch)
 }
 
 

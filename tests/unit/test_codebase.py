@@ -41,7 +41,7 @@ def test_sql_lives_in_queries_sql() -> None:
     pattern = re.compile(r"[\"'](\s*)(SELECT|INSERT INTO|UPDATE \w+ SET|DELETE FROM|CREATE TABLE)\b")
     offenders = [p.name for p in PY_FILES if pattern.search(p.read_text())]
     assert offenders == []
-    assert {"ensure_jobs", "insert_call_events", "upsert_calls", "refresh_job_aggregates"} <= set(queries())
+    assert {"record_batch", "apply_ledger", "refresh_job_aggregates", "lock_jobs"} <= set(queries())
 
 
 def test_query_file_parsing() -> None:

@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from litellm_jobs_plugin.metrics import Metrics
 from litellm_jobs_plugin.reconcile import FIELDS, Drift, DriftKind, FieldDrift, Report
+from litellm_jobs_plugin.store.migrations import load_migrations
 from litellm_jobs_plugin.store.sql import query
 
 #: Columns refresh_job_aggregates sets that are bookkeeping, not totals derivable from call rows.
@@ -21,9 +22,18 @@ def set_columns(sql: str) -> set[str]:
     return set(re.findall(r"^\s+([a-z_]+) = ", body, re.MULTILINE))
 
 
+def function_body(name: str) -> str:
+    """The body of one SQL function of migration 0005 (the writer's batch, the recomputation)."""
+    sql = next(m.sql for m in load_migrations() if m.version == 5)
+    return sql.split(f"CREATE FUNCTION {name}(", 1)[1].split("\n$$;", 1)[0]
+
+
 def test_the_check_covers_every_aggregate_the_writer_caches() -> None:
-    cached = set_columns(query("refresh_job_aggregates")) - NOT_TOTALS
+    cached = set_columns(function_body("recompute_job_aggregates")) - NOT_TOTALS
     assert cached == set(FIELDS[DriftKind.JOB_AGGREGATES])
+    # the writer's incremental update moves exactly the aggregates the recomputation sets
+    incremental = function_body("record_batch").split("UPDATE jobs j SET\n        total_calls", 1)[1]
+    assert set_columns("UPDATE jobs j SET\n        total_calls" + incremental) - NOT_TOTALS == cached
     assert set_columns(query("reconcile_clear_job_aggregates")) - NOT_TOTALS == cached
     for kind, name in (
         (DriftKind.JOB_AGGREGATES, "reconcile_job_aggregates"),

@@ -33,35 +33,85 @@ async def wrap_errors() -> AsyncIterator[None]:
         raise StoreUnavailable("The jobs store did not answer in time; retry shortly.") from exc
 
 
-def _batch_params(events: Sequence[CallEvent]) -> dict[str, list[Any]]:
+def _event_row(e: CallEvent) -> dict[str, Any]:
+    c = e.context
     return {
-        "event_ids": [e.event_id for e in events],
-        "call_ids": [e.call_id for e in events],
-        "team_ids": [e.context.team_id for e in events],
-        "job_ids": [e.context.job_id for e in events],
-        "job_types": [e.context.job_type for e in events],
-        "single_calls": [e.context.single_call for e in events],
-        "key_hashes": [e.context.key_hash for e in events],
-        "user_ids": [e.context.user_id for e in events],
-        "call_types": [e.call_type for e in events],
-        "requested_models": [e.context.requested_model for e in events],
-        "statuses": [e.status.value for e in events],
-        "model_groups": [e.model_group for e in events],
-        "models": [e.model for e in events],
-        "model_ids": [e.model_id for e in events],
-        "providers": [e.provider for e in events],
-        "prompt_tokens": [e.prompt_tokens for e in events],
-        "completion_tokens": [e.completion_tokens for e in events],
-        "costs": [e.cost_usd for e in events],
-        "cache_hits": [e.cache_hit for e in events],
-        "streams": [e.stream for e in events],
-        "latencies": [e.latency_ms for e in events],
-        "error_types": [e.error_type for e in events],
-        "error_codes": [e.error_code for e in events],
-        "started_ats": [e.started_at for e in events],
-        "ended_ats": [e.ended_at for e in events],
-        "purposes": [e.context.purpose for e in events],
+        "event_id": e.event_id,
+        "call_id": e.call_id,
+        "team_id": c.team_id,
+        "job_id": c.job_id,
+        "job_type": c.job_type,
+        "single_call": c.single_call,
+        "key_hash": c.key_hash,
+        "user_id": c.user_id,
+        "call_type": e.call_type,
+        "requested_model": c.requested_model,
+        "status": e.status.value,
+        "model_group": e.model_group,
+        "model": e.model,
+        "model_id": e.model_id,
+        "provider": e.provider,
+        "prompt_tokens": e.prompt_tokens,
+        "completion_tokens": e.completion_tokens,
+        "cost_usd": str(e.cost_usd),  # a decimal string: exact in the numeric column
+        "cache_hit": e.cache_hit,
+        "stream": e.stream,
+        "latency_ms": e.latency_ms,
+        "error_type": e.error_type,
+        "error_code": e.error_code,
+        "started_at": e.started_at.isoformat(),
+        "ended_at": e.ended_at.isoformat(),
+        "purpose": c.purpose,
     }
+
+
+def _entry_row(e: LedgerEntry) -> dict[str, Any]:
+    return {
+        "team_id": e.team_id,
+        "kind": e.kind.value,
+        "amount": str(e.amount),
+        "job_id": e.job_id,
+        "idempotency_key": e.idempotency_key,
+        "note": e.note,
+    }
+
+
+def batch_document(items: Sequence[CallEvent | LedgerEntry]) -> str:
+    """The JSON document ``record_batch`` (migration 0005) takes: the batch's jobs, entries, closures and events.
+
+    A job is opened by the first item of it in the batch (its type and metadata); jobs are sorted
+    by (team_id, job_id), the order every writer locks them in.
+    """
+    events: list[dict[str, Any]] = []
+    entries: list[dict[str, Any]] = []
+    closes: dict[tuple[str, str], str] = {}
+    opening: dict[tuple[str, str], tuple[str, bool, dict[str, Any] | None]] = {}
+    for item in items:
+        if isinstance(item, CallEvent):
+            events.append(_event_row(item))
+            c = item.context
+            if (key := c.job_key) is not None and key not in opening:
+                opening[key] = (c.job_type or "default", c.single_call, c.job_metadata)
+        else:
+            entries.append(_entry_row(item))
+            if (key := item.job_key) is not None:
+                if key not in opening:
+                    opening[key] = (item.job_type or "default", item.single_call, None)
+                if item.closes is not None:
+                    closes.setdefault(key, item.closes.value)
+    jobs = [
+        {"team_id": k[0], "job_id": k[1], "job_type": t, "single_call": single, "metadata": meta}
+        for k, (t, single, meta) in sorted(opening.items())
+    ]
+    return json.dumps(
+        {
+            "jobs": jobs,
+            "entries": entries,
+            "closes": [{"team_id": k[0], "job_id": k[1], "status": v} for k, v in sorted(closes.items())],
+            "events": events,
+        },
+        separators=(",", ":"),
+    )
 
 
 class PostgresStore:
@@ -116,73 +166,13 @@ class PostgresStore:
         return await self.write_batch(events)
 
     async def write_batch(self, items: Sequence[CallEvent | LedgerEntry]) -> int:
-        """Record call events and ledger entries in one transaction; returns how many were new."""
-        events = [i for i in items if isinstance(i, CallEvent)]
-        entries = [i for i in items if isinstance(i, LedgerEntry)]
-        # The first item of a job in the batch opens it (type, metadata); keys sorted so that
-        # concurrent writers lock jobs in one order.
-        opening: dict[tuple[str, str], tuple[str, bool, dict[str, Any] | None]] = {}
-        for entry in entries:
-            if entry.job_key is not None:
-                opening.setdefault(entry.job_key, (entry.job_type or "default", entry.single_call, None))
-        for event in events:
-            key = event.context.job_key
-            if key is not None:
-                c = event.context
-                opening.setdefault(key, (c.job_type or "default", c.single_call, c.job_metadata))
-        keys = sorted(opening)
-        job_keys = {"team_ids": [k[0] for k in keys], "job_ids": [k[1] for k in keys]}
-        new = 0
-        async with wrap_errors(), self._pool.connection() as conn, conn.transaction():
-            if keys:
-                await conn.execute(
-                    query("ensure_jobs"),
-                    {
-                        **job_keys,
-                        "job_types": [opening[k][0] for k in keys],
-                        "single_calls": [opening[k][1] for k in keys],
-                        "metadatas": [json.dumps(opening[k][2] or {}) for k in keys],
-                    },
-                )
-                await conn.execute(query("lock_jobs"), job_keys)
-            if entries:
-                new += len(await self._apply_ledger(conn, entries))
-                closing = sorted({(e.team_id, e.job_id, e.closes.value) for e in entries if e.closes and e.job_id})
-                if closing:
-                    await conn.execute(
-                        query("close_jobs"),
-                        {
-                            "team_ids": [c[0] for c in closing],
-                            "job_ids": [c[1] for c in closing],
-                            "statuses": [c[2] for c in closing],
-                        },
-                    )
-            if events:
-                new += await self._insert_events(conn, events)
-        return new
-
-    async def _insert_events(self, conn: psycopg.AsyncConnection[dict[str, Any]], events: Sequence[CallEvent]) -> int:
-        cur = await conn.execute(query("insert_call_events"), _batch_params(events))
-        inserted = [(row["team_id"], row["call_id"]) for row in await cur.fetchall()]
-        if not inserted:
+        """Record call events and ledger entries in one statement (one transaction); returns how many were new."""
+        if not items:
             return 0
-        new_calls = sorted(set(inserted))
-        await conn.execute(
-            query("upsert_calls"), {"team_ids": [k[0] for k in new_calls], "call_ids": [k[1] for k in new_calls]}
-        )
-        touched = sorted(
-            {
-                k
-                for e in events
-                if (e.context.team_id or "", e.call_id) in set(new_calls) and (k := e.context.job_key) is not None
-            }
-        )
-        if touched:
-            await conn.execute(
-                query("refresh_job_aggregates"),
-                {"team_ids": [t[0] for t in touched], "job_ids": [t[1] for t in touched]},
-            )
-        return len(inserted)
+        async with wrap_errors(), self._pool.connection() as conn:
+            cur = await conn.execute(query("record_batch"), {"batch": batch_document(items)})
+            row = await cur.fetchone()
+        return int(row["new"]) if row else 0
 
     async def apply_ledger_in(
         self, conn: psycopg.AsyncConnection[dict[str, Any]], entries: Sequence[LedgerEntry]
@@ -211,15 +201,7 @@ class PostgresStore:
         conn: psycopg.AsyncConnection[dict[str, Any]], entries: Sequence[LedgerEntry]
     ) -> list[dict[str, Any]]:
         cur = await conn.execute(
-            query("apply_ledger"),
-            {
-                "team_ids": [e.team_id for e in entries],
-                "kinds": [e.kind.value for e in entries],
-                "amounts": [e.amount for e in entries],
-                "job_ids": [e.job_id for e in entries],
-                "keys": [e.idempotency_key for e in entries],
-                "notes": [e.note for e in entries],
-            },
+            query("apply_ledger"), {"entries": json.dumps([_entry_row(e) for e in entries], separators=(",", ":"))}
         )
         return await cur.fetchall()
 

@@ -1,17 +1,6 @@
 -- All SQL of the plugin, one named block each ("-- name: verb_noun"), loaded by store/sql.py.
 -- Tables are found through the connection's search_path (JOBS_DB_SCHEMA), never by formatting.
 
--- name: ensure_jobs
--- Opens the jobs a batch of events belongs to (a job is opened by its first tagged call).
--- Rows arrive sorted by (team_id, job_id) so concurrent writers take row locks in one order.
-INSERT INTO jobs (team_id, job_id, job_type, single_call, metadata)
-SELECT t.team_id, t.job_id, t.job_type, t.single_call, t.metadata::jsonb
-FROM unnest(%(team_ids)s::text[], %(job_ids)s::text[], %(job_types)s::text[],
-            %(single_calls)s::boolean[], %(metadatas)s::text[])
-     AS t(team_id, job_id, job_type, single_call, metadata)
-ORDER BY t.team_id, t.job_id
-ON CONFLICT (team_id, job_id) DO NOTHING;
-
 -- name: lock_jobs
 -- Serialises writers of the same job: after this lock, the aggregate query below sees every
 -- other writer's committed calls (READ COMMITTED takes a new snapshot per statement).
@@ -22,116 +11,13 @@ JOIN unnest(%(team_ids)s::text[], %(job_ids)s::text[]) AS t(team_id, job_id)
 ORDER BY j.team_id, j.job_id
 FOR UPDATE OF j;
 
--- name: insert_call_events
-INSERT INTO call_events (
-    event_id, call_id, team_id, job_id, job_type, single_call, key_hash, user_id, call_type,
-    requested_model, status, model_group, model, model_id, provider, prompt_tokens,
-    completion_tokens, cost_usd, cache_hit, stream, latency_ms, error_type, error_code,
-    started_at, ended_at, purpose)
-SELECT t.event_id, t.call_id, coalesce(t.team_id, ''), t.job_id, t.job_type, t.single_call, t.key_hash,
-       t.user_id, t.call_type, t.requested_model, t.status, t.model_group, t.model, t.model_id, t.provider,
-       t.prompt_tokens, t.completion_tokens, t.cost_usd, t.cache_hit, t.stream, t.latency_ms, t.error_type,
-       t.error_code, t.started_at, t.ended_at, t.purpose
-FROM unnest(
-    %(event_ids)s::text[], %(call_ids)s::text[], %(team_ids)s::text[], %(job_ids)s::text[],
-    %(job_types)s::text[], %(single_calls)s::boolean[], %(key_hashes)s::text[],
-    %(user_ids)s::text[], %(call_types)s::text[], %(requested_models)s::text[],
-    %(statuses)s::text[], %(model_groups)s::text[], %(models)s::text[], %(model_ids)s::text[],
-    %(providers)s::text[], %(prompt_tokens)s::integer[], %(completion_tokens)s::integer[],
-    %(costs)s::numeric[], %(cache_hits)s::boolean[], %(streams)s::boolean[],
-    %(latencies)s::integer[], %(error_types)s::text[], %(error_codes)s::text[],
-    %(started_ats)s::timestamptz[], %(ended_ats)s::timestamptz[], %(purposes)s::text[])
-    AS t(event_id, call_id, team_id, job_id, job_type, single_call, key_hash, user_id, call_type,
-         requested_model, status, model_group, model, model_id, provider, prompt_tokens,
-         completion_tokens, cost_usd, cache_hit, stream, latency_ms, error_type, error_code,
-         started_at, ended_at, purpose)
-ON CONFLICT (event_id) DO NOTHING
-RETURNING team_id, call_id;
-
--- name: upsert_calls
--- A call's row from all of its events: the success if there is one (never hidden by a failed
--- attempt, whatever order they came in), else the latest failed attempt.
-INSERT INTO calls (
-    call_id, team_id, job_id, job_type, key_hash, user_id, call_type, requested_model,
-    model_group, model, model_id, provider, status, prompt_tokens, completion_tokens, cost_usd,
-    cache_hit, stream, latency_ms, error_type, error_code, attempts, failed_attempts,
-    started_at, ended_at, purpose)
-SELECT DISTINCT ON (e.team_id, e.call_id)
-    e.call_id, e.team_id, e.job_id, e.job_type, e.key_hash, e.user_id, e.call_type,
-    e.requested_model, e.model_group, e.model, e.model_id, e.provider, e.status,
-    e.prompt_tokens, e.completion_tokens, e.cost_usd, e.cache_hit, e.stream,
-    (EXTRACT(EPOCH FROM (max(e.ended_at) OVER w - min(e.started_at) OVER w)) * 1000)::integer,
-    e.error_type, e.error_code,
-    count(*) OVER w,
-    count(*) FILTER (WHERE e.status = 'failure') OVER w,
-    min(e.started_at) OVER w,
-    e.ended_at,
-    e.purpose
-FROM call_events e
-JOIN unnest(%(team_ids)s::text[], %(call_ids)s::text[]) AS k(team_id, call_id)
-  ON e.team_id = k.team_id AND e.call_id = k.call_id
-WINDOW w AS (PARTITION BY e.team_id, e.call_id)
-ORDER BY e.team_id, e.call_id, (e.status = 'success') DESC, e.ended_at DESC, e.event_id
-ON CONFLICT (team_id, call_id) DO UPDATE SET
-    model_group = EXCLUDED.model_group,
-    model = EXCLUDED.model,
-    model_id = EXCLUDED.model_id,
-    provider = EXCLUDED.provider,
-    status = EXCLUDED.status,
-    prompt_tokens = EXCLUDED.prompt_tokens,
-    completion_tokens = EXCLUDED.completion_tokens,
-    cost_usd = EXCLUDED.cost_usd,
-    cache_hit = EXCLUDED.cache_hit,
-    stream = EXCLUDED.stream,
-    latency_ms = EXCLUDED.latency_ms,
-    error_type = EXCLUDED.error_type,
-    error_code = EXCLUDED.error_code,
-    attempts = EXCLUDED.attempts,
-    failed_attempts = EXCLUDED.failed_attempts,
-    started_at = EXCLUDED.started_at,
-    ended_at = EXCLUDED.ended_at,
-    purpose = EXCLUDED.purpose,
-    recorded_at = now();
-
 -- name: refresh_job_aggregates
--- Job aggregates are recomputed from the job's call rows under the job lock, so they always
--- equal the sums over those rows.
-UPDATE jobs j SET
-    total_calls = a.total_calls,
-    successful_calls = a.successful_calls,
-    failed_calls = a.failed_calls,
-    prompt_tokens = a.prompt_tokens,
-    completion_tokens = a.completion_tokens,
-    total_cost_usd = a.total_cost_usd,
-    total_latency_ms = a.total_latency_ms,
-    models_used = a.models_used,
-    first_call_at = a.first_call_at,
-    last_call_at = a.last_call_at,
-    -- a finished call is activity: the idle reaper counts from the last call's start or end
-    last_activity_at = greatest(j.last_activity_at, a.last_call_at),
-    updated_at = now(),
-    -- A job opened by the route becomes in_progress with its first call; closed jobs stay closed
-    -- (late calls are attached, never reopen or re-charge it).
-    status = CASE WHEN j.status = 'pending' THEN 'in_progress' ELSE j.status END
-FROM (
-    SELECT c.team_id, c.job_id,
-           count(*)::integer AS total_calls,
-           (count(*) FILTER (WHERE c.status = 'success'))::integer AS successful_calls,
-           (count(*) FILTER (WHERE c.status = 'failure'))::integer AS failed_calls,
-           coalesce(sum(c.prompt_tokens), 0)::bigint AS prompt_tokens,
-           coalesce(sum(c.completion_tokens), 0)::bigint AS completion_tokens,
-           coalesce(sum(c.cost_usd), 0) AS total_cost_usd,
-           coalesce(sum(c.latency_ms), 0)::bigint AS total_latency_ms,
-           coalesce(array_agg(DISTINCT c.model ORDER BY c.model)
-                    FILTER (WHERE c.model IS NOT NULL), '{}') AS models_used,
-           min(c.started_at) AS first_call_at,
-           max(c.ended_at) AS last_call_at
-    FROM calls c
-    JOIN unnest(%(team_ids)s::text[], %(job_ids)s::text[]) AS t(team_id, job_id)
-      ON c.team_id = t.team_id AND c.job_id = t.job_id
-    GROUP BY c.team_id, c.job_id
-) a
-WHERE j.team_id = a.team_id AND j.job_id = a.job_id;
+-- Job aggregates recomputed from the jobs' call rows (the caller holds the job locks): migration 0005.
+SELECT recompute_job_aggregates(%(team_ids)s::text[], %(job_ids)s::text[]) AS refreshed;
+
+-- name: record_batch
+-- The writer's batch (call events, ledger entries, closures) in one statement: migration 0005.
+SELECT record_batch(%(batch)s::jsonb) AS new;
 
 -- name: get_job
 SELECT team_id, job_id, job_type, status, single_call, metadata, user_id, created_at, updated_at,
@@ -193,45 +79,8 @@ LIMIT %(limit)s;
 SELECT count(*)::integer AS n FROM calls WHERE team_id = %(team_id)s AND job_id = %(job_id)s;
 
 -- name: apply_ledger
--- Appends entries (a replayed idempotency_key is skipped) and moves the cached balances of the
--- accounts and jobs by exactly the entries inserted: balances stay derivable from the ledger.
-WITH input AS (
-    SELECT *
-    FROM unnest(%(team_ids)s::text[], %(kinds)s::text[], %(amounts)s::numeric[], %(job_ids)s::text[],
-                %(keys)s::text[], %(notes)s::text[])
-         AS t(team_id, kind, amount, job_id, idempotency_key, note)
-), ins AS (
-    INSERT INTO credit_ledger (team_id, kind, amount, job_id, idempotency_key, note)
-    SELECT team_id, kind, amount, job_id, idempotency_key, note FROM input ORDER BY idempotency_key
-    ON CONFLICT (idempotency_key) DO NOTHING
-    RETURNING entry_id, team_id, kind, amount, job_id
-), account_moves AS (
-    INSERT INTO credit_accounts AS a (team_id, credits_allocated, credits_charged, credits_held)
-    SELECT team_id,
-           coalesce(sum(amount) FILTER (WHERE kind IN ('grant', 'adjust')), 0),
-           coalesce(sum(amount) FILTER (WHERE kind = 'capture'), 0),
-           coalesce(sum(amount) FILTER (WHERE kind = 'hold'), 0)
-             - coalesce(sum(amount) FILTER (WHERE kind IN ('capture', 'release')), 0)
-    FROM ins GROUP BY team_id ORDER BY team_id
-    ON CONFLICT (team_id) DO UPDATE SET
-        credits_allocated = a.credits_allocated + EXCLUDED.credits_allocated,
-        credits_charged = a.credits_charged + EXCLUDED.credits_charged,
-        credits_held = a.credits_held + EXCLUDED.credits_held,
-        updated_at = now()
-    RETURNING a.team_id
-), job_moves AS (
-    UPDATE jobs j SET
-        credits_held = j.credits_held + m.held_delta,
-        credits_charged = j.credits_charged + m.charged
-    FROM (SELECT team_id, job_id,
-                 coalesce(sum(amount) FILTER (WHERE kind = 'hold'), 0)
-                   - coalesce(sum(amount) FILTER (WHERE kind IN ('capture', 'release')), 0) AS held_delta,
-                 coalesce(sum(amount) FILTER (WHERE kind = 'capture'), 0) AS charged
-          FROM ins WHERE job_id IS NOT NULL GROUP BY team_id, job_id) m
-    WHERE j.team_id = m.team_id AND j.job_id = m.job_id
-    RETURNING j.job_id
-)
-SELECT entry_id, team_id, kind FROM ins;
+-- Appends ledger entries and moves the cached balances by exactly the new ones: migration 0005.
+SELECT entry_id, team_id, kind FROM apply_ledger_entries(%(entries)s::jsonb);
 
 -- name: get_balance
 SELECT team_id, credits_allocated, credits_remaining, credits_held, credits_charged
@@ -288,13 +137,6 @@ ON CONFLICT (team_id, job_id) DO UPDATE SET
     updated_at = now()
 WHERE j.status IN ('pending', 'in_progress')
 RETURNING status, completed_at;
-
--- name: close_jobs
--- Closes jobs whose closure the writer carries (single-call jobs); the rows exist (ensure_jobs ran
--- in the same transaction). A closed job is never reopened or closed again.
-UPDATE jobs j SET status = c.status, completed_at = now(), updated_at = now()
-FROM unnest(%(team_ids)s::text[], %(job_ids)s::text[], %(statuses)s::text[]) AS c(team_id, job_id, status)
-WHERE j.team_id = c.team_id AND j.job_id = c.job_id AND j.status IN ('pending', 'in_progress');
 
 -- name: idle_jobs
 SELECT team_id, job_id FROM jobs
