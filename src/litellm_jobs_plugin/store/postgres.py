@@ -1,15 +1,21 @@
-"""The PostgreSQL store: a psycopg 3 async pool, the named queries, one transaction per batch."""
+"""The PostgreSQL store: a psycopg 3 async pool, the named queries, one statement per batch.
+
+The writer's batches go through a connection of their own, with asyncpg: a batch is one statement
+(``record_batch``, migration 0005) and its round trip is the plugin's largest per-call cost, which
+asyncpg makes about half of psycopg's (bench/RESULTS.md). Everything else uses the psycopg pool.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator, Sequence
 from decimal import Decimal
 from typing import Any
 
+import asyncpg
+import orjson
 import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
@@ -103,15 +109,79 @@ def batch_document(items: Sequence[CallEvent | LedgerEntry]) -> str:
         {"team_id": k[0], "job_id": k[1], "job_type": t, "single_call": single, "metadata": meta}
         for k, (t, single, meta) in sorted(opening.items())
     ]
-    return json.dumps(
+    return orjson.dumps(
         {
             "jobs": jobs,
             "entries": entries,
             "closes": [{"team_id": k[0], "job_id": k[1], "status": v} for k, v in sorted(closes.items())],
             "events": events,
-        },
-        separators=(",", ":"),
-    )
+        }
+    ).decode()
+
+
+#: SQLSTATE classes of a database that is away or busy, not of a bad batch (psycopg raises them as
+#: OperationalError): connection, transaction rollback (deadlock), resources, limits, object state,
+#: operator intervention (shutdown, cancel), system error.
+_TRANSIENT_SQLSTATE = ("08", "40", "53", "54", "55", "57", "58")
+
+
+def _asyncpg_connect_args(url: str, schema: str) -> dict[str, Any]:
+    """asyncpg's arguments for a libpq connection string (URL or key=value) and our schema."""
+    params = psycopg.conninfo.conninfo_to_dict(url)
+    args: dict[str, Any] = {"server_settings": {"search_path": schema, "application_name": "litellm-jobs-writer"}}
+    for ours, theirs in (("host", "host"), ("port", "port"), ("user", "user"), ("password", "password")):
+        if params.get(ours) is not None:
+            args[theirs] = str(params[ours])
+    if params.get("dbname") is not None:
+        args["database"] = str(params["dbname"])
+    if params.get("sslmode") is not None:
+        args["ssl"] = str(params["sslmode"])
+    if "port" in args:
+        args["port"] = int(args["port"])
+    return args
+
+
+class BatchConnection:
+    """The writer's connection: one ``record_batch`` statement per batch, one batch at a time.
+
+    Connects on first use and again after a failure; a database that is away raises
+    :class:`StoreUnavailable` (the writer keeps the batch and retries), anything else is the batch's
+    own error.
+    """
+
+    def __init__(self, url: str, schema: str, *, timeout_s: float = 30.0) -> None:
+        self._args = _asyncpg_connect_args(url, schema)
+        self._timeout_s = timeout_s
+        self._conn: asyncpg.Connection | None = None
+        self._lock = asyncio.Lock()  # the memory buffer's writer and the journal's reader share it
+
+    async def record(self, document: str) -> int:
+        async with self._lock:
+            try:
+                if self._conn is None or self._conn.is_closed():
+                    self._conn = await asyncpg.connect(timeout=self._timeout_s, **self._args)
+                return int(await self._conn.fetchval(query("record_batch"), document) or 0)
+            except asyncpg.PostgresError as exc:
+                if str(getattr(exc, "sqlstate", "") or "")[:2] not in _TRANSIENT_SQLSTATE:
+                    raise
+                await self._discard()
+                raise StoreUnavailable(f"The jobs store is unavailable ({type(exc).__name__}); retry shortly.") from exc
+            except (OSError, TimeoutError, asyncpg.InterfaceError) as exc:
+                await self._discard()
+                raise StoreUnavailable(f"The jobs store is unavailable ({type(exc).__name__}); retry shortly.") from exc
+
+    async def _discard(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.terminate()
+
+    async def close(self) -> None:
+        async with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), timeout=5)
 
 
 class PostgresStore:
@@ -130,6 +200,7 @@ class PostgresStore:
     ) -> None:
         self.url = url
         self.schema = schema
+        self._batches = BatchConnection(url, schema, timeout_s=timeout_s)
         self._pool: AsyncConnectionPool[psycopg.AsyncConnection[dict[str, Any]]] = AsyncConnectionPool(
             url,
             min_size=min_size,
@@ -147,6 +218,7 @@ class PostgresStore:
                 await self.migrate()
 
     async def close(self) -> None:
+        await self._batches.close()
         await self._pool.close()
 
     async def migrate(self, *, until: int | None = None) -> list[int]:
@@ -169,10 +241,7 @@ class PostgresStore:
         """Record call events and ledger entries in one statement (one transaction); returns how many were new."""
         if not items:
             return 0
-        async with wrap_errors(), self._pool.connection() as conn:
-            cur = await conn.execute(query("record_batch"), {"batch": batch_document(items)})
-            row = await cur.fetchone()
-        return int(row["new"]) if row else 0
+        return await self._batches.record(batch_document(items))
 
     async def apply_ledger_in(
         self, conn: psycopg.AsyncConnection[dict[str, Any]], entries: Sequence[LedgerEntry]
@@ -201,7 +270,7 @@ class PostgresStore:
         conn: psycopg.AsyncConnection[dict[str, Any]], entries: Sequence[LedgerEntry]
     ) -> list[dict[str, Any]]:
         cur = await conn.execute(
-            query("apply_ledger"), {"entries": json.dumps([_entry_row(e) for e in entries], separators=(",", ":"))}
+            query("apply_ledger"), {"entries": orjson.dumps([_entry_row(e) for e in entries]).decode()}
         )
         return await cur.fetchall()
 

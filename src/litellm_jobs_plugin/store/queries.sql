@@ -17,7 +17,8 @@ SELECT recompute_job_aggregates(%(team_ids)s::text[], %(job_ids)s::text[]) AS re
 
 -- name: record_batch
 -- The writer's batch (call events, ledger entries, closures) in one statement: migration 0005.
-SELECT record_batch(%(batch)s::jsonb) AS new;
+-- Sent by asyncpg (store/postgres.py BatchConnection): a positional parameter.
+SELECT record_batch($1::jsonb);
 
 -- name: get_job
 SELECT team_id, job_id, job_type, status, single_call, metadata, user_id, created_at, updated_at,
