@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import sys
 from decimal import Decimal
@@ -306,7 +305,7 @@ class JobsPlugin(CustomLogger):
         call_id = data.get("litellm_call_id")
         model = data.get("model")
         try:
-            tag = parse_job_tag(adapter.client_metadata(data), adapter.request_headers(data))
+            tag = parse_job_tag(adapter.client_metadata(data), adapter.job_headers(data))
             context = decide_call(
                 tag,
                 caller,
@@ -314,12 +313,14 @@ class JobsPlugin(CustomLogger):
                 settings=self.settings,
                 requested_model=model if isinstance(model, str) else None,
             )
+            remaining = None
             if context.job_key is not None:
                 admission = await (await self.credits()).admit_call(context)
-                context = dataclasses.replace(context, credits_remaining=str(admission.credits_remaining))
+                # formatted once, for the x-credits-remaining header
+                remaining = f"{Decimal(admission.credits_remaining).normalize():f}"
         except JobsError as exc:
             raise to_proxy_exception(exc) from exc
-        adapter.put_stash(data, context)
+        adapter.put_stash(data, context, credits_remaining=remaining)
         if self._journal is not None and self.settings.durable_ack_timeout_s > 0 and not data.get("stream"):
             self._expect_durable(str(call_id))
         if context.job_type is not None and self.settings.tag_job_type:
@@ -441,7 +442,7 @@ class JobsPlugin(CustomLogger):
             status = "completed" if response is not None else "failed"
         headers = {"x-job-id": context.job_id, "x-job-type": context.job_type or "", "x-job-status": status}
         if context.credits_remaining is not None:
-            headers["x-credits-remaining"] = f"{Decimal(context.credits_remaining).normalize():f}"
+            headers["x-credits-remaining"] = context.credits_remaining
         return headers
 
 

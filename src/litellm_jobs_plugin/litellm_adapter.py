@@ -6,8 +6,10 @@ are listed in ``../shared/LITELLM-NOTES.md`` and covered by ``tests/contract``.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
+import operator
 import secrets
 import sys
 from collections.abc import Mapping
@@ -46,8 +48,16 @@ def client_metadata(data: Mapping[str, Any]) -> object:
     return data.get("metadata")
 
 
-def request_headers(data: Mapping[str, Any]) -> dict[str, str]:
-    """Request headers with lower-case names."""
+#: The request headers a call may name its job with (DESIGN §3).
+JOB_HEADERS = ("x-job-id", "x-job-type")
+
+
+def job_headers(data: Mapping[str, Any]) -> dict[str, str]:
+    """The job headers of the request (``x-job-id``, ``x-job-type``), from the first place that has each.
+
+    Header names are lower-case in ASGI (Starlette), and LiteLLM copies them as they are: each place
+    is looked up, never scanned (a request carries a dozen other headers).
+    """
     found: dict[str, str] = {}
     psr = data.get("proxy_server_request")
     sources: list[object] = [psr.get("headers") if isinstance(psr, dict) else None]
@@ -57,9 +67,10 @@ def request_headers(data: Mapping[str, Any]) -> dict[str, str]:
             sources.append(meta.get("headers"))
     for source in sources:
         if isinstance(source, Mapping):
-            for name, value in source.items():
-                if isinstance(name, str) and isinstance(value, str):
-                    found.setdefault(name.lower(), value)
+            for name in JOB_HEADERS:
+                value = source.get(name)
+                if isinstance(value, str) and name not in found:
+                    found[name] = value
     return found
 
 
@@ -70,8 +81,21 @@ def pop_stash(data: dict[str, Any]) -> None:
             meta.pop(STASH_KEY, None)
 
 
-def put_stash(data: dict[str, Any], context: CallContext) -> None:
-    litellm_metadata(data)[STASH_KEY] = {**context.to_stash(), _SECRET_FIELD: _STASH_SECRET}
+#: A stash holds the context's field values in declaration order: rebuilt without decoding each
+#: field (the secret proves this process wrote them), and still readable if LiteLLM ever copies
+#: or serialises the metadata (a tuple then comes back as a list).
+_CONTEXT_FIELDS = tuple(f.name for f in dataclasses.fields(CallContext))
+_context_values = operator.attrgetter(*_CONTEXT_FIELDS)
+_CREDITS_REMAINING = _CONTEXT_FIELDS.index("credits_remaining")
+_VALUES_FIELD = "context"
+
+
+def put_stash(data: dict[str, Any], context: CallContext, *, credits_remaining: str | None = None) -> None:
+    """Leave ``context`` (with the balance after admission, for the response header) in ``data``'s metadata."""
+    values: tuple[Any, ...] = _context_values(context)
+    if credits_remaining is not None:
+        values = (*values[:_CREDITS_REMAINING], credits_remaining, *values[_CREDITS_REMAINING + 1 :])
+    litellm_metadata(data)[STASH_KEY] = {_SECRET_FIELD: _STASH_SECRET, _VALUES_FIELD: values}
 
 
 def read_stash(meta: object) -> CallContext | None:
@@ -84,7 +108,10 @@ def read_stash(meta: object) -> CallContext | None:
     secret = stash.get(_SECRET_FIELD)
     if not isinstance(secret, str) or not hmac.compare_digest(secret, _STASH_SECRET):
         return None
-    return CallContext.from_stash(stash)
+    values = stash.get(_VALUES_FIELD)
+    if not isinstance(values, tuple | list) or len(values) != len(_CONTEXT_FIELDS):
+        return None
+    return CallContext(*values)
 
 
 def stash_of_request(data: dict[str, Any]) -> CallContext | None:
