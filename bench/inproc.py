@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import datetime
 import json
 import os
+import pstats
 import resource
 import sys
 import time
@@ -44,6 +46,9 @@ HEADERS = {
     "x-stainless-package-version": "1.99.9",
     "content-length": "120",
 }
+
+#: --profile: print where the measured window's CPU goes (cProfile; the figures then include its overhead).
+PROFILE = False
 
 CELLS = ("untagged", "single_call", "open_job", "redis_single_call", "redis_open_job")
 
@@ -130,14 +135,21 @@ async def run_cell(cell: str, calls: int, per_batch: int) -> dict[str, float]:
                 await plugin.writer.flush()
 
         await window(50)  # warm-up: prepared statements, Lua scripts, caches
+        profiler = cProfile.Profile(time.process_time) if PROFILE else None
         r0 = resource.getrusage(resource.RUSAGE_SELF)
         t0 = time.perf_counter()
+        if profiler is not None:
+            profiler.enable()
         await window(calls)
+        if profiler is not None:
+            profiler.disable()
+            pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(25)
         wall = time.perf_counter() - t0
         r1 = resource.getrusage(resource.RUSAGE_SELF)
         if job is not None:
             written = await store.get_job("team-a", job)
-            assert written is not None and written.total_calls >= calls, written
+            assert written is not None
+            assert written.total_calls >= calls, written
         return {
             "user_us": (r1.ru_utime - r0.ru_utime) / calls * 1e6,
             "sys_us": (r1.ru_stime - r0.ru_stime) / calls * 1e6,
@@ -156,7 +168,10 @@ def main() -> None:
     ap.add_argument("--cells", default=",".join(CELLS))
     ap.add_argument("--calls", type=int, default=1000)
     ap.add_argument("--per-batch", type=int, default=0, help="one window only: calls per writer batch")
+    ap.add_argument("--profile", action="store_true", help="cProfile the measured window (stderr)")
     args = ap.parse_args()
+    global PROFILE
+    PROFILE = args.profile
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     out: dict[str, Any] = {}
     windows = {"sequential": 1, "concurrent": 8}

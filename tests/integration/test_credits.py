@@ -326,6 +326,10 @@ def test_an_in_process_replica_hands_over_when_a_second_process_arrives(database
             for i in range(4):
                 await one.admit_call(ctx("solo", f"early-{i}", "cheap"))
             await one.close_job("solo", "early-0", JobStatus.COMPLETED)
+            # A single-call job still in flight: its hold waits in memory for its closure.
+            await one.admit_call(ctx("solo", "early-single", "cheap", single_call=True))
+            await writers[0].flush()
+            assert query(database_url, "SELECT job_id FROM jobs WHERE job_id = 'early-single'") == []
             assert first.mode == "in-process"
 
             second = await choose_backend(stores[1], writers[1], database_url)
@@ -345,9 +349,13 @@ def test_an_in_process_replica_hands_over_when_a_second_process_arrives(database
                     return False
 
             results = await asyncio.gather(*(attempt(i) for i in range(60)))
-            assert sum(results) == 6  # 10 granted - 1 charged - 3 still held
+            assert sum(results) == 5  # 10 granted - 1 charged - 4 still held (3 jobs, 1 single call)
             # The jobs opened in memory are known to PostgreSQL now: the other process closes them.
             closure = await two.close_job("solo", "early-1", JobStatus.FAILED)
+            assert closure is not None
+            assert closure.hold == 1
+            # ...the single-call job too: the hand-over wrote its hold.
+            closure = await two.close_job("solo", "early-single", JobStatus.COMPLETED, single_call=True)
             assert closure is not None
             assert closure.hold == 1
             with pytest.raises(JobClosed):
@@ -358,9 +366,9 @@ def test_an_in_process_replica_hands_over_when_a_second_process_arrives(database
                 await w.flush()
             for svc in (one, two):
                 balance = await svc.balance("solo")
-                assert (balance.credits_remaining, balance.credits_held, balance.credits_charged) == (1, 8, 1)
+                assert (balance.credits_remaining, balance.credits_held, balance.credits_charged) == (1, 7, 2)
             (row,) = query(database_url, "SELECT * FROM credit_accounts WHERE team_id = 'solo'")
-            assert (row["credits_remaining"], row["credits_held"], row["credits_charged"]) == (1, 8, 1)
+            assert (row["credits_remaining"], row["credits_held"], row["credits_charged"]) == (1, 7, 2)
             await two.aclose()
         finally:
             for w in writers:

@@ -25,7 +25,7 @@ from typing import Any
 import psycopg
 
 from ..errors import StoreUnavailable
-from ..models import Balance, JobStatus
+from ..models import Balance, JobStatus, LedgerEntry, LedgerKind, ledger_key
 from ..store.postgres import PostgresStore
 from ..store.sql import query
 from ..writer import Writer
@@ -58,6 +58,7 @@ class _Job:
     last: float
     closed_at: float = 0.0
     incarnation: str = ""  # "" for jobs loaded from PostgreSQL (their entries have no suffix)
+    single_call: bool = False  # its hold goes out with its closure (CreditService.admit_call)
 
 
 class Authority:
@@ -198,8 +199,23 @@ class LocalCredits:
                 "litellm-jobs: %s; moving credits to PostgreSQL",
                 "lost the credits authority lock" if lock_lost else "another process uses this database",
             )
-            await self.writer.flush()  # every hold/capture/release entry is in the ledger now
             open_jobs = [(k, j) for k, j in self._jobs.items() if j.state in _OPEN]
+            for (team_id, job_id), job in open_jobs:
+                if job.single_call:
+                    # Its hold has waited for its closure: PostgreSQL decides from here on, so it
+                    # must know the hold now (a hold already written is skipped by its key).
+                    await self.writer.put(
+                        LedgerEntry(
+                            team_id=team_id,
+                            kind=LedgerKind.HOLD,
+                            amount=job.hold,
+                            idempotency_key=ledger_key(LedgerKind.HOLD, team_id, job_id, job.incarnation),
+                            job_id=job_id,
+                            job_type=job.job_type,
+                            single_call=True,
+                        )
+                    )
+            await self.writer.flush()  # every hold/capture/release entry is in the ledger now
             if open_jobs:
                 await self.store.fetch_all(
                     "sync_open_jobs",
@@ -300,6 +316,7 @@ class LocalCredits:
             cost=Decimal(0),
             last=now,
             incarnation=incarnation,
+            single_call=request.single_call,
         )
         return Admission(
             created=True,

@@ -131,8 +131,17 @@ class CreditService:
                 may_create=self.may_create(),
             )
         )
-        if admission.created and self.backend.emits_ledger and not self.backend.journals_holds:
-            # Off the request path: the hold becomes durable through the writer's buffer.
+        if (
+            admission.created
+            and self.backend.emits_ledger
+            and not self.backend.journals_holds
+            and not context.single_call
+        ):
+            # Off the request path: the hold becomes durable through the writer's buffer. A
+            # single-call job's hold waits for its closure, which writes it with the call's record
+            # and the capture or release in one batch (one round trip per job, not two); a crash
+            # before then loses the in-memory hold with the call, and a hand-over to PostgreSQL
+            # writes the holds still waiting (LocalCredits.demote).
             await self.writer.put(
                 self._hold_entry(
                     context.team_id,
