@@ -165,6 +165,19 @@ class RedisJournal:
         except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
             raise StoreUnavailable(f"Redis is unavailable ({type(exc).__name__}).") from exc
 
+    async def append_many(self, items: Sequence[Item]) -> None:
+        """Append several records in one round trip (a pipeline, in order; not atomic)."""
+        if len(items) == 1:
+            await self.append(items[0])
+            return
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for item in items:
+                    pipe.xadd(self.stream, {"v": encode(item)})
+                await pipe.execute()
+        except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
+            raise StoreUnavailable(f"Redis is unavailable ({type(exc).__name__}).") from exc
+
     async def read(self, count: int, *, block_ms: int | None) -> list[tuple[str, dict[str, str]]]:
         """Entries never delivered to any replica, up to ``count``, waiting up to ``block_ms`` (None: not at all)."""
         try:

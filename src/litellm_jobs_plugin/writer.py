@@ -137,13 +137,25 @@ class Writer:
 
     async def put(self, event: Item) -> None:
         """Record one event: in the journal (durable), else in the buffer (waiting while it is full)."""
+        await self.put_many((event,))
+
+    async def put_many(self, items: Sequence[Item]) -> None:
+        """Record several events, in order: in the journal in one round trip, else in the buffer.
+
+        A retried append may journal a record twice (a pipeline is not atomic): the store counts
+        each record once.
+        """
         if self.journal is not None and self.journal_up:
             try:
-                await self.journal.append(event)
-                self.stats.journaled += 1
+                await self.journal.append_many(items)
+                self.stats.journaled += len(items)
                 return
             except Exception as exc:
                 self._journal_failed(exc)
+        for item in items:
+            await self._buffer(item)
+
+    async def _buffer(self, event: Item) -> None:
         try:
             self._queue.put_nowait(event)
             self._enqueue_times.append(time.monotonic())

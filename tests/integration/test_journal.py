@@ -113,3 +113,35 @@ async def test_with_redis_unreachable_events_go_to_memory_and_are_written(
     assert writer.stats.dropped == 0
     await writer.aclose()
     await unreachable.aclose()
+
+
+async def test_records_put_together_are_journaled_in_order_and_written_once(
+    store: PostgresStore, database_url: str, redis_client: aioredis.Redis, redis_prefix: str
+) -> None:
+    """A single-call job's closure puts its hold and its capture together: one round trip, in order."""
+    from decimal import Decimal
+
+    from litellm_jobs_plugin.journal import decode
+    from litellm_jobs_plugin.models import LedgerEntry, LedgerKind, ledger_key
+
+    entries = [
+        LedgerEntry("team-a", kind, Decimal(1), ledger_key(kind, "team-a", "together"), "together", "doc", True)
+        for kind in (LedgerKind.HOLD, LedgerKind.CAPTURE)
+    ]
+    j = journal(redis_client, redis_prefix, "reader")
+    await j.setup()
+    await Writer(store, journal=j).put_many([event("together-call"), *entries])
+    rows = await redis_client.xrange(f"{redis_prefix}:journal")
+    assert [decode({k.decode(): v.decode() for k, v in f.items()}).event_id for _, f in rows] == [
+        event("together-call").event_id,
+        *(e.idempotency_key for e in entries),
+    ]
+    writer = Writer(store, journal=j)
+    writer.start()
+    await asyncio.wait_for(writer.flush(), timeout=30)
+    ledger = query(database_url, "SELECT kind FROM credit_ledger WHERE job_id = 'together'")
+    assert sorted(r["kind"] for r in ledger) == ["capture", "hold"]
+    (job,) = query(database_url, "SELECT credits_held, credits_charged FROM jobs WHERE job_id = 'together'")
+    assert (job["credits_held"], job["credits_charged"]) == (0, 1)
+    assert recorded(database_url) == 1
+    await writer.aclose()
