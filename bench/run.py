@@ -4,7 +4,8 @@
     .venv/bin/python -m bench.run full         # the long one (memory run of 20 minutes, more rounds)
     .venv/bin/python -m bench.run quick --stages callgrind,wall
 
-Stages: ``callgrind`` (instructions per request, the primary figure), ``wall`` (throughput,
+Stages: ``inproc`` (the plugin alone: its CPU per call without LiteLLM, ``bench/inproc.py``),
+``callgrind`` (instructions per request, the primary figure), ``wall`` (throughput,
 latency, CPU ms per request, alternating rounds), ``profile`` (py-spy of the plugin proxy under
 load), ``memory`` (RSS over a long run; the in-process credit state under 1 million jobs),
 ``growth`` (100k jobs seeded in the database). Results: ``bench/results/<stamp>/results.json``
@@ -106,7 +107,7 @@ MODES = {
         seed_calls_per_job=2,
         seed_teams=1000,
         seed_big_job_calls=20_000,
-        variants=(BARE, PLUGIN, PLUGIN_ALLOW, PLUGIN_REDIS),
+        variants=(BARE, NULL, PLUGIN, PLUGIN_ALLOW, PLUGIN_REDIS),
     ),
     "full": Mode(
         cg_requests=100,
@@ -127,7 +128,7 @@ MODES = {
         seed_calls_per_job=10,
         seed_teams=1000,
         seed_big_job_calls=100_000,
-        variants=(BARE, PLUGIN, PLUGIN_ALLOW, PLUGIN_REDIS, PLUGIN_REDIS_ALLOW),
+        variants=(BARE, NULL, PLUGIN, PLUGIN_ALLOW, PLUGIN_REDIS, PLUGIN_REDIS_ALLOW),
     ),
 }
 
@@ -329,26 +330,30 @@ def stage_wall(procs: dict[str, ProxyProc], mode: Mode, res: dict[str, Any]) -> 
     cells = [(v, sc) for v in (p.variant for p in procs.values()) for sc in scenarios_of(v)]
     for rnd in range(mode.wall_rounds):
         # alternate: every plugin cell right after its bare twin, the order rotated each round
-        plugin_cells = [c for c in cells if c[0].plugin]
+        plugin_cells = [c for c in cells if c[0].name != BARE.name]  # the plugin variants and the null hooks
         k = rnd % max(1, len(plugin_cells))
         plugin_cells = plugin_cells[k:] + plugin_cells[:k]
-        order: list[tuple[Variant, Scenario]] = []
         for v, sc in plugin_cells:
-            order += [(BARE, bare_twin(sc)), (v, sc)] if rnd % 2 == 0 else [(v, sc), (BARE, bare_twin(sc))]
-        for v, sc in order:
-            p = procs[v.name]
-            if p.proc.poll() is not None:
-                # a dead proxy's cells are left out (not counted as 0 req/s); the report says it exited
-                if v.name not in out.setdefault("exited", {}):
-                    out["exited"][v.name] = {"code": p.proc.returncode, "log": p.log_tail(80)}
-                    log(f"wall: {v.name} exited with {p.proc.returncode}; its cells are skipped")
-                continue
-            r = wall_cell(p, sc, mode, open_job_id(v, rnd, "wall"))
-            out["cells"].setdefault(cell_name(v, sc), []).append(r)
-            log(
-                f"wall r{rnd} {cell_name(v, sc)}: {r['rps']:.1f} req/s, cpu {r['cpu_ms']:.2f} ms/req, "
-                f"p50/p99 at {r['rate']:.0f}/s {r['p50']:.1f}/{r['p99']:.1f} ms, errors {r['errors']}"
-            )
+            # a plugin cell and its bare twin, one right after the other (which first alternates)
+            pair = [(BARE, bare_twin(sc)), (v, sc)] if rnd % 2 == 0 else [(v, sc), (BARE, bare_twin(sc))]
+            measured: dict[str, dict[str, Any]] = {}
+            for pv, psc in pair:
+                p = procs[pv.name]
+                if p.proc.poll() is not None:
+                    # a dead proxy's cells are left out (not counted as 0 req/s); the report says it exited
+                    if pv.name not in out.setdefault("exited", {}):
+                        out["exited"][pv.name] = {"code": p.proc.returncode, "log": p.log_tail(80)}
+                        log(f"wall: {pv.name} exited with {p.proc.returncode}; its cells are skipped")
+                    continue
+                r = wall_cell(p, psc, mode, open_job_id(pv, rnd, "wall"))
+                out["cells"].setdefault(cell_name(pv, psc), []).append(r)
+                measured[pv.name] = r
+                log(
+                    f"wall r{rnd} {cell_name(pv, psc)}: {r['rps']:.1f} req/s, cpu {r['cpu_ms']:.2f} ms/req, "
+                    f"p50/p99 at {r['rate']:.0f}/s {r['p50']:.1f}/{r['p99']:.1f} ms, errors {r['errors']}"
+                )
+            if v.name in measured and BARE.name in measured:
+                measured[v.name]["bare"] = measured[BARE.name]  # what the summary compares it with
 
 
 def wall_summary(res: dict[str, Any]) -> list[dict[str, Any]]:
@@ -359,17 +364,19 @@ def wall_summary(res: dict[str, Any]) -> list[dict[str, Any]]:
     keys = ["rps", "cpu_ms", "db_cpu_ms", "sat_p50", "sat_p99", "p50", "p95", "p99"]
     rows = []
     for name, runs in cells.items():
-        vname, sname, kind = name.split("/")
+        vname = name.split("/")[0]
         row: dict[str, Any] = {"cell": name, "variant": vname, "errors": sum(r["errors"] for r in runs)}
         for k in keys:
             row[k] = statistics.median(r[k] for r in runs)
         if vname != "bare":
-            twin_runs = cells.get(f"bare/{'open_job' if sname == 'open_job' else 'untagged'}/{kind}")
+            twin_runs = [r["bare"] for r in runs if r.get("bare")]
+            runs = [r for r in runs if r.get("bare")]
             if twin_runs:
-                # per round: the plugin cell against the bare run next to it (same round)
-                n = min(len(runs), len(twin_runs))
+                # per round: the plugin cell against the bare run right next to it
+                n = len(runs)
                 row["rps_ratio"] = statistics.median(runs[i]["rps"] / twin_runs[i]["rps"] for i in range(n))
                 row["cpu_ratio"] = statistics.median(runs[i]["cpu_ms"] / twin_runs[i]["cpu_ms"] for i in range(n))
+                row["cpu_added"] = statistics.median(runs[i]["cpu_ms"] - twin_runs[i]["cpu_ms"] for i in range(n))
                 row["p50_added"] = statistics.median(runs[i]["p50"] - twin_runs[i]["p50"] for i in range(n))
                 row["p99_added"] = statistics.median(runs[i]["p99"] - twin_runs[i]["p99"] for i in range(n))
         rows.append(row)
@@ -588,6 +595,24 @@ def machine() -> dict[str, Any]:
     }
 
 
+# -- the plugin alone ---------------------------------------------------------------------------
+
+
+def stage_inproc(mode: Mode, res: dict[str, Any]) -> None:
+    """The plugin's own CPU per call, without LiteLLM (``bench/inproc.py``), in a process of its own."""
+    calls = 400 if mode.cg_requests < 50 else 2000
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.inproc", "--calls", str(calls)],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    ).stdout
+    res["inproc"] = {"calls": calls, "cells": json.loads(out.strip().splitlines()[-1])}
+    log(f"inproc: {res['inproc']['cells']}")
+
+
 def report(res: dict[str, Any]) -> str:
     lines = [f"# Benchmark run {res['stamp']} ({res['mode']})", "", f"Command: `{res['command']}`", ""]
     m = res["machine"]
@@ -599,6 +624,18 @@ def report(res: dict[str, Any]) -> str:
         "",
     ]
     cg: dict[str, Any] = res.get("callgrind") or {}
+    if res.get("inproc"):
+        lines += [
+            f"## The plugin alone: CPU per call without LiteLLM (bench/inproc.py, {res['inproc']['calls']} calls)",
+            "",
+            "| cell / window | user µs/call | system µs/call | wall µs/call | writer batches |",
+            "|---|---|---|---|---|",
+        ]
+        for name, c in res["inproc"]["cells"].items():
+            lines.append(
+                f"| {name} | {c['user_us']:.0f} | {c['sys_us']:.0f} | {c['wall_us']:.0f} | {c['batches']:.0f} |"
+            )
+        lines.append("")
     for window, conc in CG_WINDOWS.items():
         rows = callgrind_summary(res, window)
         if not rows:
@@ -628,14 +665,15 @@ def report(res: dict[str, Any]) -> str:
             f"## Wall clock ({w['rounds']} alternating rounds, medians; saturation: closed loop, "
             f"moderate: open loop at the rate given)",
             "",
-            "| cell | req/s | ×bare | CPU ms/req | ×bare | DB CPU ms/req | P50/P95/P99 ms (moderate) | "
-            "added P50 / P99 ms | P50/P99 ms (saturated) | errors |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| cell | req/s | ×bare | CPU ms/req | ×bare | added CPU ms/req | DB CPU ms/req | "
+            "P50/P95/P99 ms (moderate) | added P50 / P99 ms | P50/P99 ms (saturated) | errors |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in wrows:
             lines.append(
                 f"| {r['cell']} | {r['rps']:.1f} | {r.get('rps_ratio', float('nan')):.3f} | {r['cpu_ms']:.2f} | "
-                f"{r.get('cpu_ratio', float('nan')):.3f} | {r['db_cpu_ms']:.2f} | "
+                f"{r.get('cpu_ratio', float('nan')):.3f} | {r.get('cpu_added', float('nan')):+.2f} | "
+                f"{r['db_cpu_ms']:.2f} | "
                 f"{r['p50']:.1f}/{r['p95']:.1f}/{r['p99']:.1f} | "
                 f"{r.get('p50_added', float('nan')):+.2f} / {r.get('p99_added', float('nan')):+.2f} | "
                 f"{r['sat_p50']:.0f}/{r['sat_p99']:.0f} | {r['errors']} |"
@@ -694,7 +732,7 @@ def report(res: dict[str, Any]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("mode", choices=sorted(MODES))
-    ap.add_argument("--stages", default="callgrind,wall,profile,memory,growth")
+    ap.add_argument("--stages", default="inproc,callgrind,wall,profile,memory,growth")
     ap.add_argument("--variants", help=f"comma-separated, of {', '.join(VARIANTS)} (default: the mode's)")
     ap.add_argument("--only", help="regex on cell names (variant/scenario/plain|stream), e.g. 'plain$'")
     ap.add_argument("--rounds", type=int, help="callgrind rounds (default: the mode's)")
@@ -730,6 +768,9 @@ def main() -> None:
         tmp = Path(tmp_s)
         with FakeUpstream.run(tmp) as upstream:
             try:
+                if "inproc" in stages:
+                    stage_inproc(mode, res)
+                    save()
                 if "callgrind" in stages:
                     stage_callgrind(tmp, upstream, mode, res)
                     save()
