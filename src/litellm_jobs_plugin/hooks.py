@@ -351,23 +351,48 @@ class JobsPlugin(CustomLogger):
             awaited = self._awaited_calls.get(event.call_id)
             if awaited is not None and not awaited.done():
                 awaited.get_loop().call_soon_threadsafe(_resolve, awaited, event)
+        key = event.context.job_key
+        if key is not None and event.context.single_call and status is CallStatus.SUCCESS:
+            await self._record_single_call(event, key)
+            return
         try:
             await self.writer.put(event)
         finally:
             self._durable_done(event.call_id, status)
-        key = event.context.job_key
         if key is None:
             return
         try:
-            credits = await self.credits()
-            await credits.add_cost(key[0], key[1], event.cost_usd)
-            if event.context.single_call and status is CallStatus.SUCCESS:
-                # The call is its own job: its success completes it (a replay is a no-op).
-                await credits.close_job(
-                    key[0], key[1], JobStatus.COMPLETED, single_call=True, via_writer=True, cost_usd=event.cost_usd
-                )
+            await (await self.credits()).add_cost(key[0], key[1], event.cost_usd)
         except JobsError as exc:
             _log.warning("litellm-jobs: could not settle job %s after its call: %s", key[1], exc.message)
+
+    async def _record_single_call(self, event: CallEvent, key: tuple[str, str]) -> None:
+        """The call is its own job: its success completes it (a replay is a no-op).
+
+        Its record goes out with the closure's entries (one journal round trip with Redis); its cost
+        is not added to a job that closes now (the closure carries it, for the cost metric).
+        """
+        recorded = False
+        try:
+            credits = await self.credits()
+            closure = await credits.close_job(
+                key[0],
+                key[1],
+                JobStatus.COMPLETED,
+                single_call=True,
+                via_writer=True,
+                cost_usd=event.cost_usd,
+                records=(event,),
+            )
+            recorded = closure is not None and credits.closes_through_writer
+        except JobsError as exc:
+            _log.warning("litellm-jobs: could not settle job %s after its call: %s", key[1], exc.message)
+        finally:
+            try:
+                if not recorded:
+                    await self.writer.put(event)
+            finally:
+                self._durable_done(event.call_id, CallStatus.SUCCESS)
 
     # -- a 200 means recorded (with Redis): the answer waits until its record is in the journal --
 

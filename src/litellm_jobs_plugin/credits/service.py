@@ -7,12 +7,13 @@ import contextlib
 import dataclasses
 import json
 import logging
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
 from ..errors import InsufficientCredits, JobBudgetExceeded, JobClosed, JobNotFound, StoreUnavailable
 from ..metrics import Metrics
-from ..models import Balance, CallContext, Job, JobCaps, JobStatus, LedgerEntry, LedgerKind, ledger_key
+from ..models import Balance, CallContext, CallEvent, Job, JobCaps, JobStatus, LedgerEntry, LedgerKind, ledger_key
 from ..settings import FailMode, Settings
 from ..store.postgres import PostgresStore
 from ..store.watch import StoreWatch
@@ -154,6 +155,11 @@ class CreditService:
             )
         return admission
 
+    @property
+    def closes_through_writer(self) -> bool:
+        """A closure's ledger entries go through the writer (in-process and Redis credits), not a transaction."""
+        return self.backend.emits_ledger
+
     def may_create(self) -> bool:
         """New jobs (new holds) may open: PostgreSQL answers, or JOBS_FAIL_MODE=open."""
         return self.settings.fail_mode is FailMode.OPEN or self.watch is None or self.watch.available
@@ -221,13 +227,16 @@ class CreditService:
         idle_cutoff_s: float | None = None,
         via_writer: bool = False,
         cost_usd: Decimal | None = None,
+        records: Sequence[CallEvent] = (),
     ) -> Closure | None:
         """Complete (capture the hold), fail or expire (release it). Idempotent per status.
 
         ``via_writer`` (a single-call job closed by its own call's logging event): the decision is
         made now, and its ledger entries and job row are written by the writer, with the call's
         record, instead of in two round trips of their own. ``cost_usd``: the job's cost, if known
-        (a single-call job's is its call's), for the cost metric.
+        (a single-call job's is its call's), for the cost metric. ``records`` (with ``via_writer``):
+        the call's own record, put with the closure's entries when they go through the writer
+        (:attr:`closes_through_writer`); otherwise the caller puts it.
 
         Raises JobClosed when the job is already closed with the other status; returns None for an
         unknown job (or one that was active again, for the reaper).
@@ -255,7 +264,8 @@ class CreditService:
                 ]
                 if via_writer:
                     entries[1] = dataclasses.replace(entries[1], closes=status)
-                    await self.writer.put_many(entries)  # one journal round trip with Redis
+                    items: list[CallEvent | LedgerEntry] = [*records, *entries]
+                    await self.writer.put_many(items)  # one journal round trip with Redis
                     return closure
                 try:
                     await self.store.apply_ledger(entries)
