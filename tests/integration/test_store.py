@@ -228,3 +228,32 @@ async def test_a_job_opened_by_its_hold_keeps_the_metadata_of_its_first_call(sto
     assert job is not None
     assert job.metadata == {"customer": "acme", "n": 1}
     assert job.total_calls == 2
+
+
+async def test_the_writers_connection_survives_its_backend_being_terminated(
+    store: PostgresStore, database_url: str
+) -> None:
+    """The writer's own connection (asyncpg) killed under it: the batch is kept and written on a new
+    connection, never dropped as if it were the batch's fault (a PostgreSQL restart does this)."""
+    from litellm_jobs_plugin.writer import Writer
+
+    writer = Writer(store)
+    writer.start()
+    try:
+        await writer.put(event("before"))
+        await asyncio.wait_for(writer.flush(), timeout=30)
+        killed = query(
+            database_url,
+            "SELECT pg_terminate_backend(pid) AS ok FROM pg_stat_activity "
+            "WHERE application_name = 'litellm-jobs-writer' AND datname = current_database()",
+        )
+        assert [r["ok"] for r in killed] == [True]
+        for n in range(5):
+            await writer.put(event(f"after-{n}"))
+        await asyncio.wait_for(writer.flush(), timeout=30)
+        assert writer.stats.dropped == 0
+        job = await store.get_job("team-a", "job-1")
+        assert job is not None
+        assert job.total_calls == 6
+    finally:
+        await writer.aclose()

@@ -119,10 +119,11 @@ def batch_document(items: Sequence[CallEvent | LedgerEntry]) -> str:
     ).decode()
 
 
-#: SQLSTATE classes of a database that is away or busy, not of a bad batch (psycopg raises them as
-#: OperationalError): connection, transaction rollback (deadlock), resources, limits, object state,
-#: operator intervention (shutdown, cancel), system error.
-_TRANSIENT_SQLSTATE = ("08", "40", "53", "54", "55", "57", "58")
+#: SQLSTATE classes that are the batch's own fault (a bad value, a violated constraint, a statement
+#: the database refuses): the writer isolates the batch's records. Any other failure — the database
+#: away, restarting, busy, a deadlock, a connection left unusable by a cancelled operation — keeps
+#: the batch and retries it on a new connection.
+_BATCH_FAULT_SQLSTATE = ("21", "22", "23", "2F", "42", "P0")
 
 
 def _asyncpg_connect_args(url: str, schema: str) -> dict[str, Any]:
@@ -162,11 +163,14 @@ class BatchConnection:
                     self._conn = await asyncpg.connect(timeout=self._timeout_s, **self._args)
                 return int(await self._conn.fetchval(query("record_batch"), document) or 0)
             except asyncpg.PostgresError as exc:
-                if str(getattr(exc, "sqlstate", "") or "")[:2] not in _TRANSIENT_SQLSTATE:
+                if str(getattr(exc, "sqlstate", "") or "")[:2] in _BATCH_FAULT_SQLSTATE:
                     raise
                 await self._discard()
                 raise StoreUnavailable(f"The jobs store is unavailable ({type(exc).__name__}); retry shortly.") from exc
-            except (OSError, TimeoutError, asyncpg.InterfaceError) as exc:
+            except asyncio.CancelledError:
+                await self._discard()  # an operation cut short leaves the connection unusable
+                raise
+            except Exception as exc:
                 await self._discard()
                 raise StoreUnavailable(f"The jobs store is unavailable ({type(exc).__name__}); retry shortly.") from exc
 
