@@ -162,15 +162,13 @@ class BatchConnection:
                 if self._conn is None or self._conn.is_closed():
                     self._conn = await asyncpg.connect(timeout=self._timeout_s, **self._args)
                 return int(await self._conn.fetchval(query("record_batch"), document) or 0)
-            except asyncpg.PostgresError as exc:
-                if str(getattr(exc, "sqlstate", "") or "")[:2] in _BATCH_FAULT_SQLSTATE:
-                    raise
-                await self._discard()
-                raise StoreUnavailable(f"The jobs store is unavailable ({type(exc).__name__}); retry shortly.") from exc
             except asyncio.CancelledError:
                 await self._discard()  # an operation cut short leaves the connection unusable
                 raise
             except Exception as exc:
+                sqlstate = str(getattr(exc, "sqlstate", "") or "") if isinstance(exc, asyncpg.PostgresError) else ""
+                if sqlstate[:2] in _BATCH_FAULT_SQLSTATE:
+                    raise
                 await self._discard()
                 raise StoreUnavailable(f"The jobs store is unavailable ({type(exc).__name__}); retry shortly.") from exc
 
