@@ -355,11 +355,15 @@ class JobsPlugin(CustomLogger):
         if key is not None and event.context.single_call and status is CallStatus.SUCCESS:
             await self._record_single_call(event, key)
             return
+        settled = False
         try:
-            await self.writer.put(event)
+            if key is None:
+                await self.writer.put(event)
+            else:  # with Redis credits, the record and the job's cost go in one script
+                settled = await self.writer.put_call(event, key[0], key[1])
         finally:
             self._durable_done(event.call_id, status)
-        if key is None:
+        if key is None or settled:
             return
         try:
             await (await self.credits()).add_cost(key[0], key[1], event.cost_usd)

@@ -4,7 +4,9 @@ PostgreSQL has committed them.
 With Redis configured, a logging event is appended (``XADD``) before anything else happens to it, and
 a job's hold is appended by the very Lua script that takes it (``open_job.lua``). Every replica's
 writer reads the stream through one consumer group (``XREADGROUP``), writes a batch in one
-PostgreSQL transaction, and only then acknowledges and deletes its entries (``XACK`` + ``XDEL``). A
+PostgreSQL transaction, and only then acknowledges and deletes its entries (``XACK`` + ``XDEL``, sent
+in the same round trip as its next ``XREADGROUP``). A call of an open job is appended by the script
+that adds its cost to the job (``add_cost.lua``), so the record and the cost go together. A
 replica that dies leaves its unacknowledged entries pending; any live replica claims them once they
 have been idle for ``JOBS_JOURNAL_CLAIM_IDLE_S`` (``XAUTOCLAIM``) and writes them. The store is
 idempotent (event ids, ledger idempotency keys), so an entry written twice counts once.
@@ -12,22 +14,24 @@ idempotent (event ids, ledger idempotency keys), so an entry written twice count
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 
 from .errors import StoreUnavailable
 from .models import CallContext, CallEvent, CallStatus, JobStatus, LedgerEntry, LedgerKind, from_micro, ledger_key
 
 Item = CallEvent | LedgerEntry
+#: (stream, encoded call record, team_id, job_id, cost): appends the record and adds the cost in one script.
+AppendWithCost = Callable[[str, str, str, str, Decimal], Awaitable[object]]
 
 GROUP = "writers"
 
@@ -76,7 +80,7 @@ def encode(item: Item) -> str:
             "note": item.note,
             "closes": None if item.closes is None else item.closes.value,
         }
-    return json.dumps(doc, separators=(",", ":"))
+    return orjson.dumps(doc).decode()
 
 
 def decode(fields: dict[str, str]) -> Item:
@@ -92,7 +96,7 @@ def decode(fields: dict[str, str]) -> Item:
             job_type=fields["y"],
             single_call=fields["s"] == "1",
         )
-    doc = json.loads(fields["v"])
+    doc = orjson.loads(fields["v"])
     if doc.pop("t") == "ledger":
         return LedgerEntry(
             team_id=doc["team_id"],
@@ -134,15 +138,24 @@ class RedisJournal:
         await journal.append(event)                 # durable from here on
         for entry_id, item in await journal.read(500, block_ms=1000):
             ...                                     # write to PostgreSQL, commit
-        await journal.ack([entry_id, ...])          # then forget
+        await journal.ack([entry_id, ...])          # then forget (or: read(..., ack=[...]))
     """
 
-    def __init__(self, client: aioredis.Redis, stream: str, *, consumer: str, claim_idle_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        stream: str,
+        *,
+        consumer: str,
+        claim_idle_s: float = 30.0,
+        append_with_cost: AppendWithCost | None = None,
+    ) -> None:
         self.client = client
         self.stream = stream
         self.consumer = consumer
         self.claim_idle_ms = max(1, int(claim_idle_s * 1000))
         self._claim_cursor = "0-0"
+        self._append_with_cost = append_with_cost
 
     @property
     def claim_scan_done(self) -> bool:
@@ -165,6 +178,19 @@ class RedisJournal:
         except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
             raise StoreUnavailable(f"Redis is unavailable ({type(exc).__name__}).") from exc
 
+    @property
+    def adds_costs(self) -> bool:
+        """:meth:`append_call` adds a call's cost to its job in the same script (Redis credits)."""
+        return self._append_with_cost is not None
+
+    async def append_call(self, event: CallEvent, team_id: str, job_id: str) -> None:
+        """Append a call of an open job and add its cost to the job, atomically (one round trip)."""
+        assert self._append_with_cost is not None, "append_call needs Redis credits (adds_costs)"
+        try:
+            await self._append_with_cost(self.stream, encode(event), team_id, job_id, event.cost_usd)
+        except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
+            raise StoreUnavailable(f"Redis is unavailable ({type(exc).__name__}).") from exc
+
     async def append_many(self, items: Sequence[Item]) -> None:
         """Append several records in one round trip (a pipeline, in order; not atomic)."""
         if len(items) == 1:
@@ -178,10 +204,25 @@ class RedisJournal:
         except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
             raise StoreUnavailable(f"Redis is unavailable ({type(exc).__name__}).") from exc
 
-    async def read(self, count: int, *, block_ms: int | None) -> list[tuple[str, dict[str, str]]]:
-        """Entries never delivered to any replica, up to ``count``, waiting up to ``block_ms`` (None: not at all)."""
+    async def read(
+        self, count: int, *, block_ms: int | None, ack: Sequence[str] = ()
+    ) -> list[tuple[str, dict[str, str]]]:
+        """Entries never delivered to any replica, up to ``count``, waiting up to ``block_ms`` (None: not at all).
+
+        ``ack``: entries to :meth:`ack` first, in the same round trip (Redis runs them before the
+        read blocks). If this raises, they may or may not be acknowledged: ack them again.
+        """
         try:
-            answer = await self.client.xreadgroup(GROUP, self.consumer, {self.stream: ">"}, count=count, block=block_ms)
+            if ack:
+                async with self.client.pipeline(transaction=False) as pipe:
+                    pipe.xack(self.stream, GROUP, *ack)
+                    pipe.xdel(self.stream, *ack)
+                    pipe.xreadgroup(GROUP, self.consumer, {self.stream: ">"}, count=count, block=block_ms)
+                    answer = (await pipe.execute())[-1]
+            else:
+                answer = await self.client.xreadgroup(
+                    GROUP, self.consumer, {self.stream: ">"}, count=count, block=block_ms
+                )
         except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
             raise StoreUnavailable(f"Redis is unavailable ({type(exc).__name__}).") from exc
         except aioredis.ResponseError as exc:

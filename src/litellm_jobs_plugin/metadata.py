@@ -6,10 +6,11 @@ metadata object and request headers.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from typing import Any
+
+import orjson
 
 from .errors import InvalidJobMetadata
 from .models import JobTag
@@ -92,10 +93,12 @@ def check_job_metadata(value: object, *, param: str = "metadata.job_metadata") -
     if json_depth(value, limit=MAX_JOB_METADATA_DEPTH) > MAX_JOB_METADATA_DEPTH:
         raise InvalidJobMetadata(f"{param} nests deeper than {MAX_JOB_METADATA_DEPTH} levels.", param=param)
     try:
-        size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
-    except (TypeError, ValueError) as exc:
-        raise InvalidJobMetadata(f"{param} must be plain JSON.", param=param) from exc
-    if "\\u0000" in json.dumps(value):
+        # orjson, as the writer encodes it: integers beyond 64 bits are refused here, not at write time
+        raw = orjson.dumps(value)
+    except TypeError as exc:
+        raise InvalidJobMetadata(f"{param} must be plain JSON ({exc}).", param=param) from exc
+    size = len(raw)
+    if b"\\u0000" in raw:
         raise InvalidJobMetadata(f"{param} must not contain NUL characters (\\u0000).", param=param)
     if size > MAX_JOB_METADATA_BYTES:
         raise InvalidJobMetadata(

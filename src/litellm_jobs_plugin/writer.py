@@ -139,6 +139,20 @@ class Writer:
         """Record one event: in the journal (durable), else in the buffer (waiting while it is full)."""
         await self.put_many((event,))
 
+    async def put_call(self, event: CallEvent, team_id: str, job_id: str) -> bool:
+        """Record a call of an open job. True: its cost was added to the job by the same journal
+        script (Redis credits, one round trip); False: the caller adds it."""
+        journal = self.journal
+        if journal is not None and journal.adds_costs and self.journal_up:
+            try:
+                await journal.append_call(event, team_id, job_id)
+                self.stats.journaled += 1
+                return True
+            except Exception as exc:
+                self._journal_failed(exc)
+        await self.put(event)
+        return False
+
     async def put_many(self, items: Sequence[Item]) -> None:
         """Record several events, in order: in the journal in one round trip, else in the buffer.
 
@@ -253,6 +267,8 @@ class Writer:
         claim_every = max(0.5, journal.claim_idle_ms / 2000)
         next_claim = 0.0
         set_up = False
+        #: Entries written to PostgreSQL, acknowledged in the same round trip as the next read.
+        written: list[str] = []
         while not self._closing:
             try:
                 if not set_up:
@@ -261,11 +277,15 @@ class Writer:
                     await journal.forget_idle_consumers()
                 entries: list[tuple[str, dict[str, str]]] = []
                 if time.monotonic() >= next_claim:
+                    if written:
+                        await journal.ack(written)
+                        written = []
                     entries = await journal.claim(self.batch_size)
                     if journal.claim_scan_done:
                         next_claim = time.monotonic() + claim_every
                 if not entries:
-                    entries = await journal.read(self.batch_size, block_ms=500)
+                    entries = await journal.read(self.batch_size, block_ms=500, ack=written)
+                    written = []
                     if entries and len(entries) < self.batch_size and self.linger_s:
                         await asyncio.sleep(self.linger_s)
                         entries += await journal.read(self.batch_size - len(entries), block_ms=None)
@@ -289,8 +309,9 @@ class Writer:
                     _log.error("litellm-jobs: journal entry %s cannot be read: %r", entry_id, fields)
             if not await self._write(batch, journaled=True):
                 continue  # shutting down mid-outage: the entries stay in the journal
-            await self._ack(ids)
+            written = ids
             self._report()
+        await self._ack(written)
 
     async def _watch_journal(self) -> None:
         """Tell the journal observer (the Prometheus gauges) the backlog, every second, outages included."""
@@ -307,6 +328,8 @@ class Writer:
 
     async def _ack(self, ids: list[str]) -> None:
         assert self.journal is not None
+        if not ids:
+            return
         delay = 0.05
         for _ in range(20):
             try:

@@ -145,3 +145,44 @@ async def test_records_put_together_are_journaled_in_order_and_written_once(
     assert (job["credits_held"], job["credits_charged"]) == (0, 1)
     assert recorded(database_url) == 1
     await writer.aclose()
+
+
+async def test_a_call_of_an_open_job_is_journaled_with_its_cost_in_one_script(
+    store: PostgresStore, database_url: str, redis_server_url: str | None, redis_prefix: str
+) -> None:
+    """With Redis credits the record and the job's cost update are one script (add_cost.lua):
+    both happen, or neither; without them the caller adds the cost itself."""
+    from decimal import Decimal
+
+    from litellm_jobs_plugin.credits import CreditService, RedisCredits
+    from litellm_jobs_plugin.models import CallContext
+    from litellm_jobs_plugin.settings import Settings
+
+    if redis_server_url is None:
+        pytest.skip("no Redis server")
+    backend = RedisCredits(redis_server_url, store, prefix=redis_prefix)
+    writer = Writer(store, journal=backend.journal())
+    await writer.journal.setup()  # type: ignore[union-attr]
+    writer.start()
+    await backend.load_accounts()
+    credits = CreditService(Settings(), store, writer, backend)
+    await credits.grant("team-a", Decimal(5), kind="grant", idempotency_key="g-cost")
+    ctx = CallContext("team-a", "costly", "doc", False, "m", "h", "u", job_type_given=True)
+    await credits.admit_call(ctx)
+    calls = [event(f"costly-{i}", ctx=ctx, cost="0.25") for i in range(3)]
+    for call in calls:
+        assert await writer.put_call(call, "team-a", "costly") is True
+    job_hash = backend.keys.job("team-a", "costly")
+    assert Decimal((await backend.client.hget(job_hash, "cost")).decode()) == Decimal("0.75")
+    await asyncio.wait_for(writer.flush(), timeout=30)
+    (job,) = query(database_url, "SELECT total_calls, total_cost_usd FROM jobs WHERE job_id = 'costly'")
+    assert (job["total_calls"], job["total_cost_usd"]) == (3, Decimal("0.75"))
+    assert await backend.client.xlen(backend.keys.journal) == 0  # acknowledged and deleted
+    # A journal without Redis credits (a plain stream) records the call and leaves the cost to the caller.
+    plain = Writer(store, journal=journal(backend.client, redis_prefix + "-plain", "w"))
+    await plain.journal.setup()  # type: ignore[union-attr]
+    assert await plain.put_call(event("plain-1", ctx=ctx), "team-a", "costly") is False
+    assert await backend.client.xlen(f"{redis_prefix}-plain:journal") == 1
+    assert Decimal((await backend.client.hget(job_hash, "cost")).decode()) == Decimal("0.75")
+    await writer.aclose()
+    await credits.aclose()

@@ -79,3 +79,11 @@ def test_metadata_must_be_an_object_and_is_optional() -> None:
 def test_nul_characters_are_refused_before_they_reach_postgresql() -> None:
     with pytest.raises(InvalidJobMetadata, match="NUL"):
         parse_job_tag({"job_id": "j", "job_metadata": {"note": "a\x00b"}}, {})
+
+
+def test_integers_beyond_64_bits_are_refused_before_they_reach_the_writer() -> None:
+    # The writer encodes records with orjson (64-bit integers): such a call's record would be
+    # refused at write time and dropped. Refused up front instead, with the request's 400.
+    assert parse_job_tag({"job_id": "j", "job_metadata": {"n": 2**63 - 1}}, {}).job_metadata == {"n": 2**63 - 1}
+    with pytest.raises(InvalidJobMetadata, match="64-bit"):
+        parse_job_tag({"job_id": "j", "job_metadata": {"n": 2**64}}, {})

@@ -103,7 +103,20 @@ class RedisCredits:
 
     def journal(self, *, claim_idle_s: float = 30.0) -> RedisJournal:
         """The writer's journal on this Redis (the stream open_job.lua appends holds to)."""
-        return RedisJournal(self.client, self.keys.journal, consumer=consumer_name(), claim_idle_s=claim_idle_s)
+        return RedisJournal(
+            self.client,
+            self.keys.journal,
+            consumer=consumer_name(),
+            claim_idle_s=claim_idle_s,
+            append_with_cost=self._append_with_cost,
+        )
+
+    async def _append_with_cost(self, stream: str, record: str, team_id: str, job_id: str, cost_usd: Decimal) -> None:
+        """add_cost.lua with the journal: append a call's record and add its cost in one script."""
+        await self._add_cost(
+            keys=[self.keys.job(team_id, job_id), self.keys.open_jobs, stream],
+            args=[str(cost_usd), int(time.time() * 1000), self.keys.member(team_id, job_id), record],
+        )
 
     async def _call(self, script: Any, keys: list[str], args: list[Any]) -> list[str]:
         try:
