@@ -83,8 +83,32 @@ def encode(item: Item) -> str:
     return orjson.dumps(doc).decode()
 
 
+def decode_entry(fields: dict[str, str]) -> tuple[Item, ...]:
+    """An entry's items: one, or a closure's two ledger entries (the compact record of close_job.lua).
+
+    Raises ValueError (or KeyError, TypeError) for an entry it cannot read.
+    """
+    if fields.get("k") != "close":
+        return (decode(fields),)
+    team_id, job_id, incarnation = fields["t"], fields["j"], fields["i"]
+    status = JobStatus(fields["c"])
+    kind = LedgerKind.CAPTURE if status is JobStatus.COMPLETED else LedgerKind.RELEASE
+    hold = decode({**fields, "k": "hold"})
+    assert isinstance(hold, LedgerEntry)
+    closing = LedgerEntry(
+        team_id=team_id,
+        kind=kind,
+        amount=hold.amount,
+        job_id=job_id,
+        job_type=hold.job_type,
+        idempotency_key=ledger_key(kind, team_id, job_id, incarnation),
+        closes=status,
+    )
+    return hold, closing
+
+
 def decode(fields: dict[str, str]) -> Item:
-    """An entry's item; raises ValueError (or KeyError, TypeError) for an entry it cannot read."""
+    """An entry's item (not a closure's: :func:`decode_entry`); raises ValueError (or KeyError, TypeError)."""
     if fields.get("k") == "hold":  # written by open_job.lua, in the same script as the hold
         team_id, job_id = fields["t"], fields["j"]
         return LedgerEntry(

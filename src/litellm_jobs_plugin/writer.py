@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .errors import StoreUnavailable
-from .journal import RedisJournal, decode
+from .journal import RedisJournal, decode_entry
 from .models import CallEvent, LedgerEntry
 
 _log = logging.getLogger(__name__)
@@ -298,10 +298,11 @@ class Writer:
             delay = 0.05
             if not entries:
                 continue
-            ids, batch = [], []
+            ids: list[str] = []
+            batch: list[Item] = []
             for entry_id, fields in entries:
                 try:
-                    batch.append(decode(fields))
+                    batch.extend(decode_entry(fields))
                     ids.append(entry_id)
                 except (ValueError, KeyError, TypeError):
                     # Left pending (never acknowledged): visible in XPENDING, and never silently lost.

@@ -186,3 +186,42 @@ async def test_a_call_of_an_open_job_is_journaled_with_its_cost_in_one_script(
     assert Decimal((await backend.client.hget(job_hash, "cost")).decode()) == Decimal("0.75")
     await writer.aclose()
     await credits.aclose()
+
+
+async def test_a_single_call_jobs_closure_and_its_record_are_journaled_by_the_closing_script(
+    store: PostgresStore, database_url: str, redis_server_url: str | None, redis_prefix: str
+) -> None:
+    """close_job.lua appends the call's record and the closure's entries itself (one round trip):
+    the writer's own append is not used, and PostgreSQL ends with the call, the capture and the closed row."""
+    from decimal import Decimal
+
+    from litellm_jobs_plugin.credits import CreditService, RedisCredits
+    from litellm_jobs_plugin.models import CallContext, JobStatus
+    from litellm_jobs_plugin.settings import Settings
+
+    if redis_server_url is None:
+        pytest.skip("no Redis server")
+    backend = RedisCredits(redis_server_url, store, prefix=redis_prefix)
+    writer = Writer(store, journal=backend.journal())
+    await writer.journal.setup()  # type: ignore[union-attr]
+    await backend.load_accounts()
+    credits = CreditService(Settings(), store, writer, backend)
+    await credits.grant("team-a", Decimal(5), kind="grant", idempotency_key="g-single")
+    ctx = CallContext("team-a", "single-1", "doc", True, "m", "h", "u")
+    await credits.admit_call(ctx)
+    call = event("single-1", ctx=ctx)
+    closure = await credits.close_job(
+        "team-a", "single-1", JobStatus.COMPLETED, single_call=True, via_writer=True, records=(call,)
+    )
+    assert closure is not None and not closure.repeated
+    rows = await backend.client.xrange(backend.keys.journal)
+    assert [f.get(b"k", b"v").decode() for _, f in rows] == ["hold", "v", "close"]  # admission, record, closure
+    assert writer.stats.journaled == 0  # nothing went through the writer's own append
+    writer.start()
+    await asyncio.wait_for(writer.flush(), timeout=30)
+    (job,) = query(database_url, "SELECT status, credits_held, credits_charged FROM jobs WHERE job_id = 'single-1'")
+    assert (job["status"], job["credits_held"], job["credits_charged"]) == ("completed", 0, 1)
+    assert recorded(database_url) == 1
+    assert (await credits.balance("team-a")).credits_remaining == Decimal(4)
+    await writer.aclose()
+    await credits.aclose()

@@ -5,8 +5,10 @@ from decimal import Decimal
 from hypothesis import given
 from hypothesis import strategies as st
 
-from litellm_jobs_plugin.journal import decode, encode
-from litellm_jobs_plugin.models import CallStatus, LedgerEntry, LedgerKind, ledger_key
+from litellm_jobs_plugin.credits.base import Closure
+from litellm_jobs_plugin.credits.service import closure_entries
+from litellm_jobs_plugin.journal import decode, decode_entry, encode
+from litellm_jobs_plugin.models import CallStatus, JobStatus, LedgerEntry, LedgerKind, ledger_key
 from tests.support.events import context, event
 
 ids = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40)
@@ -17,7 +19,8 @@ ids = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=
     job_id=st.none() | ids,
     cost=st.decimals(min_value=0, max_value=10**6, places=18, allow_nan=False),
     status=st.sampled_from(CallStatus),
-    metadata=st.none() | st.dictionaries(ids, st.integers() | ids | st.none(), max_size=3),
+    # job_metadata integers fit in 64 bits (metadata.check_job_metadata refuses the others)
+    metadata=st.none() | st.dictionaries(ids, st.integers(-(2**63), 2**63 - 1) | ids | st.none(), max_size=3),
 )
 def test_a_call_event_survives_the_journal_digit_for_digit(
     call_id: str, job_id: str | None, cost: Decimal, status: CallStatus, metadata: dict[str, object] | None
@@ -51,3 +54,14 @@ def test_the_hold_record_of_open_job_lua_is_the_hold_entry_the_service_would_wri
         job_type="doc",
         single_call=True,
     )
+
+
+@given(status=st.sampled_from([JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.EXPIRED]), single=st.booleans())
+def test_the_close_record_of_close_job_lua_is_the_entries_the_service_would_write(
+    status: JobStatus, single: bool
+) -> None:
+    fields = {"k": "close", "t": "team:a", "j": "job-1", "y": "doc", "m": "2500000", "i": "17331", "c": status.value}
+    fields["s"] = "1" if single else "0"
+    closure = Closure(status, False, "doc", Decimal("2.5"), 1, None, "17331")
+    assert list(decode_entry(fields)) == closure_entries("team:a", "job-1", status, closure, single, closes_row=True)
+    assert decode_entry({"v": encode(event("one"))}) == (event("one"),)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
@@ -60,6 +61,9 @@ class CreditBackend(Protocol):
     #: True when a new job's hold entry is made durable by the backend itself (Redis appends it to
     #: the journal in the script that takes the hold); the caller then writes only closures.
     journals_holds: bool
+    #: True when :meth:`close_job` can append a closure's records and ledger entries to the journal
+    #: in the script that decides it (Redis, ``journal_records``).
+    journals_closures: bool
 
     async def open_job(self, request: OpenJob) -> Admission: ...
 
@@ -71,8 +75,13 @@ class CreditBackend(Protocol):
         *,
         idle_cutoff_s: float | None = None,
         single_call: bool = False,
+        journal_records: Sequence[str] | None = None,
     ) -> Closure | None:
-        """None: unknown job, or (with ``idle_cutoff_s``) a job that was active since."""
+        """None: unknown job, or (with ``idle_cutoff_s``) a job that was active since.
+
+        ``journal_records`` (only where :attr:`journals_closures`): encoded records to append to the
+        journal with the closure's ledger entries, in the same script, when a closure is returned.
+        """
         ...
 
     async def grant(

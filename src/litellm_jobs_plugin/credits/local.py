@@ -17,7 +17,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -104,6 +104,7 @@ class LocalCredits:
 
     emits_ledger = True
     journals_holds = False
+    journals_closures = False
 
     def __init__(
         self,
@@ -347,7 +348,9 @@ class LocalCredits:
         *,
         idle_cutoff_s: float | None = None,
         single_call: bool = False,
+        journal_records: Sequence[str] | None = None,
     ) -> Closure | None:
+        assert journal_records is None, "this backend does not journal closures"
         delegate = await self._ready()
         if delegate is not None:
             return await delegate.close_job(team_id, job_id, status, idle_cutoff_s=idle_cutoff_s)
@@ -466,7 +469,9 @@ class SharedPostgresCredits(PostgresCredits):
         *,
         idle_cutoff_s: float | None = None,
         single_call: bool = False,
+        journal_records: Sequence[str] | None = None,
     ) -> Closure | None:
+        assert journal_records is None, "this backend does not journal closures"
         await self._wait()
         return await super().close_job(team_id, job_id, status, idle_cutoff_s=idle_cutoff_s)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -35,6 +36,7 @@ def check_existing(job: dict[str, Any], request: OpenJob) -> None:
 class PostgresCredits:
     emits_ledger = False
     journals_holds = False
+    journals_closures = False
 
     def __init__(self, store: PostgresStore) -> None:
         self.store = store
@@ -113,7 +115,9 @@ class PostgresCredits:
         *,
         idle_cutoff_s: float | None = None,
         single_call: bool = False,
+        journal_records: Sequence[str] | None = None,
     ) -> Closure | None:
+        assert journal_records is None, "this backend does not journal closures"
         s = self.store
         key = {"team_id": team_id, "job_id": job_id}
         async with s.transaction() as conn:

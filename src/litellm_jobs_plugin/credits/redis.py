@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Sequence
 from decimal import Decimal
 from importlib import resources
 from typing import Any
@@ -71,6 +72,7 @@ class RedisKeys:
 class RedisCredits:
     emits_ledger = True
     journals_holds = True
+    journals_closures = True
 
     def __init__(
         self,
@@ -201,14 +203,17 @@ class RedisCredits:
         *,
         idle_cutoff_s: float | None = None,
         single_call: bool = False,
+        journal_records: Sequence[str] | None = None,
     ) -> Closure | None:
         now_ms = int(time.time() * 1000)
         cutoff = "" if idle_cutoff_s is None else str(now_ms - int(idle_cutoff_s * 1000))
-        result = await self._call(
-            self._close,
-            [self.keys.account(team_id), self.keys.job(team_id, job_id), self.keys.open_jobs],
-            [status.value, now_ms, cutoff, self.keys.member(team_id, job_id), self._closed_ttl(single_call)],
-        )
+        keys = [self.keys.account(team_id), self.keys.job(team_id, job_id), self.keys.open_jobs]
+        member, ttl = self.keys.member(team_id, job_id), self._closed_ttl(single_call)
+        args: list[Any] = [status.value, now_ms, cutoff, member, ttl]
+        if journal_records is not None:  # the closure's entries (and these records) go to the journal here
+            keys.append(self.keys.journal)
+            args += [team_id, job_id, "1" if single_call else "0", *journal_records]
+        result = await self._call(self._close, keys, args)
         outcome = result[0]
         if outcome in ("unknown", "active"):
             return None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import logging
 from collections.abc import Sequence
@@ -12,6 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 from ..errors import InsufficientCredits, JobBudgetExceeded, JobClosed, JobNotFound, StoreUnavailable
+from ..journal import encode
 from ..metrics import Metrics
 from ..models import Balance, CallContext, CallEvent, Job, JobCaps, JobStatus, LedgerEntry, LedgerKind, ledger_key
 from ..settings import FailMode, Settings
@@ -101,19 +101,6 @@ class CreditService:
         if job is not None:
             self.metrics.job_cost_known(job_type, job.total_cost_usd)
 
-    def _hold_entry(
-        self, team_id: str, job_id: str, job_type: str, amount: Decimal, single_call: bool, incarnation: str
-    ) -> LedgerEntry:
-        return LedgerEntry(
-            team_id=team_id,
-            kind=LedgerKind.HOLD,
-            amount=amount,
-            idempotency_key=ledger_key(LedgerKind.HOLD, team_id, job_id, incarnation),
-            job_id=job_id,
-            job_type=job_type,
-            single_call=single_call,
-        )
-
     async def admit_call(self, context: CallContext) -> Admission:
         """Admit a tracked call before it is routed: open its job (holding the price) or join it."""
         assert context.team_id is not None
@@ -144,7 +131,7 @@ class CreditService:
             # before then loses the in-memory hold with the call, and a hand-over to PostgreSQL
             # writes the holds still waiting (LocalCredits.demote).
             await self.writer.put(
-                self._hold_entry(
+                hold_entry(
                     context.team_id,
                     context.job_id,
                     admission.job_type,
@@ -207,7 +194,7 @@ class CreditService:
                 },
             )
             await self.store.apply_ledger(
-                [self._hold_entry(team_id, job_id, job_type, admission.hold, False, admission.incarnation)]
+                [hold_entry(team_id, job_id, job_type, admission.hold, False, admission.incarnation)]
             )
         job = await self.store.get_job(team_id, job_id)
         if job is None:  # pragma: no cover - the row was just written
@@ -241,29 +228,26 @@ class CreditService:
         Raises JobClosed when the job is already closed with the other status; returns None for an
         unknown job (or one that was active again, for the reaper).
         """
+        # With Redis the script that decides the closure also journals it (and the call's record).
+        journaled = via_writer and self.backend.journals_closures and self.writer.journal_up
         async with self.backend.closing():
             closure = await self.backend.close_job(
-                team_id, job_id, status, idle_cutoff_s=idle_cutoff_s, single_call=single_call
+                team_id,
+                job_id,
+                status,
+                idle_cutoff_s=idle_cutoff_s,
+                single_call=single_call,
+                journal_records=[encode(r) for r in records] if journaled else None,
             )
             if closure is None:
                 return None
             self._closed(team_id, job_id, status, closure, cost_usd)
+            if journaled:
+                return closure
             if self.backend.emits_ledger:
                 # Make the closure durable now (a repeated close re-runs it harmlessly).
-                kind = LedgerKind.CAPTURE if status is JobStatus.COMPLETED else LedgerKind.RELEASE
-                entries = [
-                    self._hold_entry(team_id, job_id, closure.job_type, closure.hold, single_call, closure.incarnation),
-                    LedgerEntry(
-                        team_id=team_id,
-                        kind=kind,
-                        amount=closure.hold,
-                        job_id=job_id,
-                        job_type=closure.job_type,
-                        idempotency_key=ledger_key(kind, team_id, job_id, closure.incarnation),
-                    ),
-                ]
+                entries = closure_entries(team_id, job_id, status, closure, single_call, closes_row=via_writer)
                 if via_writer:
-                    entries[1] = dataclasses.replace(entries[1], closes=status)
                     items: list[CallEvent | LedgerEntry] = [*records, *entries]
                     await self.writer.put_many(items)  # one journal round trip with Redis
                     return closure
@@ -350,3 +334,41 @@ class CreditService:
                 await self._reaper
             self._reaper = None
         await self.backend.aclose()
+
+
+def closure_entries(
+    team_id: str, job_id: str, status: JobStatus, closure: Closure, single_call: bool, *, closes_row: bool
+) -> list[LedgerEntry]:
+    """The ledger entries of a closure: its hold again (idempotent), then the capture or release.
+
+    ``closes_row``: the capture/release also closes the job row (written by the writer, off the
+    request path). The compact ``close`` record of close_job.lua decodes to exactly these
+    (:func:`~litellm_jobs_plugin.journal.decode_entry`).
+    """
+    kind = LedgerKind.CAPTURE if status is JobStatus.COMPLETED else LedgerKind.RELEASE
+    return [
+        hold_entry(team_id, job_id, closure.job_type, closure.hold, single_call, closure.incarnation),
+        LedgerEntry(
+            team_id=team_id,
+            kind=kind,
+            amount=closure.hold,
+            job_id=job_id,
+            job_type=closure.job_type,
+            idempotency_key=ledger_key(kind, team_id, job_id, closure.incarnation),
+            closes=status if closes_row else None,
+        ),
+    ]
+
+
+def hold_entry(
+    team_id: str, job_id: str, job_type: str, amount: Decimal, single_call: bool, incarnation: str
+) -> LedgerEntry:
+    return LedgerEntry(
+        team_id=team_id,
+        kind=LedgerKind.HOLD,
+        amount=amount,
+        idempotency_key=ledger_key(LedgerKind.HOLD, team_id, job_id, incarnation),
+        job_id=job_id,
+        job_type=job_type,
+        single_call=single_call,
+    )
