@@ -405,7 +405,9 @@ class JobsPlugin(CustomLogger):
 
     def _expect_durable(self, call_id: str) -> None:
         if len(self._durable) >= self._MAX_DURABLE:
-            self._durable.pop(next(iter(self._durable))).cancel()
+            oldest = self._durable.pop(next(iter(self._durable)))
+            if not oldest.done():
+                oldest.set_result(None)  # its answer stops waiting (never a CancelledError in the hook)
         self._durable[call_id] = asyncio.get_running_loop().create_future()
 
     def _durable_done(self, call_id: Any, status: CallStatus) -> None:
@@ -425,7 +427,9 @@ class JobsPlugin(CustomLogger):
         if not isinstance(call_id, str) or (future := self._durable.get(call_id)) is None:
             return None
         try:
-            await asyncio.wait_for(asyncio.shield(future), timeout=self.settings.durable_ack_timeout_s)
+            # the future is this call's alone: cancelled on timeout, a late record then finds it done
+            async with asyncio.timeout(self.settings.durable_ack_timeout_s):
+                await future
         except TimeoutError:
             _log.warning("litellm-jobs: call %s answered before its record was journaled", call_id)
         finally:
