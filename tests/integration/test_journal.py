@@ -213,7 +213,8 @@ async def test_a_single_call_jobs_closure_and_its_record_are_journaled_by_the_cl
     closure = await credits.close_job(
         "team-a", "single-1", JobStatus.COMPLETED, single_call=True, via_writer=True, records=(call,)
     )
-    assert closure is not None and not closure.repeated
+    assert closure is not None
+    assert not closure.repeated
     rows = await backend.client.xrange(backend.keys.journal)
     assert [f.get(b"k", b"v").decode() for _, f in rows] == ["hold", "v", "close"]  # admission, record, closure
     assert writer.stats.journaled == 0  # nothing went through the writer's own append
