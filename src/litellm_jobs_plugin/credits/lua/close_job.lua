@@ -33,6 +33,8 @@ end
 if ARGV[3] ~= '' and tonumber(redis.call('HGET', job, 'last') or '0') > tonumber(ARGV[3]) then
   return {'active', state, hold, calls, jtype}
 end
+-- journaled before anything changes: a failed append (a Redis out of memory) leaves the job open
+journal(hold, jtype, inc)
 redis.call('HINCRBY', acct, 'held', -tonumber(hold))
 if ARGV[1] ~= 'completed' then
   redis.call('HINCRBY', acct, 'avail', tonumber(hold))
@@ -40,5 +42,4 @@ end
 redis.call('HSET', job, 'state', ARGV[1], 'closed_at', ARGV[2])
 redis.call('ZREM', open, ARGV[4])
 redis.call('EXPIRE', job, tonumber(ARGV[5]))
-journal(hold, jtype, inc)
 return {'closed', ARGV[1], hold, calls, jtype, redis.call('HGET', acct, 'avail') or '0', inc}
