@@ -188,10 +188,10 @@ def main() -> None:
         import os
 
         os.replace(args.port_file + ".tmp", args.port_file)
-    # Keep idle connections as long as real providers do (uvicorn's default is 5 s): LiteLLM's client keeps
-    # them 15 s, and reusing one the server has just closed fails the call ("Server disconnected"), then
-    # retries it — extra work and noise that no real upstream causes (bench/RESULTS.md run 3).
-    config = uvicorn.Config(app, log_level="warning", access_log=False, backlog=2048, timeout_keep_alive=120)
+    # Keep idle connections longer than LiteLLM's client does (its aiohttp pool: AIOHTTP_KEEPALIVE_TIMEOUT,
+    # 120 s; uvicorn's default is 5 s): reusing one the server has just closed fails the attempt ("Server
+    # disconnected"), which LiteLLM retries — extra work and noise no real upstream causes (bench/RESULTS.md run 3).
+    config = uvicorn.Config(app, log_level="warning", access_log=False, backlog=2048, timeout_keep_alive=300)
     uvicorn.Server(config).run(sockets=[sock])
 
 
