@@ -27,7 +27,17 @@ import orjson
 import redis.asyncio as aioredis
 
 from .errors import StoreUnavailable
-from .models import CallContext, CallEvent, CallStatus, JobStatus, LedgerEntry, LedgerKind, from_micro, ledger_key
+from .models import (
+    CallContext,
+    CallEvent,
+    CallStatus,
+    JobStatus,
+    LedgerEntry,
+    LedgerKind,
+    closure_entries,
+    from_micro,
+    hold_entry,
+)
 
 Item = CallEvent | LedgerEntry
 #: (stream, encoded call record, team_id, job_id, cost): appends the record and adds the cost in one script.
@@ -90,19 +100,15 @@ def decode_entry(fields: dict[str, str]) -> tuple[Item, ...]:
     """
     if fields.get("k") != "close":
         return (decode(fields),)
-    team_id, job_id, incarnation = fields["t"], fields["j"], fields["i"]
-    status = JobStatus(fields["c"])
-    kind = LedgerKind.CAPTURE if status is JobStatus.COMPLETED else LedgerKind.RELEASE
-    hold = decode({**fields, "k": "hold"})
-    assert isinstance(hold, LedgerEntry)
-    closing = LedgerEntry(
-        team_id=team_id,
-        kind=kind,
-        amount=hold.amount,
-        job_id=job_id,
-        job_type=hold.job_type,
-        idempotency_key=ledger_key(kind, team_id, job_id, incarnation),
-        closes=status,
+    hold, closing = closure_entries(
+        fields["t"],
+        fields["j"],
+        fields["y"],
+        from_micro(fields["m"]),
+        fields["i"],
+        JobStatus(fields["c"]),
+        single_call=fields["s"] == "1",
+        closes_row=True,
     )
     return hold, closing
 
@@ -110,15 +116,8 @@ def decode_entry(fields: dict[str, str]) -> tuple[Item, ...]:
 def decode(fields: dict[str, str]) -> Item:
     """An entry's item (not a closure's: :func:`decode_entry`); raises ValueError (or KeyError, TypeError)."""
     if fields.get("k") == "hold":  # written by open_job.lua, in the same script as the hold
-        team_id, job_id = fields["t"], fields["j"]
-        return LedgerEntry(
-            team_id=team_id,
-            kind=LedgerKind.HOLD,
-            amount=from_micro(fields["m"]),
-            idempotency_key=ledger_key(LedgerKind.HOLD, team_id, job_id, fields["i"]),
-            job_id=job_id,
-            job_type=fields["y"],
-            single_call=fields["s"] == "1",
+        return hold_entry(
+            fields["t"], fields["j"], fields["y"], from_micro(fields["m"]), fields["s"] == "1", fields["i"]
         )
     doc = orjson.loads(fields["v"])
     if doc.pop("t") == "ledger":

@@ -254,6 +254,53 @@ def ledger_key(kind: LedgerKind, team_id: str, job_id: str, incarnation: str = "
     return f"{key}@{incarnation}" if incarnation else key
 
 
+def hold_entry(
+    team_id: str, job_id: str, job_type: str, amount: Decimal, single_call: bool, incarnation: str
+) -> LedgerEntry:
+    """The ledger entry of a job's hold."""
+    return LedgerEntry(
+        team_id=team_id,
+        kind=LedgerKind.HOLD,
+        amount=amount,
+        idempotency_key=ledger_key(LedgerKind.HOLD, team_id, job_id, incarnation),
+        job_id=job_id,
+        job_type=job_type,
+        single_call=single_call,
+    )
+
+
+def closure_entries(
+    team_id: str,
+    job_id: str,
+    job_type: str,
+    hold: Decimal,
+    incarnation: str,
+    status: JobStatus,
+    *,
+    single_call: bool,
+    closes_row: bool,
+) -> list[LedgerEntry]:
+    """The ledger entries of a closure: its hold again (idempotent), then the capture or release.
+
+    ``closes_row``: the capture/release also closes the job row (written by the writer, off the
+    request path). The service writes these, and the compact ``close`` record of close_job.lua
+    decodes to them (:func:`~litellm_jobs_plugin.journal.decode_entry`).
+    """
+    kind = LedgerKind.CAPTURE if status is JobStatus.COMPLETED else LedgerKind.RELEASE
+    return [
+        hold_entry(team_id, job_id, job_type, hold, single_call, incarnation),
+        LedgerEntry(
+            team_id=team_id,
+            kind=kind,
+            amount=hold,
+            job_id=job_id,
+            job_type=job_type,
+            idempotency_key=ledger_key(kind, team_id, job_id, incarnation),
+            closes=status if closes_row else None,
+        ),
+    ]
+
+
 @dataclass(frozen=True, slots=True)
 class JobCaps:
     max_calls: int | None = None

@@ -5,10 +5,8 @@ from decimal import Decimal
 from hypothesis import given
 from hypothesis import strategies as st
 
-from litellm_jobs_plugin.credits.base import Closure
-from litellm_jobs_plugin.credits.service import closure_entries
 from litellm_jobs_plugin.journal import decode, decode_entry, encode
-from litellm_jobs_plugin.models import CallStatus, JobStatus, LedgerEntry, LedgerKind, ledger_key
+from litellm_jobs_plugin.models import CallStatus, JobStatus, LedgerEntry, LedgerKind, closure_entries, ledger_key
 from tests.support.events import context, event
 
 ids = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40)
@@ -62,6 +60,13 @@ def test_the_close_record_of_close_job_lua_is_the_entries_the_service_would_writ
 ) -> None:
     fields = {"k": "close", "t": "team:a", "j": "job-1", "y": "doc", "m": "2500000", "i": "17331", "c": status.value}
     fields["s"] = "1" if single else "0"
-    closure = Closure(status, False, "doc", Decimal("2.5"), 1, None, "17331")
-    assert list(decode_entry(fields)) == closure_entries("team:a", "job-1", status, closure, single, closes_row=True)
+    expected = closure_entries(
+        "team:a", "job-1", "doc", Decimal("2.5"), "17331", status, single_call=single, closes_row=True
+    )
+    assert list(decode_entry(fields)) == expected
+    kind = LedgerKind.CAPTURE if status is JobStatus.COMPLETED else LedgerKind.RELEASE
+    assert [(e.kind, e.amount, e.closes) for e in expected] == [
+        (LedgerKind.HOLD, Decimal("2.5"), None),
+        (kind, Decimal("2.5"), status),
+    ]
     assert decode_entry({"v": encode(event("one"))}) == (event("one"),)

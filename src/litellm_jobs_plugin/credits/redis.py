@@ -115,10 +115,13 @@ class RedisCredits:
 
     async def _append_with_cost(self, stream: str, record: str, team_id: str, job_id: str, cost_usd: Decimal) -> None:
         """add_cost.lua with the journal: append a call's record and add its cost in one script."""
-        await self._add_cost(
-            keys=[self.keys.job(team_id, job_id), self.keys.open_jobs, stream],
-            args=[str(cost_usd), int(time.time() * 1000), self.keys.member(team_id, job_id), record],
-        )
+        keys, args = self._cost_update(team_id, job_id, cost_usd)
+        await self._add_cost(keys=[*keys, stream], args=[*args, record])
+
+    def _cost_update(self, team_id: str, job_id: str, cost_usd: Decimal) -> tuple[list[str], list[Any]]:
+        """add_cost.lua's keys and arguments for one call's cost."""
+        keys = [self.keys.job(team_id, job_id), self.keys.open_jobs]
+        return keys, [str(cost_usd), int(time.time() * 1000), self.keys.member(team_id, job_id)]
 
     async def _call(self, script: Any, keys: list[str], args: list[Any]) -> list[str]:
         try:
@@ -268,11 +271,7 @@ class RedisCredits:
         return [RedisKeys.parse_member(_text(m)) for m in members]
 
     async def add_cost(self, team_id: str, job_id: str, cost_usd: Decimal) -> None:
-        await self._call(
-            self._add_cost,
-            [self.keys.job(team_id, job_id), self.keys.open_jobs],
-            [str(cost_usd), int(time.time() * 1000), self.keys.member(team_id, job_id)],
-        )
+        await self._call(self._add_cost, *self._cost_update(team_id, job_id, cost_usd))
 
     def closing(self) -> contextlib.AbstractAsyncContextManager[None]:
         return contextlib.nullcontext()

@@ -13,7 +13,17 @@ from typing import Any
 from ..errors import InsufficientCredits, JobBudgetExceeded, JobClosed, JobNotFound, StoreUnavailable
 from ..journal import encode
 from ..metrics import Metrics
-from ..models import Balance, CallContext, CallEvent, Job, JobCaps, JobStatus, LedgerEntry, LedgerKind, ledger_key
+from ..models import (
+    Balance,
+    CallContext,
+    CallEvent,
+    Job,
+    JobCaps,
+    JobStatus,
+    LedgerEntry,
+    closure_entries,
+    hold_entry,
+)
 from ..settings import FailMode, Settings
 from ..store.postgres import PostgresStore
 from ..store.watch import StoreWatch
@@ -246,7 +256,16 @@ class CreditService:
                 return closure
             if self.backend.emits_ledger:
                 # Make the closure durable now (a repeated close re-runs it harmlessly).
-                entries = closure_entries(team_id, job_id, status, closure, single_call, closes_row=via_writer)
+                entries = closure_entries(
+                    team_id,
+                    job_id,
+                    closure.job_type,
+                    closure.hold,
+                    closure.incarnation,
+                    status,
+                    single_call=single_call,
+                    closes_row=via_writer,
+                )
                 if via_writer:
                     items: list[CallEvent | LedgerEntry] = [*records, *entries]
                     await self.writer.put_many(items)  # one journal round trip with Redis
@@ -334,41 +353,3 @@ class CreditService:
                 await self._reaper
             self._reaper = None
         await self.backend.aclose()
-
-
-def closure_entries(
-    team_id: str, job_id: str, status: JobStatus, closure: Closure, single_call: bool, *, closes_row: bool
-) -> list[LedgerEntry]:
-    """The ledger entries of a closure: its hold again (idempotent), then the capture or release.
-
-    ``closes_row``: the capture/release also closes the job row (written by the writer, off the
-    request path). The compact ``close`` record of close_job.lua decodes to exactly these
-    (:func:`~litellm_jobs_plugin.journal.decode_entry`).
-    """
-    kind = LedgerKind.CAPTURE if status is JobStatus.COMPLETED else LedgerKind.RELEASE
-    return [
-        hold_entry(team_id, job_id, closure.job_type, closure.hold, single_call, closure.incarnation),
-        LedgerEntry(
-            team_id=team_id,
-            kind=kind,
-            amount=closure.hold,
-            job_id=job_id,
-            job_type=closure.job_type,
-            idempotency_key=ledger_key(kind, team_id, job_id, closure.incarnation),
-            closes=status if closes_row else None,
-        ),
-    ]
-
-
-def hold_entry(
-    team_id: str, job_id: str, job_type: str, amount: Decimal, single_call: bool, incarnation: str
-) -> LedgerEntry:
-    return LedgerEntry(
-        team_id=team_id,
-        kind=LedgerKind.HOLD,
-        amount=amount,
-        idempotency_key=ledger_key(LedgerKind.HOLD, team_id, job_id, incarnation),
-        job_id=job_id,
-        job_type=job_type,
-        single_call=single_call,
-    )
