@@ -118,3 +118,25 @@ def _clean_test_redis_keys(redis_server_url: str | None) -> Iterator[None]:
 def redis_prefix() -> str:
     """A key prefix of this test's own."""
     return f"{REDIS_TEST_PREFIX}-{uuid.uuid4().hex[:8]}"
+
+
+#: The three places credit decisions are made: this process's memory (one replica alone on its
+#: database), PostgreSQL (row locks; what a replica decides once it shares the database) and Redis.
+CREDIT_MODES = ("in_process", "postgres", "redis")
+
+
+def credit_mode_env(mode: str, redis_url: str | None, prefix: str) -> dict[str, str]:
+    """The JOBS_* settings that put a proxy in ``mode``; skips the test when Redis is missing."""
+    if mode == "in_process":
+        return {}
+    if mode == "postgres":
+        return {"JOBS_LOCAL_CREDITS": "false"}
+    if redis_url is None:
+        pytest.skip("no Redis server (JOBS_TEST_REDIS_URL unset and no redis-server binary)")
+    return {"JOBS_REDIS_URL": redis_url, "JOBS_REDIS_PREFIX": prefix}
+
+
+@pytest.fixture(params=CREDIT_MODES)
+def credit_mode(request: pytest.FixtureRequest, redis_server_url: str | None, redis_prefix: str) -> dict[str, str]:
+    """Parametrises a test over the three credit modes: the env to start its proxies with."""
+    return credit_mode_env(str(request.param), redis_server_url, redis_prefix)
