@@ -12,6 +12,7 @@ import hmac
 import operator
 import secrets
 import sys
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -226,11 +227,11 @@ def call_event(kwargs: Mapping[str, Any], start_time: object, end_time: object, 
     return CallEvent(
         event_id=event_id,
         call_id=call_id,
-        context=context,
+        context=_known_request(context),
         status=status,
         call_type=_text(slo.get("call_type")) or _text(kwargs.get("call_type")),
-        model_group=_text(slo.get("model_group")),
-        model=_text(slo.get("model")) or _text(kwargs.get("model")),
+        model_group=known_model(_text(slo.get("model_group"))),
+        model=known_model(_text(slo.get("model")) or _text(kwargs.get("model"))),
         model_id=model_id,
         provider=_text(slo.get("custom_llm_provider")),
         prompt_tokens=_int(slo.get("prompt_tokens")),
@@ -254,3 +255,61 @@ def proxy_model_groups() -> list[str]:
         return []
     names = router.get_model_names()
     return [n for n in names if isinstance(n, str)]
+
+
+#: The longest model name a call record keeps (the router's names are the operator's, and short).
+MAX_MODEL_NAME = 256
+#: A name the router does not know makes the known names be rebuilt at most this often (a deployment
+#: added or replaced at run time is then known within a second; a flood of bogus names costs nothing).
+_KNOWN_REBUILD_S = 1.0
+#: (the router and its model list the names were built from, the names, when they were built)
+_known: tuple[tuple[int, int, int], frozenset[str], float] = ((0, 0, -1), frozenset(), 0.0)
+
+
+def _router_names(router: Any) -> frozenset[str]:
+    """The router's model groups, model group aliases and its deployments' models."""
+    names: set[str] = set()
+    for deployment in getattr(router, "model_list", None) or ():
+        if not isinstance(deployment, Mapping):
+            continue
+        params = deployment.get("litellm_params")
+        model = params.get("model") if isinstance(params, Mapping) else None
+        names.update(n for n in (deployment.get("model_name"), model) if isinstance(n, str))
+    aliases = getattr(router, "model_group_alias", None)
+    if isinstance(aliases, Mapping):
+        names.update(n for n in aliases if isinstance(n, str))
+    return frozenset(names)
+
+
+def known_model(name: str | None) -> str | None:
+    """``name`` if the proxy's router knows it (a model group, an alias, a deployment's model), else None.
+
+    A call naming a model the router does not know fails before any upstream call, yet LiteLLM logs
+    it with the client's string as its model: kept, every such call would add that string (of any
+    length) to its job's ``models_used``. Only the router's own names reach a record, at most
+    :data:`MAX_MODEL_NAME` characters. The check is a set lookup; the set is rebuilt when the
+    router's model list changes (or, on a miss, at most once a second). Outside a proxy (no router)
+    there is nothing to check against: the name is only cut to length.
+    """
+    global _known
+    if name is None:
+        return None
+    proxy_server = sys.modules.get("litellm.proxy.proxy_server")
+    router = getattr(proxy_server, "llm_router", None)
+    if router is None:
+        return name[:MAX_MODEL_NAME]
+    model_list = getattr(router, "model_list", None) or ()
+    shape = (id(router), id(model_list), len(model_list))
+    built_shape, names, built_at = _known
+    if shape != built_shape or (name not in names and time.monotonic() - built_at >= _KNOWN_REBUILD_S):
+        names = _router_names(router)
+        _known = (shape, names, time.monotonic())
+    return name[:MAX_MODEL_NAME] if name in names else None
+
+
+def _known_request(context: CallContext) -> CallContext:
+    """``context`` without its requested model when the router does not know it (see :func:`known_model`)."""
+    requested = context.requested_model
+    if requested is None or known_model(requested) == requested:
+        return context
+    return dataclasses.replace(context, requested_model=known_model(requested))
