@@ -89,6 +89,10 @@ class Settings(BaseSettings):
     metrics_max_job_types: int = Field(
         default=100, ge=0, description="job_type label values per process; later types are counted as 'other'."
     )
+    metrics_team_labels: bool = Field(
+        default=False,
+        description="Label the litellm_jobs_* series by team (any key that may read /metrics then reads every team's).",
+    )
     redis_prefix: str = Field(default="ljp", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     closed_job_ttl_s: int = Field(default=7 * 24 * 3600, gt=0, description="Redis keeps closed jobs this long.")
     fail_mode: FailMode = Field(default=FailMode.CLOSED, description="New holds while PostgreSQL is down.")
