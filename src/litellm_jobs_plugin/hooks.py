@@ -141,7 +141,9 @@ class JobsPlugin(CustomLogger):
             backend = await choose_backend(store, self.writer, url, closed_ttl_s=s.closed_job_ttl_s)
         else:
             backend = PostgresCredits(store)
-        metrics = process_metrics(max_job_types=s.metrics_max_job_types, known_job_types=s.job_prices)
+        metrics = process_metrics(
+            max_job_types=s.metrics_max_job_types, known_job_types=s.job_prices, team_labels=s.metrics_team_labels
+        )
         self.writer.observer = metrics.writer_progress
         self.writer.journal_observer = metrics.journal_progress
         self._watch = StoreWatch(url, interval_s=s.store_check_interval_s)

@@ -3,7 +3,10 @@
 They live in ``prometheus_client``'s default registry, which LiteLLM's ``prometheus`` callback
 serves; with ``PROMETHEUS_MULTIPROC_DIR`` set (``litellm --num_workers N``) prometheus_client keeps
 every worker's values in that directory and LiteLLM's ``/metrics`` sums them. Labels are
-``job_type``, ``team`` and ``status``/``reason`` — never a job id (unbounded cardinality).
+``job_type`` and ``status``/``reason`` — never a job id (unbounded cardinality). A ``team`` label is
+added only with ``team_labels`` (``JOBS_METRICS_TEAM_LABELS``): any key LiteLLM lets read
+``/metrics`` reads every series on it, so per-team figures there are every team's to read. Each team
+reads its own through the plugin's team-scoped routes.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ class Metrics:
 
     ``job_type`` comes from clients, so its label is bounded: the priced job types
     (``JOBS_JOB_PRICES``) and the first ``max_job_types`` others this process sees keep their
-    name; later ones are counted as ``other``.
+    name; later ones are counted as ``other``. ``team_labels``: the job, credit and rejection
+    series carry a ``team`` label (off: they count every team together).
     """
 
     def __init__(
@@ -42,21 +46,24 @@ class Metrics:
         *,
         max_job_types: int = 100,
         known_job_types: Iterable[str] = (),
+        team_labels: bool = False,
     ) -> None:
         self._known = set(known_job_types)
+        self._team_labels = team_labels
+        team = ("team",) if team_labels else ()
         self._seen_types: set[str] = set()
         self._max_job_types = max_job_types
 
         def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
             return Counter(f"litellm_jobs_{name}", doc, labels, registry=registry)
 
-        self.jobs_started = counter("started", "Jobs opened (by a route or their first call).", ("job_type", "team"))
+        self.jobs_started = counter("started", "Jobs opened (by a route or their first call).", ("job_type", *team))
         self.jobs_closed = counter(
-            "closed", "Jobs closed, by outcome (completed, failed, expired).", ("job_type", "team", "status")
+            "closed", "Jobs closed, by outcome (completed, failed, expired).", ("job_type", *team, "status")
         )
-        self.credits_charged = counter("credits_charged", "Credits captured by completed jobs.", ("job_type", "team"))
+        self.credits_charged = counter("credits_charged", "Credits captured by completed jobs.", ("job_type", *team))
         self.rejections = counter(
-            "rejections", "Calls and jobs refused for credits (402), by reason.", ("reason", "team")
+            "rejections", "Calls and jobs refused for credits (402), by reason.", ("reason", *team)
         )
         self.job_cost = Histogram(
             "litellm_jobs_job_cost_usd",
@@ -120,21 +127,24 @@ class Metrics:
             return job_type
         return OTHER_JOB_TYPES
 
+    def _team(self, team: str) -> tuple[str, ...]:
+        return (team,) if self._team_labels else ()
+
     def job_started(self, job_type: str, team: str) -> None:
-        self.jobs_started.labels(self._type(job_type), team).inc()
+        self.jobs_started.labels(self._type(job_type), *self._team(team)).inc()
 
     def job_closed(self, job_type: str, team: str, status: JobStatus, *, charged: Decimal, calls: int) -> None:
         label = self._type(job_type)
-        self.jobs_closed.labels(label, team, status.value).inc()
+        self.jobs_closed.labels(label, *self._team(team), status.value).inc()
         if charged:
-            self.credits_charged.labels(label, team).inc(float(charged))
+            self.credits_charged.labels(label, *self._team(team)).inc(float(charged))
         self.calls_per_job.labels(label).observe(calls)
 
     def job_cost_known(self, job_type: str, cost_usd: Decimal) -> None:
         self.job_cost.labels(self._type(job_type)).observe(float(cost_usd))
 
     def rejected(self, reason: str, team: str) -> None:
-        self.rejections.labels(reason, team).inc()
+        self.rejections.labels(reason, *self._team(team)).inc()
 
     def journal_progress(self, backlog: int, oldest_age_s: float) -> None:
         """Called by the writer's journal reader about once a second."""
@@ -171,9 +181,13 @@ class Metrics:
 _process_metrics: Metrics | None = None
 
 
-def process_metrics(*, max_job_types: int = 100, known_job_types: Iterable[str] = ()) -> Metrics:
+def process_metrics(
+    *, max_job_types: int = 100, known_job_types: Iterable[str] = (), team_labels: bool = False
+) -> Metrics:
     """This process's series in the default registry (created once: a name registers only once)."""
     global _process_metrics
     if _process_metrics is None:
-        _process_metrics = Metrics(max_job_types=max_job_types, known_job_types=known_job_types)
+        _process_metrics = Metrics(
+            max_job_types=max_job_types, known_job_types=known_job_types, team_labels=team_labels
+        )
     return _process_metrics

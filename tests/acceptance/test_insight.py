@@ -63,6 +63,7 @@ def proxy(
         config,
         env={
             "JOBS_DATABASE_URL": module_database_url,
+            "JOBS_METRICS_TEAM_LABELS": "true",  # the series are checked per team
             "JOBS_JOB_PRICES": json.dumps({k: str(v) for k, v in PRICES.items()}),
             "JOBS_IDLE_TIMEOUT_S": "6",  # long enough for any job of the workload between its calls
             "JOBS_REAPER_INTERVAL_S": "0.5",
@@ -316,7 +317,11 @@ def test_series_add_up_across_proxy_workers(tmp_path: Path, upstream: FakeUpstre
     server = Proxy.start(
         tmp_path,
         proxy_config(upstream, litellm_settings={"callbacks": ["litellm_jobs_plugin.plugin", "prometheus"]}),
-        env={"JOBS_DATABASE_URL": database_url, "PROMETHEUS_MULTIPROC_DIR": str(multiproc)},
+        env={
+            "JOBS_DATABASE_URL": database_url,
+            "PROMETHEUS_MULTIPROC_DIR": str(multiproc),
+            "JOBS_METRICS_TEAM_LABELS": "true",
+        },
         args=("--num_workers", "2"),
     )
     try:

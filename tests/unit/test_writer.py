@@ -154,7 +154,7 @@ def test_job_type_labels_are_bounded() -> None:
     from litellm_jobs_plugin.models import JobStatus
 
     registry = CollectorRegistry()
-    metrics = Metrics(registry, max_job_types=2, known_job_types=["priced"])
+    metrics = Metrics(registry, max_job_types=2, known_job_types=["priced"], team_labels=True)
     for job_type in ("a", "b", "c", "d", "priced"):
         metrics.job_started(job_type, "t")
     metrics.job_closed("z", "t", JobStatus.COMPLETED, charged=1, calls=2)  # type: ignore[arg-type]
