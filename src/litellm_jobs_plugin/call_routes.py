@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import jsonschema
 from fastapi import APIRouter, Depends, Request
@@ -211,20 +212,59 @@ def _delta_text(chunk: Mapping[str, Any] | None) -> str:
     return "".join(parts)
 
 
+#: How much of the model's answer an error message may quote.
+EXCERPT_CHARS = 200
+
+
+def excerpt(text: str) -> str:
+    """``text``, or its first :data:`EXCERPT_CHARS` characters marked as truncated."""
+    if len(text) <= EXCERPT_CHARS:
+        return text
+    return f"{text[:EXCERPT_CHARS]}... (truncated: {len(text)} characters in all)"
+
+
+class AnswerRefused(InvalidStructuredOutput):
+    """An :class:`InvalidStructuredOutput` that also says what may be stored of it: ``record``
+    names the kind of failure and where, never any part of the model's answer (completions are
+    not stored; the client's message may quote an excerpt of the answer it is owed anyway)."""
+
+    def __init__(self, message: str, *, record: str) -> None:
+        super().__init__(message, param="response_format")
+        self.record = record
+
+
+def _no_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("a number too large for a float")
+    return value
+
+
 def check_structured(response_format: object, content: object) -> Any:
     """The parsed answer of a structured call (``response_format`` json_schema or json_object),
-    or None when the call asked for text; raises :class:`InvalidStructuredOutput`."""
+    or None when the call asked for text; raises :class:`AnswerRefused`."""
     if not isinstance(response_format, dict) or response_format.get("type") not in ("json_schema", "json_object"):
         return None
     if not isinstance(content, str):
-        raise InvalidStructuredOutput("The model returned no text for a structured response.", param="response_format")
+        message = "The model returned no text for a structured response."
+        raise AnswerRefused(message, record=message)
     try:
-        value = json.loads(content)
+        # NaN and infinities are not JSON (and the answer carrying them could not be sent back).
+        value = json.loads(content, parse_constant=_no_constant, parse_float=_finite_float)
     except ValueError as exc:
-        preview = content if len(content) <= 200 else content[:197] + "..."
-        raise InvalidStructuredOutput(
-            f"The model's answer is not JSON ({exc}): {preview!r}. Retry, or relax the schema.",
-            param="response_format",
+        reason = str(exc)[:100]  # the parser's reason and position, or the non-JSON constant's name
+        raise AnswerRefused(
+            f"The model's answer is not JSON ({reason}): {excerpt(content)!r}. Retry, or relax the schema.",
+            record=f"The model's answer is not JSON ({reason}).",
+        ) from None
+    except RecursionError:
+        raise AnswerRefused(
+            "The model's answer nests too deeply to be read as JSON.",
+            record="The model's answer nests too deeply to be read as JSON.",
         ) from None
     spec = response_format.get("json_schema")
     schema = spec.get("schema") if isinstance(spec, dict) else None
@@ -239,11 +279,14 @@ def check_structured(response_format: object, content: object) -> Any:
         except Exception:  # e.g. a $ref that does not resolve: the schema cannot be checked against
             return value
         if error is not None:
-            where = "/".join(str(p) for p in error.absolute_path) or "(root)"
-            raise InvalidStructuredOutput(
-                f"The model's answer does not match the schema at {where}: {error.message}. "
+            # The instance path and jsonschema's message quote the answer: both are cut short. The
+            # record names the rule broken and where in the schema (the request's, not the answer).
+            where = excerpt("/".join(str(p) for p in error.absolute_path) or "(root)")
+            rule = "/".join(str(p) for p in error.absolute_schema_path) or "(root)"
+            raise AnswerRefused(
+                f"The model's answer does not match the schema at {where}: {excerpt(error.message)}. "
                 "Retry, or relax the schema.",
-                param="response_format",
+                record=f"The model's answer does not match the schema: {error.validator!s:.40} rule at {rule:.200}.",
             )
     return value
 
@@ -436,8 +479,8 @@ def add_call_routes(router: APIRouter, plugin: JobsPlugin) -> None:
                     completion = await call.read_json()
                     try:
                         seed = seed_answer(plan, completion if isinstance(completion, dict) else {}, headers)
-                    except InvalidStructuredOutput as exc:
-                        summary = await close(JobStatus.FAILED, exc.message)
+                    except AnswerRefused as exc:
+                        summary = await close(JobStatus.FAILED, exc.record)
                         return JSONResponse(
                             {**exc.to_json(), "job_id": plan.job_id, **job_fields(summary)},
                             status_code=exc.status,

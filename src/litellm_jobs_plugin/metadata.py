@@ -6,6 +6,7 @@ metadata object and request headers.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -24,6 +25,9 @@ MAX_JOB_METADATA_BYTES = 8 * 1024
 MAX_JOB_METADATA_DEPTH = 32
 MAX_PURPOSE_CHARS = 128
 
+#: LiteLLM's copy, inside a request's metadata, of the metadata the client sent.
+REQUESTER_METADATA = "requester_metadata"
+
 JOB_ID_HEADER = "x-job-id"
 JOB_TYPE_HEADER = "x-job-type"
 
@@ -37,6 +41,13 @@ def check_job_id(value: object, *, param: str = "metadata.job_id") -> str:
     if not isinstance(value, str) or not JOB_ID_PATTERN.fullmatch(value):
         raise InvalidJobMetadata(
             f"{param} must be 1-128 characters of A-Z a-z 0-9 . _ : - (got {_show(value)}).", param=param
+        )
+    if not value.strip("."):
+        # "." and ".." do not survive a URL path: clients resolve /api/jobs/../complete to
+        # /api/complete, so such a job could never be completed by id (its hold would wait for expiry).
+        raise InvalidJobMetadata(
+            f"{param} must not be only dots: '.' and '..' do not survive a URL path (got {_show(value)}).",
+            param=param,
         )
     return value
 
@@ -87,11 +98,43 @@ def json_depth(value: object, *, limit: int) -> int:
     return deepest
 
 
+def non_finite_at(value: object) -> str | None:
+    """Where ``value`` holds a NaN or an infinity (``"a.b.0"``; ``""`` for ``value`` itself), or None.
+
+    Python's json (which LiteLLM falls back to for a body orjson refuses) reads the non-standard
+    ``NaN``, ``Infinity`` and ``-Infinity``; no JSON encoder downstream writes them back faithfully
+    (orjson writes ``null``, Starlette's responses refuse them). Walked without recursion.
+    """
+    stack: list[tuple[object, str]] = [(value, "")]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return path
+        elif isinstance(item, Mapping):
+            stack.extend((child, f"{path}.{key}" if path else str(key)) for key, child in item.items())
+        elif isinstance(item, (list, tuple)):
+            stack.extend((child, f"{path}.{i}" if path else str(i)) for i, child in enumerate(item))
+    return None
+
+
+def check_finite(value: object, *, param: str) -> None:
+    """Refuse NaN and infinities anywhere in ``value`` (:func:`non_finite_at`)."""
+    where = non_finite_at(value)
+    if where is not None:
+        at = f"{param}.{where}" if where else param
+        at = at if len(at) <= 100 else at[:97] + "..."
+        raise InvalidJobMetadata(
+            f"{at} is NaN or an infinity, which is not JSON; send a finite number, a string or null.", param=param
+        )
+
+
 def check_job_metadata(value: object, *, param: str = "metadata.job_metadata") -> dict[str, Any]:
     if not isinstance(value, dict):
         raise InvalidJobMetadata(f"{param} must be a JSON object (got {_show(value)}).", param=param)
     if json_depth(value, limit=MAX_JOB_METADATA_DEPTH) > MAX_JOB_METADATA_DEPTH:
         raise InvalidJobMetadata(f"{param} nests deeper than {MAX_JOB_METADATA_DEPTH} levels.", param=param)
+    check_finite(value, param=param)
     try:
         # orjson, as the writer encodes it: integers beyond 64 bits are refused here, not at write time
         raw = orjson.dumps(value)
@@ -133,6 +176,11 @@ def parse_job_tag(client_metadata: object, headers: Mapping[str, str]) -> JobTag
     raw_meta = meta.get("job_metadata")
     raw_team = meta.get("team_id")
     raw_purpose = meta.get("purpose")
+    if any(v is not None for v in (raw_id, raw_type, raw_meta, raw_team, raw_purpose)):
+        # A tracked call's metadata is the client's all through, not only its job fields. LiteLLM
+        # keeps a copy of what the client sent (``requester_metadata``) beside its own additions.
+        sent = meta.get(REQUESTER_METADATA)
+        check_finite(sent if isinstance(sent, Mapping) else meta, param="metadata")
     return JobTag(
         job_id=None if raw_id is None else check_job_id(raw_id),
         job_type=None if raw_type is None else check_job_type(raw_type),

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from collections.abc import Awaitable, Callable, Coroutine
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
@@ -98,23 +99,78 @@ def json_object_body(max_bytes: int, *, refuse_nul: bool = True) -> Callable[[Re
     """A dependency giving the request body as a JSON object of at most ``max_bytes``, checked
     before LiteLLM's auth reads it (LITELLM-NOTES: a JSON body that is not an object makes its
     auth dependency fail with a 500). NUL characters are refused where the body reaches
-    PostgreSQL (text and jsonb cannot hold them); prompts passed on to LiteLLM may carry them."""
+    PostgreSQL (text and jsonb cannot hold them); prompts passed on to LiteLLM may carry them.
+
+    The body is read as it arrives and refused once past ``max_bytes`` (or at once, by its
+    Content-Length): a larger body is never held in memory, whoever sends it (no key is needed
+    to be refused)."""
 
     async def body_of(request: Request) -> dict[str, Any]:
-        return _json_object(await request.body(), max_bytes, refuse_nul)
+        return _json_object(await read_body(request, max_bytes), max_bytes, refuse_nul)
 
     return body_of
 
 
+def _too_large(max_bytes: int) -> Exception:
+    return to_proxy_exception(InvalidJobMetadata(f"The body is over {max_bytes} bytes.", param="body"))
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The request body, read chunk by chunk; a 400 as soon as it passes ``max_bytes``.
+
+    The bytes read are left on the request (Starlette's ``Request.body()`` cache), so LiteLLM's
+    auth dependency, which runs after this one on the same request, reads them from there
+    instead of the consumed stream."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.strip().isdigit():
+            raise to_proxy_exception(InvalidJobMetadata("The Content-Length header is not a number.", param="body"))
+        if int(declared) > max_bytes:
+            raise _too_large(max_bytes)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise _too_large(max_bytes)
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    request._body = raw  # what Request.body() returns from now on (it would re-read the consumed stream)
+    return raw
+
+
+class NonStandardConstant(ValueError):
+    """A JSON body holds NaN, Infinity or -Infinity."""
+
+
+def _non_standard_constant(name: str) -> NoReturn:
+    raise NonStandardConstant(f"{name} is not a JSON value")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400: valid JSON, but an infinity once read
+        raise NonStandardConstant(f"{text[:40]} is too large for a number")
+    return value
+
+
 def _json_object(raw: bytes, max_bytes: int, refuse_nul: bool) -> dict[str, Any]:
     if len(raw) > max_bytes:
-        raise to_proxy_exception(InvalidJobMetadata(f"The body is over {max_bytes} bytes.", param="body"))
+        raise _too_large(max_bytes)
     if not raw.strip():
         return {}
     if refuse_nul and (b"\\u0000" in raw or b"\x00" in raw):
         raise to_proxy_exception(InvalidJobMetadata("The body must not contain NUL characters.", param="body"))
     try:
-        body = json.loads(raw)
+        # NaN, Infinity and -Infinity are refused: Python's json reads them, but nothing after it
+        # (orjson, PostgreSQL's jsonb, Starlette's JSON responses) takes them back.
+        body = json.loads(raw, parse_constant=_non_standard_constant, parse_float=_finite_float)
+    except NonStandardConstant as exc:
+        raise to_proxy_exception(
+            InvalidJobMetadata(
+                f"The body is not valid JSON: {exc}; send a finite number, a string or null.", param="body"
+            )
+        ) from None
     except (ValueError, UnicodeDecodeError):
         raise to_proxy_exception(InvalidJobMetadata("The body is not valid JSON.", param="body")) from None
     except RecursionError:  # e.g. 40,000 nested arrays: Python's parser gives up

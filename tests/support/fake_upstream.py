@@ -4,7 +4,8 @@
 message containing ``[fail:500]`` or ``[fail:429]`` makes it fail, unless the scenario path
 is ``nofail``; ``[delay:0.5]`` delays the answer; ``[chunks:5:0.2]`` streams 5 chunks 0.2 s apart.
 A request with a JSON-schema ``response_format`` gets an answer that fits the schema (built from
-it), unless a message contains ``[bad-json]``.
+it), unless a message contains ``[bad-json]``, or ``[long-json:N]`` (``{"answer": "..."}``, the
+string N characters of ``LONG-ANSWER-`` over and over, whatever the schema).
 ``GET /_stats`` counts the requests received per scenario, and streams started and finished
 (``stream_started`` / ``stream_finished``, by a ``[tag:NAME]`` marker too); ``POST /_reset`` zeroes them.
 
@@ -31,6 +32,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 REPLY = "Hello from the fake upstream"
+LONG_ANSWER = "LONG-ANSWER-"
 _counts: Counter[str] = Counter()
 
 
@@ -73,6 +75,10 @@ def _reply_for(body: dict[str, Any], prompt: str) -> str:
         return REPLY
     if "[bad-json]" in prompt:
         return "Sure! Here is the person: {name: Ada"
+    long_json = re.search(r"\[long-json:(\d+)\]", prompt)
+    if long_json:
+        size = int(long_json[1])
+        return json.dumps({"answer": (LONG_ANSWER * (size // len(LONG_ANSWER) + 1))[:size]})
     schema = (fmt.get("json_schema") or {}).get("schema") or {"type": "object", "properties": {}}
     return json.dumps(instance_of(schema))
 
