@@ -170,7 +170,10 @@ def start_call(plugin: JobsPlugin, request: Request, plan: CallPlan) -> ProxyCal
         request.scope,
         plan.body,
         headers=request.headers.raw,
-        extra_headers=[(b"x-litellm-call-id", plan.call_id.encode())],
+        extra_headers=[
+            (litellm_adapter.CALL_ID_HEADER.encode(), plan.call_id.encode()),
+            (litellm_adapter.CALL_ID_PROOF_HEADER.encode(), litellm_adapter.call_id_proof(plan.call_id).encode()),
+        ],
         tasks=plugin.background,
     )
 

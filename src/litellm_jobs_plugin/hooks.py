@@ -304,16 +304,18 @@ class JobsPlugin(CustomLogger):
         caller = Caller(
             team_id=team_id, key_hash=key_hash, user_id=user_id, is_admin=adapter.is_proxy_admin(user_api_key_dict)
         )
-        call_id = data.get("litellm_call_id")
+        call_id = str(data.get("litellm_call_id"))
+        record_id = adapter.record_call_id(data, call_id)  # set when the client chose the call id
         model = data.get("model")
         try:
             tag = parse_job_tag(adapter.client_metadata(data), adapter.job_headers(data))
             context = decide_call(
                 tag,
                 caller,
-                call_id=str(call_id),
+                call_id=call_id,
                 settings=self.settings,
                 requested_model=model if isinstance(model, str) else None,
+                record_call_id=record_id,
             )
             remaining = None
             if context.job_key is not None:
@@ -324,7 +326,7 @@ class JobsPlugin(CustomLogger):
             raise to_proxy_exception(exc) from exc
         adapter.put_stash(data, context, credits_remaining=remaining)
         if self._journal is not None and self.settings.durable_ack_timeout_s > 0 and not data.get("stream"):
-            self._expect_durable(str(call_id))
+            self._expect_durable(record_id or call_id)
         if context.job_type is not None and self.settings.tag_job_type:
             adapter.add_request_tag(data, f"job_type:{context.job_type}")
         return data
@@ -349,8 +351,8 @@ class JobsPlugin(CustomLogger):
         if event is None:
             self._durable_done(kwargs.get("litellm_call_id"), status)
             return
-        if status is CallStatus.SUCCESS:
-            awaited = self._awaited_calls.get(event.call_id)
+        if status is CallStatus.SUCCESS and self._awaited_calls:
+            awaited = self._awaited_calls.get(str(kwargs.get("litellm_call_id")))
             if awaited is not None and not awaited.done():
                 awaited.get_loop().call_soon_threadsafe(_resolve, awaited, event)
         key = event.context.job_key
@@ -425,8 +427,10 @@ class JobsPlugin(CustomLogger):
         LiteLLM logs a call's success in a background worker right after the call returns; without
         this wait a crash in between would lose a call whose client got its 200.
         """
-        call_id = data.get("litellm_call_id")
-        if not isinstance(call_id, str) or (future := self._durable.get(call_id)) is None:
+        if not self._durable:
+            return None
+        call_id = _record_id_of(data)
+        if call_id is None or (future := self._durable.get(call_id)) is None:
             return None
         try:
             # the future is this call's alone: cancelled on timeout, a late record then finds it done
@@ -446,12 +450,12 @@ class JobsPlugin(CustomLogger):
         traceback_str: str | None = None,
     ) -> Any:
         """The request failed for good (after fallbacks): a single-call job fails, its hold released."""
-        call_id = request_data.get("litellm_call_id")
-        if isinstance(call_id, str):
-            self._durable.pop(call_id, None)
         context = adapter.stash_of_request(request_data)
         if context is None:
             return None  # rejected before admission (by us or by LiteLLM's auth): nothing was held
+        call_id = context.call_id or request_data.get("litellm_call_id")
+        if isinstance(call_id, str):
+            self._durable.pop(call_id, None)
         if context.single_call and context.job_key is not None:
             try:
                 await (await self.credits()).close_job(
@@ -476,9 +480,18 @@ class JobsPlugin(CustomLogger):
         if context.single_call:
             status = "completed" if response is not None else "failed"
         headers = {"x-job-id": context.job_id, "x-job-type": context.job_type or "", "x-job-status": status}
+        if context.call_id is not None:
+            headers["x-job-call-id"] = context.call_id  # the record's id, when the client chose LiteLLM's
         if context.credits_remaining is not None:
             headers["x-credits-remaining"] = context.credits_remaining
         return headers
+
+
+def _record_id_of(data: dict[str, Any]) -> str | None:
+    """The id of the request's call record: ours when the client chose LiteLLM's call id."""
+    context = adapter.stash_of_request(data)
+    call_id = context.call_id if context is not None and context.call_id else data.get("litellm_call_id")
+    return call_id if isinstance(call_id, str) else None
 
 
 def _resolve(future: asyncio.Future[CallEvent], event: CallEvent) -> None:

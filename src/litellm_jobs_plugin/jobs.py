@@ -49,9 +49,19 @@ def single_call_job_id(call_id: str) -> str:
 
 
 def decide_call(
-    tag: JobTag, caller: Caller, *, call_id: str, requested_model: str | None, settings: Settings
+    tag: JobTag,
+    caller: Caller,
+    *,
+    call_id: str,
+    requested_model: str | None,
+    settings: Settings,
+    record_call_id: str | None = None,
 ) -> CallContext:
-    """The :class:`CallContext` of a call, or a :class:`~litellm_jobs_plugin.errors.JobsError`."""
+    """The :class:`CallContext` of a call, or a :class:`~litellm_jobs_plugin.errors.JobsError`.
+
+    ``record_call_id``: the id the call's record gets instead of LiteLLM's ``call_id`` (which the
+    client chose); an untagged call's single-call job is named after it too.
+    """
     team_id = paying_team(tag, caller)
     job_id, job_type, single_call = tag.job_id, tag.job_type, False
     if job_id is None:
@@ -72,8 +82,10 @@ def decide_call(
                 key_hash=caller.key_hash,
                 user_id=caller.user_id,
                 purpose=tag.purpose,
+                call_id=record_call_id,
             )
-        job_id, job_type, single_call = (single_call_job_id(call_id), job_type or settings.default_job_type, True)
+        job_id, single_call = single_call_job_id(record_call_id or call_id), True
+        job_type = job_type or settings.default_job_type
     if team_id is None:
         raise TeamRequired(
             "Tracked calls are billed to a LiteLLM team, and this key has none: use a key of a team "
@@ -90,4 +102,5 @@ def decide_call(
         job_metadata=tag.job_metadata,
         job_type_given=tag.job_type is not None,
         purpose=tag.purpose,
+        call_id=record_call_id,
     )

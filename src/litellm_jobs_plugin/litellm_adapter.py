@@ -75,6 +75,36 @@ def job_headers(data: Mapping[str, Any]) -> dict[str, str]:
     return found
 
 
+#: LiteLLM takes a call's id from this request header when the client sends one.
+CALL_ID_HEADER = "x-litellm-call-id"
+#: Our own routes name their in-process calls; this header proves the id is theirs, not a client's.
+CALL_ID_PROOF_HEADER = "x-litellm-jobs-call-proof"
+
+
+def call_id_proof(call_id: str) -> str:
+    """What :data:`CALL_ID_PROOF_HEADER` carries for ``call_id`` (only this process can make it)."""
+    return hmac.new(_STASH_SECRET.encode(), call_id.encode(), hashlib.sha256).hexdigest()
+
+
+def record_call_id(data: Mapping[str, Any], call_id: str) -> str | None:
+    """The id of this request's call record when the client chose LiteLLM's call id, else None.
+
+    A client may send ``x-litellm-call-id``, and LiteLLM takes it as the call's id. Records are keyed
+    by call id (a replayed logging event is the same record), so a client reusing an id would hide
+    every answered call after the first. Such a request's record gets the client's id with a random
+    suffix instead: one record per request, which every attempt of the request (fallbacks, retries
+    inside LiteLLM) and every replay of its logging events share, because it travels in the stash.
+    """
+    psr = data.get("proxy_server_request")
+    headers = psr.get("headers") if isinstance(psr, dict) else None
+    if not isinstance(headers, Mapping) or headers.get(CALL_ID_HEADER) is None:
+        return None
+    proof = headers.get(CALL_ID_PROOF_HEADER)
+    if isinstance(proof, str) and hmac.compare_digest(proof, call_id_proof(call_id)):
+        return None  # one of our routes named the call
+    return f"{call_id}~{secrets.token_hex(8)}"
+
+
 def pop_stash(data: dict[str, Any]) -> None:
     for key in _METADATA_KEYS:
         meta = data.get(key)
@@ -208,8 +238,10 @@ def call_event(kwargs: Mapping[str, Any], start_time: object, end_time: object, 
     LiteLLM's internal health checks): they are not ours to record.
     """
     context = _stash_of(kwargs)
-    call_id = _text(kwargs.get("litellm_call_id"))
-    if context is None or call_id is None:
+    if context is None:
+        return None
+    call_id = context.call_id or _text(kwargs.get("litellm_call_id"))
+    if call_id is None:
         return None
     slo = kwargs.get("standard_logging_object")
     slo = slo if isinstance(slo, dict) else {}

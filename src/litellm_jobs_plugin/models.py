@@ -66,6 +66,9 @@ class CallContext:
     job_type_given: bool = False  # the request named the type (a different job type is a 409)
     credits_remaining: str | None = None  # after admission, for the x-credits-remaining header
     purpose: str | None = None
+    #: The call id of this call's record when it is not LiteLLM's: a client that sends its own
+    #: ``x-litellm-call-id`` gets a fresh record id for every request (see litellm_adapter.record_call_id).
+    call_id: str | None = None
 
     @property
     def job_key(self) -> tuple[str, str] | None:
@@ -87,6 +90,7 @@ class CallContext:
             "job_type_given": self.job_type_given,
             "credits_remaining": self.credits_remaining,
             "purpose": self.purpose,
+            "call_id": self.call_id,
         }
 
     @classmethod
@@ -108,6 +112,7 @@ class CallContext:
             job_type_given=bool(stash.get("job_type_given")),
             credits_remaining=text("credits_remaining"),
             purpose=text("purpose"),
+            call_id=text("call_id"),
         )
 
 

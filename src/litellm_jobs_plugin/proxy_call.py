@@ -44,6 +44,7 @@ _DROPPED_HEADERS = frozenset(
         "x-job-id",
         "x-job-type",
         "x-litellm-call-id",
+        "x-litellm-jobs-call-proof",
     }
 )
 _END = object()

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -99,3 +100,31 @@ def test_a_stash_this_process_did_not_write_is_ignored() -> None:
     assert adapter.stash_of_request(body) is None
     adapter.put_stash(body, context(single_call=True))
     assert adapter.stash_of_request(body) == context(single_call=True)
+
+
+def test_a_client_chosen_call_id_gets_a_fresh_record_id_per_request() -> None:
+    chosen = {"proxy_server_request": {"headers": {adapter.CALL_ID_HEADER: "same-1"}}}
+    first, second = adapter.record_call_id(chosen, "same-1"), adapter.record_call_id(chosen, "same-1")
+    assert first is not None
+    assert second is not None
+    assert first != second
+    assert first.startswith("same-1~")
+    # LiteLLM chose the id (no header): the record keeps it.
+    assert adapter.record_call_id({"proxy_server_request": {"headers": {}}}, "uuid-1") is None
+    assert adapter.record_call_id({}, "uuid-1") is None
+    # Our own routes prove their ids; a client's guess at the proof does not pass.
+    proof = adapter.call_id_proof("r-1")
+    ours = {"proxy_server_request": {"headers": {adapter.CALL_ID_HEADER: "r-1", adapter.CALL_ID_PROOF_HEADER: proof}}}
+    assert adapter.record_call_id(ours, "r-1") is None
+    forged = {"proxy_server_request": {"headers": {adapter.CALL_ID_HEADER: "r-1", adapter.CALL_ID_PROOF_HEADER: "0"}}}
+    assert adapter.record_call_id(forged, "r-1") is not None
+
+
+def test_the_record_id_in_the_stash_names_every_event_of_the_request() -> None:
+    data: dict[str, Any] = {"metadata": {}}
+    adapter.put_stash(data, dataclasses.replace(context(), call_id="same-1~00ff"))
+    event = adapter.call_event(
+        {"litellm_call_id": "same-1", "litellm_params": {"metadata": data["metadata"]}}, 0.0, 1.0, CallStatus.SUCCESS
+    )
+    assert event is not None
+    assert event.call_id == "same-1~00ff"
