@@ -119,6 +119,27 @@ class InvalidStructuredOutput(JobsError):
     status = 502
 
 
+class UnknownJobType(JobsError):
+    """The proxy's operator has not priced this job_type; use one of the priced types."""
+
+    type = "unknown_job_type"
+    status = 400
+
+
+class JobTypeNotAllowed(JobsError):
+    """This team may not open jobs of this job_type."""
+
+    type = "job_type_not_allowed"
+    status = 403
+
+
+class FailureAllowanceExhausted(JobsError):
+    """The team's allowance for the provider cost of failed and expired jobs is used up for now."""
+
+    type = "failure_allowance_exhausted"
+    status = 402
+
+
 #: Every error type by its ``type`` name (the client maps error JSON back to these classes).
 ERRORS_BY_TYPE: dict[str, type[JobsError]] = {
     cls.type: cls
@@ -134,6 +155,9 @@ ERRORS_BY_TYPE: dict[str, type[JobsError]] = {
         JobTypeMismatch,
         StoreUnavailable,
         InvalidStructuredOutput,
+        UnknownJobType,
+        JobTypeNotAllowed,
+        FailureAllowanceExhausted,
     )
 }
 

@@ -20,6 +20,7 @@ from . import litellm_adapter as adapter
 from .credits import CreditService, PostgresCredits, RedisCredits
 from .credits.base import CreditBackend
 from .credits.local import choose_backend, describe
+from .credits.policies import TeamPolicies
 from .errors import JobsError, StoreUnavailable, to_proxy_exception
 from .jobs import Caller, decide_call
 from .journal import RedisJournal
@@ -148,7 +149,10 @@ class JobsPlugin(CustomLogger):
         self.writer.journal_observer = metrics.journal_progress
         self._watch = StoreWatch(url, interval_s=s.store_check_interval_s)
         self._watch.start()
-        self._credits = CreditService(s, store, self.writer, backend, metrics=metrics, watch=self._watch)
+        policies = TeamPolicies(store, refresh_s=s.policy_refresh_s, window_s=s.failure_window_s)
+        self._credits = CreditService(
+            s, store, self.writer, backend, metrics=metrics, watch=self._watch, policies=policies
+        )
         self._credits.start_reaper()
         self._drift_task = asyncio.get_running_loop().create_task(
             drift_check_forever(store, metrics, s.reconcile_interval_s), name="litellm-jobs-drift-check"

@@ -22,6 +22,7 @@ from .call_routes import add_call_routes
 from .errors import Forbidden, InvalidJobMetadata, JobNotFound
 from .metadata import check_job_id, check_job_metadata, check_job_type, check_team_id
 from .models import Job, JobStatus
+from .policy_routes import add_policy_routes, allowance_json, read_policy
 from .route_kit import (
     MAX_BODY_BYTES,
     Body,
@@ -245,7 +246,10 @@ def build_router(plugin: JobsPlugin) -> APIRouter:
     @answer
     async def get_team(team_id: str, key: Any = auth) -> JSONResponse:
         team = team_for(key, team_id)
-        return JSONResponse(balance_json(await (await plugin.credits()).balance(team)))
+        credits = await plugin.credits()
+        policy, use = await read_policy(credits, team)
+        body = balance_json(await credits.balance(team))
+        return JSONResponse({**body, "failure_allowance": allowance_json(credits, policy, use)})
 
     @router.get("/api/whoami")
     @answer
@@ -307,5 +311,6 @@ def build_router(plugin: JobsPlugin) -> APIRouter:
         return JSONResponse(balance_json(balance))
 
     add_call_routes(router, plugin)
+    add_policy_routes(router, plugin)
     add_ui_routes(router)
     return router

@@ -12,7 +12,7 @@ from decimal import Decimal
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -29,6 +29,23 @@ class UntaggedPolicy(enum.StrEnum):
     SINGLE_CALL_JOB = "single_call_job"
     ALLOW = "allow"
     REJECT = "reject"
+
+
+class UnpricedJobTypes(enum.StrEnum):
+    """What a new job of a job_type the operator has not priced gets."""
+
+    AUTO = "auto"  # reject once JOBS_JOB_PRICES names any type, else charge the default price
+    CHARGE_DEFAULT = "charge_default"  # JOBS_DEFAULT_PRICE
+    REJECT = "reject"  # 400 unknown_job_type
+
+
+class JobTypeCaps(BaseModel):
+    """Caps every job of one type gets (a tighter cap given at creation wins)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_calls: int | None = Field(default=None, ge=1)
+    max_cost_usd: Decimal | None = Field(default=None, gt=0, allow_inf_nan=False)
 
 
 class FailMode(enum.StrEnum):
@@ -61,7 +78,31 @@ class Settings(BaseSettings):
     untagged: UntaggedPolicy = UntaggedPolicy.SINGLE_CALL_JOB
     default_job_type: str = Field(default="default", pattern=r"^[A-Za-z0-9._-]{1,64}$")
     default_price: Decimal = Field(default=Decimal(1), ge=0)
-    job_prices: dict[str, Decimal] = Field(default_factory=dict, description='JSON, e.g. {"chat": 0.5}')
+    job_prices: dict[str, Decimal] = Field(
+        default_factory=dict, description='Credits per completed job, by job type (JSON, e.g. {"chat": 0.5}).'
+    )
+    unpriced_job_types: UnpricedJobTypes = Field(
+        default=UnpricedJobTypes.AUTO,
+        description="A new job of a type JOBS_JOB_PRICES does not name: auto (reject once any price is set, else "
+        "charge the default price), charge_default, or reject (400 unknown_job_type).",
+    )
+    job_type_caps: dict[str, JobTypeCaps] = Field(
+        default_factory=dict,
+        description='Caps for every job of a type (JSON, e.g. {"chat": {"max_calls": 20, "max_cost_usd": "0.50"}}).',
+    )
+    failure_allowance_usd: Decimal | None = Field(
+        default=Decimal(5),
+        ge=0,
+        allow_inf_nan=False,
+        description="Per team: provider cost (USD) of failed and expired jobs, which are not charged, allowed per "
+        "window; past it, new jobs get 402 failure_allowance_exhausted. Empty: no limit.",
+    )
+    failure_window_s: float = Field(default=86_400.0, gt=0, description="The failure allowance's rolling window.")
+    policy_refresh_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often each process re-reads team policies and failure spend from PostgreSQL.",
+    )
 
     # The writer: a bounded buffer drained in batches by one background task per process.
     buffer_max: int = Field(default=50_000, ge=1)
@@ -132,6 +173,19 @@ class Settings(BaseSettings):
             raise ValueError("JOBS_DB_SCHEMA must match [a-z_][a-z0-9_]{0,62}")
         return value
 
+    @field_validator("failure_allowance_usd", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("job_prices")
+    @classmethod
+    def _prices_finite(cls, value: dict[str, Decimal]) -> dict[str, Decimal]:
+        for job_type, price in value.items():
+            if not price.is_finite() or price < 0:
+                raise ValueError(f"the price of {job_type!r} must be a finite number >= 0")
+        return value
+
     def price_of(self, job_type: str) -> Decimal:
-        """Credits charged when a job of ``job_type`` completes."""
+        """Credits charged when a job of ``job_type`` completes (the operator's list, else the default)."""
         return self.job_prices.get(job_type, self.default_price)

@@ -44,6 +44,10 @@ VALUES ('team-u', 'old-call-3', NULL, NULL, 'success', 'ChatAgent', 'openai/gpt-
 """,
     4: "",  # indexes only
     5: "",  # functions only (the writer's batch)
+    6: """
+INSERT INTO team_policies (team_id, job_prices, allowed_job_types, failure_allowance_usd)
+VALUES ('team-u', '{"document_analysis": "2"}', '["document_analysis"]', 0.5);
+""",
 }
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
 
+from ..errors import JobsError
 from ..models import Balance, JobCaps, JobStatus
 
 
@@ -26,9 +27,10 @@ class OpenJob:
     create_only: bool = False
     metadata: dict[str, Any] | None = None
     user_id: str | None = None
-    #: False while PostgreSQL is known to be down under JOBS_FAIL_MODE=closed: joining an open job
-    #: still works, opening a new one (a new hold) is refused with 503 jobs_store_unavailable.
-    may_create: bool = True
+    #: Why a new job may not open (the operator's terms: job type not allowed or not priced, the
+    #: failure allowance used up; or PostgreSQL down under JOBS_FAIL_MODE=closed). Joining an open
+    #: job is not affected; opening a new one (a new hold) raises this. See decide.terms.
+    refusal: JobsError | None = None
 
 
 @dataclass(frozen=True, slots=True)

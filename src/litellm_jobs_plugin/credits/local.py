@@ -29,7 +29,7 @@ from ..models import Balance, JobStatus, LedgerEntry, LedgerKind, ledger_key
 from ..store.postgres import PostgresStore
 from ..store.sql import query
 from ..writer import Writer
-from . import rules
+from . import decide, rules
 from .base import Admission, Closure, CreditBackend, OpenJob
 from .postgres import PostgresCredits
 
@@ -279,15 +279,16 @@ class LocalCredits:
         account = self._account(request.team_id)
         job = self._jobs.get(key)
         if job is not None:
-            if job.state not in _OPEN:
-                raise rules.closed(request.job_id, job.state.value)
-            if request.requested_type is not None and request.requested_type != job.job_type:
-                raise rules.type_mismatch(request.job_id, job.job_type, request.requested_type)
+            state = decide.JobState(job.state.value, job.job_type, job.calls, job.max_calls, job.max_cost, job.cost)
+            verdict = decide.join(
+                state,
+                requested_type=request.requested_type,
+                count_call=request.count_call,
+                create_only=request.create_only,
+            )
+            if verdict is not decide.Verdict.OK:
+                raise decide.join_error(verdict, request.job_id, state, request.requested_type)
             if not request.create_only and request.count_call:
-                if job.max_calls is not None and job.calls >= job.max_calls:
-                    raise rules.over_calls(request.job_id, job.max_calls)
-                if job.max_cost is not None and job.cost >= job.max_cost:
-                    raise rules.over_cost(request.job_id, job.max_cost)
                 job.calls += 1
                 job.state = JobStatus.IN_PROGRESS
             job.last = now
@@ -299,9 +300,10 @@ class LocalCredits:
                 credits_remaining=account.avail,
                 incarnation=job.incarnation,
             )
-        if not request.may_create:
-            raise rules.store_down()
-        if account.avail < request.price:
+        verdict = decide.open_new(account.avail, request.price, refused=request.refusal is not None)
+        if request.refusal is not None:
+            raise request.refusal
+        if verdict is decide.Verdict.INSUFFICIENT:
             raise rules.insufficient(request.team_id, request.price, account.avail)
         account.avail -= request.price
         account.held += request.price
@@ -359,15 +361,21 @@ class LocalCredits:
         if job is None:
             return None
         account = self._account(team_id)
-        if job.state not in _OPEN:
-            if job.state is not status:
-                raise rules.conflict(job_id, job.state.value)
+        verdict = decide.close(
+            job.state.value,
+            status,
+            last_activity=job.last,
+            idle_cutoff=None if idle_cutoff_s is None else now - idle_cutoff_s,
+        )
+        if verdict is decide.CloseVerdict.CONFLICT:
+            raise rules.conflict(job_id, job.state.value)
+        if verdict is decide.CloseVerdict.SAME:
             return self._closure(job, status, account, repeated=True)
-        if idle_cutoff_s is not None and job.last > now - idle_cutoff_s:
+        if verdict is decide.CloseVerdict.ACTIVE:
             return None
-        account.held -= job.hold
-        if status is not JobStatus.COMPLETED:
-            account.avail += job.hold
+        avail_change, held_change = decide.settlement(job.hold, status)
+        account.avail += avail_change
+        account.held += held_change
         job.state, job.closed_at = status, now
         self._closed[(team_id, job_id)] = None
         self._forget_closed(now)

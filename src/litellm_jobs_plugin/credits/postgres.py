@@ -15,22 +15,24 @@ from typing import Any
 
 from ..models import Balance, JobStatus, LedgerEntry, LedgerKind, ledger_key
 from ..store.postgres import PostgresStore
-from . import rules
+from . import decide, rules
 from .base import Admission, Closure, OpenJob
-
-_OPEN = {"pending", "in_progress"}
 
 
 def check_existing(job: dict[str, Any], request: OpenJob) -> None:
-    if job["status"] not in _OPEN:
-        raise rules.closed(request.job_id, job["status"])
-    if request.requested_type is not None and request.requested_type != job["job_type"]:
-        raise rules.type_mismatch(request.job_id, job["job_type"], request.requested_type)
-    if request.count_call and not request.create_only:
-        if job["max_calls"] is not None and job["admitted_calls"] >= job["max_calls"]:
-            raise rules.over_calls(request.job_id, job["max_calls"])
-        if job["max_cost_usd"] is not None and job["total_cost_usd"] >= job["max_cost_usd"]:
-            raise rules.over_cost(request.job_id, job["max_cost_usd"])
+    state = decide.JobState(
+        job["status"],
+        job["job_type"],
+        job["admitted_calls"],
+        job["max_calls"],
+        job["max_cost_usd"],
+        job["total_cost_usd"],
+    )
+    verdict = decide.join(
+        state, requested_type=request.requested_type, count_call=request.count_call, create_only=request.create_only
+    )
+    if verdict is not decide.Verdict.OK:
+        raise decide.join_error(verdict, request.job_id, state, request.requested_type)
 
 
 class PostgresCredits:
@@ -64,7 +66,10 @@ class PostgresCredits:
                 await s.fetch_all("ensure_account", key, conn)
                 account = await s.fetch_one("lock_account", key, conn)
                 remaining: Decimal = account["credits_remaining"] if account else Decimal(0)
-                if remaining < request.price:
+                verdict = decide.open_new(remaining, request.price, refused=request.refusal is not None)
+                if request.refusal is not None:
+                    raise request.refusal
+                if verdict is decide.Verdict.INSUFFICIENT:
                     raise rules.insufficient(request.team_id, request.price, remaining)
                 status = JobStatus.IN_PROGRESS if request.count_call else JobStatus.PENDING
                 row = await s.fetch_one(
@@ -124,9 +129,10 @@ class PostgresCredits:
             job = await s.fetch_one("lock_job", key, conn)
             if job is None:
                 return None
-            if job["status"] not in _OPEN:
-                if job["status"] != status.value:
-                    raise rules.conflict(job_id, job["status"])
+            verdict = decide.close(job["status"], status, last_activity=0.0, idle_cutoff=None)
+            if verdict is decide.CloseVerdict.CONFLICT:
+                raise rules.conflict(job_id, job["status"])
+            if verdict is decide.CloseVerdict.SAME:
                 return Closure(
                     status=status,
                     repeated=True,

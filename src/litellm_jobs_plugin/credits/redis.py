@@ -167,7 +167,7 @@ class RedisCredits:
             request.team_id,
             request.job_id,
             "1" if request.single_call else "0",
-            "1" if request.may_create else "0",
+            "1" if request.refusal is None else "0",
         ]
         result = await self._call(self._open, keys, args)
         if result[0] == "not_loaded":
@@ -175,8 +175,8 @@ class RedisCredits:
             await self.load_accounts(request.team_id)
             result = await self._call(self._open, keys, args)
         outcome = result[0]
-        if outcome == "store_down":
-            raise rules.store_down()
+        if outcome == "refused" and request.refusal is not None:
+            raise request.refusal
         if outcome == "closed":
             raise rules.closed(request.job_id, result[1])
         if outcome == "type_mismatch":

@@ -10,7 +10,16 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
-from ..errors import InsufficientCredits, JobBudgetExceeded, JobClosed, JobNotFound, StoreUnavailable
+from ..errors import (
+    FailureAllowanceExhausted,
+    InsufficientCredits,
+    JobBudgetExceeded,
+    JobClosed,
+    JobNotFound,
+    JobTypeNotAllowed,
+    StoreUnavailable,
+    UnknownJobType,
+)
 from ..journal import encode
 from ..metrics import Metrics
 from ..models import (
@@ -28,7 +37,9 @@ from ..settings import FailMode, Settings
 from ..store.postgres import PostgresStore
 from ..store.watch import StoreWatch
 from ..writer import Writer
+from . import decide
 from .base import Admission, Closure, CreditBackend, OpenJob
+from .policies import TeamPolicies
 
 _log = logging.getLogger(__name__)
 
@@ -52,8 +63,11 @@ class CreditService:
         *,
         metrics: Metrics | None = None,
         watch: StoreWatch | None = None,
+        policies: TeamPolicies | None = None,
     ) -> None:
         self.settings = settings
+        #: Team policies and failure spend (None: every team on the operator's settings, no spend known).
+        self.policies = policies
         #: PostgreSQL's reachability, for JOBS_FAIL_MODE (None: always assumed reachable).
         self.watch = watch
         self.store = store
@@ -66,7 +80,13 @@ class CreditService:
     async def _open(self, request: OpenJob) -> Admission:
         try:
             admission = await self.backend.open_job(request)
-        except (InsufficientCredits, JobBudgetExceeded) as exc:
+        except (
+            InsufficientCredits,
+            JobBudgetExceeded,
+            FailureAllowanceExhausted,
+            UnknownJobType,
+            JobTypeNotAllowed,
+        ) as exc:
             if self.metrics is not None:
                 self.metrics.rejected(exc.type, request.team_id)
             raise
@@ -111,22 +131,47 @@ class CreditService:
         if job is not None:
             self.metrics.job_cost_known(job_type, job.total_cost_usd)
 
+    async def terms(
+        self,
+        team_id: str,
+        job_type: str,
+        requested_caps: JobCaps = decide.NO_CAPS,
+        *,
+        store_up: bool,
+    ) -> decide.Terms:
+        """The price, caps and any refusal of a new job of ``job_type`` for the team (operator's terms only)."""
+        if self.policies is None:
+            policy, use = decide.TeamPolicy(), decide.FailureUse()
+        else:
+            policy, use = await self.policies.get(team_id)
+        return decide.terms(
+            self.settings,
+            policy,
+            use,
+            team_id=team_id,
+            job_type=job_type,
+            requested_caps=requested_caps,
+            store_up=store_up,
+        )
+
     async def admit_call(self, context: CallContext) -> Admission:
         """Admit a tracked call before it is routed: open its job (holding the price) or join it."""
         assert context.team_id is not None
         assert context.job_id is not None
         job_type = context.job_type or self.settings.default_job_type
+        terms = await self.terms(context.team_id, job_type, store_up=self.may_create())
         admission = await self._open(
             OpenJob(
                 team_id=context.team_id,
                 job_id=context.job_id,
                 new_type=job_type,
                 requested_type=context.job_type if context.job_type_given else None,
-                price=self.settings.price_of(job_type),
+                price=terms.price,
                 single_call=context.single_call,
+                caps=terms.caps,
                 metadata=context.job_metadata,
                 user_id=context.user_id,
-                may_create=self.may_create(),
+                refusal=terms.refusal,
             )
         )
         if (
@@ -172,19 +217,22 @@ class CreditService:
         user_id: str | None,
     ) -> tuple[bool, Job]:
         """``POST /api/jobs/create``: a pending job with its price held. Returns (created, job)."""
+        # the route writes the job's row now: PostgreSQL must answer whatever JOBS_FAIL_MODE says
+        terms = await self.terms(team_id, job_type, caps, store_up=self.watch is None or self.watch.available)
+        caps = terms.caps
         admission = await self._open(
             OpenJob(
                 team_id=team_id,
                 job_id=job_id,
                 new_type=job_type,
                 requested_type=job_type,
-                price=self.settings.price_of(job_type),
+                price=terms.price,
                 caps=caps,
                 count_call=False,
                 create_only=True,
                 metadata=metadata,
                 user_id=user_id,
-                may_create=self.watch is None or self.watch.available,  # the route writes its row now
+                refusal=terms.refusal,
             )
         )
         if admission.created and self.backend.emits_ledger:
@@ -252,6 +300,8 @@ class CreditService:
             if closure is None:
                 return None
             self._closed(team_id, job_id, status, closure, cost_usd)
+            if status is not JobStatus.COMPLETED and self.policies is not None:
+                self.policies.stale(team_id)
             if journaled:
                 return closure
             if self.backend.emits_ledger:
@@ -352,4 +402,6 @@ class CreditService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
             self._reaper = None
+        if self.policies is not None:
+            await self.policies.aclose()
         await self.backend.aclose()

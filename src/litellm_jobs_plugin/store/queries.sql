@@ -495,3 +495,29 @@ FROM (
 WHERE a.team_id = l.team_id
   AND (a.credits_allocated, a.credits_charged, a.credits_held) IS DISTINCT FROM (l.allocated, l.charged, l.held)
 RETURNING a.team_id;
+
+-- name: team_states
+-- Each team's policy and the provider cost of its failed and expired jobs closed in the window.
+SELECT t.team_id, p.job_prices, p.allowed_job_types, p.failure_allowance_usd,
+       coalesce(f.spent, 0) AS failure_spent_usd, f.oldest AS failure_oldest_at
+FROM unnest(%(team_ids)s::text[]) AS t(team_id)
+LEFT JOIN team_policies p USING (team_id)
+LEFT JOIN LATERAL (
+    SELECT sum(j.total_cost_usd) AS spent, min(j.completed_at) AS oldest FROM jobs j
+    WHERE j.team_id = t.team_id AND j.status IN ('failed', 'expired')
+      AND j.completed_at > now() - make_interval(secs => %(window_s)s)
+) f ON true;
+
+-- name: put_team_policy
+INSERT INTO team_policies AS p (team_id, job_prices, allowed_job_types, failure_allowance_usd)
+VALUES (%(team_id)s, %(job_prices)s::jsonb, %(allowed_job_types)s::jsonb, %(failure_allowance_usd)s)
+ON CONFLICT (team_id) DO UPDATE SET
+    job_prices = EXCLUDED.job_prices,
+    allowed_job_types = EXCLUDED.allowed_job_types,
+    failure_allowance_usd = EXCLUDED.failure_allowance_usd,
+    updated_at = now()
+RETURNING team_id, updated_at;
+
+-- name: list_team_policies
+SELECT team_id, job_prices, allowed_job_types, failure_allowance_usd, updated_at FROM team_policies
+ORDER BY team_id;

@@ -2,8 +2,9 @@
 -- KEYS: account hash, job hash, open-jobs zset, journal stream
 -- ARGV: now_ms, requested_type ('' = any), new_type, price (micro-credits), max_calls (0 = none),
 --       max_cost_usd (0 = none), create_only ('1'/'0'), count ('1'/'0'), member, initial_state,
---       team_id, job_id, single_call ('1'/'0'), may_create ('1'/'0': '0' while PostgreSQL is down
---       and JOBS_FAIL_MODE=closed)
+--       team_id, job_id, single_call ('1'/'0'), may_create ('1'/'0': '0' when the new job's terms
+--       refuse it: job type not allowed or not priced, failure allowance used up, PostgreSQL down)
+-- The decisions are credits/decide.py's (join, open_new); a property test proves they agree.
 -- A new job's hold is appended to the journal in this same script: it is durable as soon as it is taken.
 local acct, job, open = KEYS[1], KEYS[2], KEYS[3]
 local state = redis.call('HGET', job, 'state')
@@ -41,7 +42,7 @@ if state then
           redis.call('HGET', job, 'inc') or ''}
 end
 if ARGV[14] == '0' then
-  return {'store_down'}
+  return {'refused'}
 end
 if redis.call('HGET', acct, 'loaded') ~= '1' then
   return {'not_loaded'}
