@@ -125,7 +125,7 @@ def error_type(exc: openai.APIStatusError) -> str:
     return str(exc.body["type"]) if isinstance(exc.body, dict) else ""
 
 
-PRICES = {"JOBS_JOB_PRICES": '{"document_analysis": 5, "chat": 0.5}'}
+PRICES = {"JOBS_JOB_PRICES": '{"document_analysis": 5, "chat": 0.5, "free": 0}'}
 
 
 def test_the_operator_sets_every_price_never_the_client(
@@ -148,6 +148,12 @@ def test_the_operator_sets_every_price_never_the_client(
     assert refused.json()["error"]["type"] == "unknown_job_type"
     assert balance(proxy)["credits_remaining"] == before["credits_remaining"]
     assert query(database_url, "SELECT count(*) AS n FROM jobs WHERE team_id = 'team-a'")[0]["n"] == 0
+
+    # A type the operator made free opens and closes (Redis once refused a hold of -0).
+    free = f"free-{uuid.uuid4().hex[:6]}"
+    client(proxy).chat.completions.create(model="ChatAgent", messages=PROMPT, extra_body=tag(free, "free"))
+    assert post(proxy, f"/api/jobs/{free}/complete", {"status": "completed"}).status_code == 200
+    assert Decimal(str(balance(proxy)["credits_charged"])) == 0
 
     # The priced type costs its price.
     job = f"doc-{uuid.uuid4().hex[:6]}"

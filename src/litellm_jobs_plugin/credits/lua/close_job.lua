@@ -35,7 +35,7 @@ if ARGV[3] ~= '' and tonumber(redis.call('HGET', job, 'last') or '0') > tonumber
 end
 -- journaled before anything changes: a failed append (a Redis out of memory) leaves the job open
 journal(hold, jtype, inc)
-redis.call('HINCRBY', acct, 'held', -tonumber(hold))
+redis.call('HINCRBY', acct, 'held', 0 - tonumber(hold))  -- never -0 (a free job): HINCRBY refuses it
 if ARGV[1] ~= 'completed' then
   redis.call('HINCRBY', acct, 'avail', tonumber(hold))
 end

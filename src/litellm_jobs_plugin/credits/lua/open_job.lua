@@ -52,7 +52,7 @@ local price = tonumber(ARGV[4])
 if avail < price then
   return {'insufficient', '', ARGV[3], string.format('%d', avail)}
 end
-redis.call('HINCRBY', acct, 'avail', -price)
+redis.call('HINCRBY', acct, 'avail', 0 - price)  -- never -0 (a free job): HINCRBY refuses it
 redis.call('HINCRBY', acct, 'held', price)
 local calls = 0
 if ARGV[8] == '1' then calls = 1 end
