@@ -149,7 +149,9 @@ class JobsPlugin(CustomLogger):
         self.writer.journal_observer = metrics.journal_progress
         self._watch = StoreWatch(url, interval_s=s.store_check_interval_s)
         self._watch.start()
-        policies = TeamPolicies(store, refresh_s=s.policy_refresh_s, window_s=s.failure_window_s)
+        policies = TeamPolicies(
+            store, refresh_s=s.policy_refresh_s, window_s=s.failure_window_s, observer=metrics.failure_use
+        )
         self._credits = CreditService(
             s, store, self.writer, backend, metrics=metrics, watch=self._watch, policies=policies
         )

@@ -65,6 +65,23 @@ class Metrics:
         self.rejections = counter(
             "rejections", "Calls and jobs refused for credits (402), by reason.", ("reason", *team)
         )
+        self.uncharged_cost = counter(
+            "uncharged_cost_usd",
+            "Provider cost (USD) of failed and expired jobs, which are not charged: what the failure allowance bounds.",
+            ("job_type", *team),
+        )
+        # Each worker reads the same figure from PostgreSQL: the latest read wins, never a sum.
+        self.failure_allowance_used = (
+            Gauge(
+                "litellm_jobs_failure_allowance_used_usd",
+                "Provider cost (USD) of the team's failed and expired jobs in the failure allowance's window.",
+                ("team",),
+                registry=registry,
+                multiprocess_mode="livemostrecent",
+            )
+            if team_labels
+            else None
+        )
         self.job_cost = Histogram(
             "litellm_jobs_job_cost_usd",
             "Provider cost of closed jobs, as LiteLLM computed it (USD).",
@@ -142,6 +159,16 @@ class Metrics:
 
     def job_cost_known(self, job_type: str, cost_usd: Decimal) -> None:
         self.job_cost.labels(self._type(job_type)).observe(float(cost_usd))
+
+    def uncharged(self, job_type: str, team: str, cost_usd: Decimal) -> None:
+        """A failed or expired job's provider cost, once known."""
+        if cost_usd > 0:
+            self.uncharged_cost.labels(self._type(job_type), *self._team(team)).inc(float(cost_usd))
+
+    def failure_use(self, team: str, spent_usd: Decimal) -> None:
+        """A team's failure spend as last read (only with team labels: it is one team's figure)."""
+        if self.failure_allowance_used is not None:
+            self.failure_allowance_used.labels(team).set(float(spent_usd))
 
     def rejected(self, reason: str, team: str) -> None:
         self.rejections.labels(reason, *self._team(team)).inc()

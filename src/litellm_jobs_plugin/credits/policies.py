@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -65,8 +66,17 @@ def policy_json(team_id: str, policy: TeamPolicy) -> dict[str, Any]:
 class TeamPolicies:
     """Each team's :class:`TeamPolicy` and :class:`FailureUse`, cached (see the module docstring)."""
 
-    def __init__(self, store: PostgresStore, *, refresh_s: float, window_s: float) -> None:
+    def __init__(
+        self,
+        store: PostgresStore,
+        *,
+        refresh_s: float,
+        window_s: float,
+        observer: Callable[[str, Decimal], None] | None = None,
+    ) -> None:
         self.store = store
+        #: Told each team's failure spend as it is read (the Prometheus gauge).
+        self.observer = observer
         self.refresh_s = refresh_s
         self.window_s = window_s
         self._entries: dict[str, _Entry] = {}
@@ -129,6 +139,8 @@ class TeamPolicies:
         now = time.monotonic()
         for row in rows:
             use = FailureUse(spent_usd=Decimal(row["failure_spent_usd"]), oldest_at=row["failure_oldest_at"])
+            if self.observer is not None:
+                self.observer(row["team_id"], use.spent_usd)
             previous = self._entries.get(row["team_id"])
             self._entries[row["team_id"]] = _Entry(
                 policy_from_row(row), use, read_at=now, used_at=previous.used_at if previous else now

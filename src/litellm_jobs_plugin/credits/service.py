@@ -103,15 +103,23 @@ class CreditService:
         charged = closure.hold if status is JobStatus.COMPLETED else Decimal(0)
         self.metrics.job_closed(closure.job_type, team_id, status, charged=charged, calls=closure.admitted_calls)
         if cost_usd is not None:
-            self.metrics.job_cost_known(closure.job_type, cost_usd)
+            self._cost_known(team_id, closure.job_type, status, cost_usd)
             return
         task = asyncio.get_running_loop().create_task(
-            self._observe_cost(team_id, job_id, closure.job_type, closure.admitted_calls)
+            self._observe_cost(team_id, job_id, closure.job_type, closure.admitted_calls, status)
         )
         self._observers.add(task)
         task.add_done_callback(self._observers.discard)
 
-    async def _observe_cost(self, team_id: str, job_id: str, job_type: str, admitted_calls: int) -> None:
+    def _cost_known(self, team_id: str, job_type: str, status: JobStatus, cost_usd: Decimal) -> None:
+        assert self.metrics is not None
+        self.metrics.job_cost_known(job_type, cost_usd)
+        if status is not JobStatus.COMPLETED:
+            self.metrics.uncharged(job_type, team_id, cost_usd)
+
+    async def _observe_cost(
+        self, team_id: str, job_id: str, job_type: str, admitted_calls: int, status: JobStatus
+    ) -> None:
         # Off every request path: the job's cost is known once its admitted calls are recorded
         # (an admitted call LiteLLM then refused never is: past the deadline, what is recorded counts).
         assert self.metrics is not None
@@ -129,7 +137,7 @@ class CreditService:
             _log.warning("litellm-jobs: could not read job %s for its cost metric", job_id, exc_info=True)
             return
         if job is not None:
-            self.metrics.job_cost_known(job_type, job.total_cost_usd)
+            self._cost_known(team_id, job_type, status, job.total_cost_usd)
 
     async def terms(
         self,
