@@ -16,6 +16,7 @@ from typing import Any
 
 from litellm.integrations.custom_logger import CustomLogger
 
+from . import __version__
 from . import litellm_adapter as adapter
 from .credits import CreditService, PostgresCredits, RedisCredits
 from .credits.base import CreditBackend
@@ -89,6 +90,7 @@ class JobsPlugin(CustomLogger):
         if self._attached:
             return
         self._attached = True
+        _show_our_log_lines()
         import litellm.proxy.proxy_server as proxy_server
 
         from .routes import build_router
@@ -160,7 +162,15 @@ class JobsPlugin(CustomLogger):
             drift_check_forever(store, metrics, s.reconcile_interval_s), name="litellm-jobs-drift-check"
         )
         self._store = store
-        _log.info("litellm-jobs: ready (schema %s, credits: %s)", s.db_schema, describe(backend))
+        _log.info(
+            "litellm-jobs %s: ready on %s (database: %s, schema %s; credits: %s; Redis: %s)",
+            __version__,
+            _listen_url(),
+            _describe_database(url, s.data_dir if self._embedded is not None else None),
+            s.db_schema,
+            describe(backend),
+            "on" if s.redis_url else "off",
+        )
         return store
 
     async def start(self) -> PostgresStore:
@@ -222,7 +232,15 @@ class JobsPlugin(CustomLogger):
         except Exception:
             _log.exception("litellm-jobs: flushing LiteLLM's logging worker failed")
         if self._writer is not None:
+            before = self._writer.stats.written
             await self._writer.aclose(timeout_s=timeout)
+            stats = self._writer.stats
+            _log.info(
+                "litellm-jobs: shutting down: flushed %d record(s), %d still unwritten, %d written since start",
+                stats.written - before,
+                self._writer.depth,
+                stats.written,
+            )
         if self._credits is not None:
             await self._credits.aclose()
             self._credits = None
@@ -506,6 +524,44 @@ def _resolve(future: asyncio.Future[CallEvent], event: CallEvent) -> None:
 
 
 plugin = JobsPlugin()
+
+
+def _show_our_log_lines() -> None:
+    """Print this package's INFO lines (ready, shutdown) on stderr unless logging is configured already."""
+    if _log.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    _log.addHandler(handler)
+    _log.setLevel(logging.INFO)
+    _log.propagate = False
+
+
+def _describe_database(url: str, embedded_dir: Any) -> str:
+    """``embedded PostgreSQL in <dir>`` or ``host:port/dbname``: never a password."""
+    if embedded_dir is not None:
+        return f"embedded PostgreSQL in {embedded_dir}"
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+
+        parts = conninfo_to_dict(url)
+    except Exception:
+        return "external"
+    host, port, db = parts.get("host") or "localhost", parts.get("port"), parts.get("dbname") or ""
+    return f"{host}{':' + str(port) if port else ''}/{db}"
+
+
+def _listen_url() -> str:
+    """Where ``litellm`` listens, from its ``--host``/``--port`` options (default 0.0.0.0:4000), as a URL to open."""
+    options = {"--host": "0.0.0.0", "--port": "4000"}
+    argv = sys.argv[1:]
+    for i, arg in enumerate(argv):
+        name, eq, value = arg.partition("=")
+        if name in options:
+            options[name] = value if eq else (argv[i + 1] if i + 1 < len(argv) else options[name])
+    host = options["--host"]
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    return f"http://{host}:{options['--port']}"
 
 
 def _inside_running_proxy() -> bool:
