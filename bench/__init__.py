@@ -1,1 +1,1 @@
-"""Benchmark of the jobs plugin against the bare LiteLLM proxy (issue 8): ``python -m bench.run``."""
+"""Benchmark of the jobs plugin against the bare LiteLLM proxy: ``python -m bench.run``."""

@@ -1,4 +1,4 @@
-"""The benchmark of issue 8: the plugin proxy against the bare proxy, side by side.
+"""The benchmark: the plugin proxy against the bare proxy, side by side.
 
     .venv/bin/python -m bench.run quick        # a few minutes
     .venv/bin/python -m bench.run full         # the long one (memory run of 20 minutes, more rounds)

@@ -1,4 +1,4 @@
-"""The seed system's call routes, served by the proxy (DESIGN §8): ``llm-call``,
+"""The seed system's call routes, served by the proxy: ``llm-call``,
 ``llm-call-stream`` and ``create-and-call``.
 
 Each runs the proxy's own ``/v1/chat/completions`` in process (:class:`~.proxy_call.ProxyCall`)
@@ -308,7 +308,7 @@ def _seed_metadata(plan: CallPlan, usage: Mapping[str, Any], model_used: str | N
 
 
 def seed_answer(plan: CallPlan, completion: dict[str, Any], headers: Mapping[str, str]) -> dict[str, Any]:
-    """The OpenAI chat.completion plus the seed's fields (DESIGN §8)."""
+    """The OpenAI chat.completion plus the seed's fields."""
     choices = completion.get("choices") or [{}]
     choice = choices[0] if isinstance(choices[0], dict) else {}
     message = _dict(choice.get("message"))

@@ -1,4 +1,4 @@
-"""``litellm-jobs``: the plugin's data from a terminal (DESIGN §10).
+"""``litellm-jobs``: the plugin's data from a terminal.
 
 It talks to PostgreSQL directly, with the plugin's own settings (``JOBS_DATABASE_URL``, else
 ``DATABASE_URL``, else the embedded PostgreSQL under ``JOBS_DATA_DIR``). Tables for people,

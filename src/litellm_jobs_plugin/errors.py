@@ -1,4 +1,4 @@
-"""The error tree of DESIGN §7.
+"""The error tree: every error the plugin answers with, its status and its type.
 
 ::
 
@@ -13,7 +13,7 @@
     ├── JobClosed               409 job_closed
     ├── JobTypeMismatch         409 job_type_mismatch
     ├── StoreUnavailable        503 jobs_store_unavailable
-    └── InvalidStructuredOutput 502 invalid_structured_output   (not in DESIGN §7: see the README)
+    └── InvalidStructuredOutput 502 invalid_structured_output   (the model's answer, not the client)
 
 Each class's docstring is its default message. :func:`to_proxy_exception` is the one place that
 turns them into LiteLLM's ``ProxyException`` (OpenAI's error JSON).

@@ -1,4 +1,4 @@
-"""Who a call is for and which job it belongs to (DESIGN §2, §3): pure decisions, no I/O."""
+"""Who a call is for and which job it belongs to: pure decisions, no I/O."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The only module that reads LiteLLM's untyped ``data`` and logging ``kwargs``.
 
 Everything past this module works on :mod:`litellm_jobs_plugin.models` values. The facts relied on
-are listed in ``../shared/LITELLM-NOTES.md`` and covered by ``tests/contract``.
+are covered by ``tests/contract``, one test each.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def client_metadata(data: Mapping[str, Any]) -> object:
     return data.get("metadata")
 
 
-#: The request headers a call may name its job with (DESIGN §3).
+#: The request headers a call may name its job with.
 JOB_HEADERS = ("x-job-id", "x-job-type")
 
 

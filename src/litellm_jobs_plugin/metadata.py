@@ -1,4 +1,4 @@
-"""Validation of the job fields a client puts on a request (DESIGN §3).
+"""Validation of the job fields a client puts on a request.
 
 Pure functions, no LiteLLM types: :mod:`litellm_jobs_plugin.litellm_adapter` hands in the client's
 metadata object and request headers.

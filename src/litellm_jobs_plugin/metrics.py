@@ -1,4 +1,4 @@
-"""Prometheus series ``litellm_jobs_*``, added to the proxy's own ``/metrics`` (DESIGN §10).
+"""Prometheus series ``litellm_jobs_*``, added to the proxy's own ``/metrics``.
 
 They live in ``prometheus_client``'s default registry, which LiteLLM's ``prometheus`` callback
 serves; with ``PROMETHEUS_MULTIPROC_DIR`` set (``litellm --num_workers N``) prometheus_client keeps

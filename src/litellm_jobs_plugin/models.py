@@ -39,7 +39,7 @@ class CallStatus(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class JobTag:
-    """The job fields a client put on a request, validated (DESIGN §3)."""
+    """The job fields a client put on a request, validated."""
 
     job_id: str | None
     job_type: str | None

@@ -1,4 +1,4 @@
-"""HTTP routes mounted on the proxy's own FastAPI app, behind LiteLLM's key auth (DESIGN §8).
+"""HTTP routes mounted on the proxy's own FastAPI app, behind LiteLLM's key auth.
 
 Handlers parse, authorise (a team sees only its own jobs; the admin may act for any team), call
 the store or the credit service, and shape the answer. Every client mistake is a JobsError,

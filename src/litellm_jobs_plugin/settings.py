@@ -24,7 +24,7 @@ _PRISMA_ONLY_PARAMS = frozenset(
 
 
 class UntaggedPolicy(enum.StrEnum):
-    """What happens to a call that names no ``job_id`` (DESIGN §3)."""
+    """What happens to a call that names no ``job_id``."""
 
     SINGLE_CALL_JOB = "single_call_job"
     ALLOW = "allow"

@@ -1,9 +1,9 @@
-"""Hostile-input fuzzing of every route and of the metadata path, against one real proxy (issue 7).
+"""Hostile-input fuzzing of every route and of the metadata path, against one real proxy.
 
 Every request this module generates must be refused: an unknown or missing key, a body that is not
-a JSON object (or is too big, too deep, of the wrong type), an id outside DESIGN §3's alphabet,
+a JSON object (or is too big, too deep, of the wrong type), an id outside its documented alphabet,
 another team's job, a closed job, a team without credits. Each answer is checked (status < 500; a
-4xx is OpenAI's error JSON with a DESIGN §7 type, or LiteLLM's own ``auth_error`` /
+4xx is OpenAI's error JSON with one of our error types, or LiteLLM's own ``auth_error`` /
 ``invalid_request_error`` for its key auth and body parsing), and after each test the plugin's
 tables (every row of ``jobs``, ``calls``, ``call_events``, ``credit_ledger``, ``credit_accounts``),
 the teams' balances, the writer's counters and the fake upstream's request count are exactly
@@ -50,12 +50,12 @@ OPEN_A, CLOSED_A, OPEN_B, CLOSED_B = "fz-open-a", "fz-closed-a", "fz-open-b", "f
 JOB_TYPE = "doc"
 MESSAGES = [{"role": "user", "content": "hello"}]
 
-#: DESIGN §3's alphabets: a value outside them must be refused.
+#: The documented alphabets of ids and types: a value outside them must be refused.
 JOB_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 JOB_TYPE_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 TEAM_ID_RE = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
 
-#: DESIGN §7, and LiteLLM's own answers for a bad key and for a body its parser refuses.
+#: Our error types, and LiteLLM's own answers for a bad key and for a body its parser refuses.
 OUR_TYPES = {
     "invalid_job_metadata",
     "job_id_required",

@@ -1,4 +1,4 @@
-"""Analytics, Prometheus series and LiteLLM request tags after a generated workload (issue 6).
+"""Analytics, Prometheus series and LiteLLM request tags after a generated workload.
 
 The expected numbers are computed here, independently, from the call rows in PostgreSQL and from
 what the workload did; the proxy's analytics route and /metrics must agree with them.

@@ -1,4 +1,4 @@
-"""One test per LiteLLM behaviour the plugin relies on (../shared/LITELLM-NOTES.md).
+"""One test per LiteLLM behaviour the plugin relies on.
 
 When the pinned LiteLLM range moves, these say which assumption broke. Behaviour that only a
 running proxy shows (events, headers, shutdown order) is covered in tests/acceptance.

@@ -1,4 +1,4 @@
-"""A typed async client for a LiteLLM proxy running the jobs plugin (DESIGN §9).
+"""A typed async client for a LiteLLM proxy running the jobs plugin.
 
 Example::
 

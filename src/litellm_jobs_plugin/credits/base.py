@@ -1,4 +1,4 @@
-"""What every credit backend does, and the values it returns (DESIGN §4)."""
+"""What every credit backend does, and the values it returns."""
 
 from __future__ import annotations
 

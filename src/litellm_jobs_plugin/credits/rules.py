@@ -1,4 +1,4 @@
-"""The checks every backend applies to an existing job (DESIGN §3, §4, §7)."""
+"""The checks every backend applies to an existing job."""
 
 from __future__ import annotations
 
