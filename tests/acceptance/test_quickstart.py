@@ -6,12 +6,14 @@ models are LiteLLM mock_response models, so no provider key is needed.
 
 from __future__ import annotations
 
+import re
 import signal
 from pathlib import Path
 
 import httpx
 import openai
 
+from litellm_jobs_plugin import __version__
 from tests.support.services import ROOT, Proxy, wait_for
 
 
@@ -60,6 +62,16 @@ def test_repository_config_runs_with_an_embedded_database(tmp_path: Path) -> Non
         assert 'litellm_jobs_started_total{job_type="document_analysis"} 1.0' in metrics.text
     finally:
         proxy.stop(sig=signal.SIGTERM, timeout=60)
+    # What the README tells a new user to look for: the ready line, then the shutdown line.
+    log = proxy.log_path.read_text(errors="replace")
+    ready = re.search(r"litellm-jobs (\S+): ready on (\S+) \(database: ([^,]+), schema \w+; credits: ([^;]+);", log)
+    assert ready is not None, log[-3000:]
+    assert ready.group(1) == __version__
+    assert ready.group(2) == proxy.url
+    assert ready.group(3) == f"embedded PostgreSQL in {data_dir}"
+    assert ready.group(4) == "in-process"
+    flushed = re.search(r"litellm-jobs: shutting down: flushed \d+ record\(s\), 0 still unwritten", log)
+    assert flushed is not None, log[-3000:]
     # The embedded server is stopped with the proxy.
     wait_for(
         lambda: not (data_dir / "pgdata" / "postmaster.pid").exists(),
