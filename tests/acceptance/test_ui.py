@@ -23,7 +23,7 @@ CHROMEDRIVER = shutil.which("chromedriver")
 def browser() -> Iterator[object]:
     if not (CHROMIUM and CHROMEDRIVER):
         if os.environ.get("CI"):
-            pytest.fail("CI must install Debian's chromium and chromium-driver (see scripts/install)")
+            pytest.fail("CI must install Debian's chromium and chromium-driver (see scripts/install-test-deps)")
         pytest.skip("chromium and chromedriver are not installed (apt-get install chromium chromium-driver)")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service

@@ -33,7 +33,7 @@ SCALARS = {
 
 def dmmf(schema_text: str) -> dict[str, Any]:
     if shutil.which("node") is None or not (ROOT / "node_modules" / "@prisma" / "prisma-schema-wasm").exists():
-        pytest.fail("node and `npm ci` are needed for the Prisma schema check (.ci/run does both)")
+        pytest.fail("node and `npm ci` are needed for the Prisma schema check (scripts/install-test-deps does both)")
     out = subprocess.run(
         ["node", str(ROOT / "tests" / "support" / "prisma_dmmf.js")],
         input=schema_text,
