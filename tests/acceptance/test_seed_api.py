@@ -1,27 +1,25 @@
-"""The seed system's job API, served by the proxy (DESIGN §8): its documented examples, a client
-written for the seed system, SSE delivery chunk by chunk, create-and-call, team rules."""
+"""The seed system's job API, served by the proxy: clients written from its documented request and
+response shapes, SSE delivery chunk by chunk, create-and-call, team rules."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from pydantic import BaseModel
 
+from litellm_jobs_plugin.client import SaasLiteLLMClient
 from tests.acceptance.helpers import api, wait_for_job
 from tests.conftest import query
 from tests.support import seed_style_client
 from tests.support.services import FakeUpstream, Proxy, proxy_config, wait_for
 
-EXAMPLES = Path(__file__).parent / "seed_examples"
-ACME = "sk-acme"  # test_auth maps it to team acme-corp, the seed documents' team
+ACME = "sk-acme"  # test_auth maps it to team acme-corp
 
 
 @pytest.fixture(scope="module")
@@ -46,54 +44,59 @@ def balance(proxy: Proxy, team: str) -> dict[str, Any]:
     return body
 
 
-def run_example(proxy: Proxy, name: str) -> str:
-    """Run a seed example as a script with only the base URL and the key changed."""
-    source = (EXAMPLES / name).read_text()
-    source = source.replace("http://localhost:8003", proxy.url)
-    for key in ("sk-your-virtual-key-here", "sk-your-virtual-key", "sk-your-key"):
-        source = source.replace(key, ACME)
-    done = subprocess.run([sys.executable, "-c", source], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    return done.stdout
+# -- the seed system's documented shapes, used by the smallest clients a user would write -------------
 
 
-def job_id_in(output: str) -> str:
-    return next(line.split("=", 1)[1] for line in output.splitlines() if line.startswith("JOB_ID="))
-
-
-# -- the seed document's examples, unchanged --------------------------------------------------------
-
-
-@pytest.mark.parametrize("example", ["pattern_a.py", "quick_start.py", "typed_client.py"])
-def test_seed_job_examples_run_unchanged(proxy: Proxy, example: str) -> None:
+@pytest.mark.parametrize("metadata", [None, {"test": True}])
+def test_create_call_complete_with_nothing_but_the_documented_fields(
+    proxy: Proxy, metadata: dict[str, Any] | None
+) -> None:
     before = Decimal(str(balance(proxy, "acme-corp")["credits_remaining"]))
-    out = run_example(proxy, example)
-    job_id = job_id_in(out) if "JOB_ID=" in out else None
-    remaining = Decimal(out.split("Credits remaining: ", 1)[1].split()[0])
-    assert remaining == before - 1  # one job, one credit, whatever its number of calls
-    if example == "quick_start.py":
-        assert "Response: Hello from the fake upstream" in out
-        job_id = out.split("Created job: ", 1)[1].split()[0]
-    assert job_id is not None
-    job = wait_for_job(proxy, job_id, calls=1, key=ACME)
-    assert (job["team_id"], job["status"], job["credits_charged"]) == ("acme-corp", "completed", "1.000000")
+    out = seed_style_client.job_with_one_call(
+        f"{proxy.url}/api", ACME, team_id="acme-corp", job_type="document_analysis", metadata=metadata
+    )
+    assert out["content"] == "Hello from the fake upstream"
+    assert Decimal(str(out["credits_remaining"])) == before - 1  # one job, one credit
+    job = wait_for_job(proxy, out["job_id"], calls=1, key=ACME)
+    assert (job["team_id"], job["status"], Decimal(job["credits_charged"])) == ("acme-corp", "completed", 1)
     assert Decimal(job["total_cost_usd"]) > 0
+    if metadata is not None:
+        assert job["metadata"] == metadata
 
 
-def test_seed_streaming_example_prints_the_stream_and_tracks_its_job(proxy: Proxy) -> None:
-    out = run_example(proxy, "pattern_b.py")
-    assert out.startswith("Hello from the fake upstream")
-    job = wait_for_job(proxy, job_id_in(out), calls=1, key=ACME)
+def test_a_reader_that_decodes_every_data_line_reads_the_stream_and_its_job_is_tracked(proxy: Proxy) -> None:
+    out = seed_style_client.stream_reading_every_data_line(
+        f"{proxy.url}/api", ACME, team_id="acme-corp", job_type="chat"
+    )
+    assert out["text"] == "Hello from the fake upstream"
+    job = wait_for_job(proxy, out["job_id"], calls=1, key=ACME)
     assert job["status"] == "in_progress"
     calls = api(proxy, f"/api/jobs/{job['job_id']}/calls", ACME).json()["calls"]
     assert [(c["stream"], c["status"]) for c in calls] == [(True, "success")]
     assert Decimal(calls[0]["cost_usd"]) > 0
 
 
-def test_seed_structured_output_example_returns_the_model(proxy: Proxy) -> None:
-    out = run_example(proxy, "structured_outputs.py")
-    assert "Name: Ada Lovelace, Age: 36" in out
-    assert "TYPE=Person" in out
+class Person(BaseModel):
+    name: str
+    age: int
+    email: str
+
+
+async def test_the_seed_style_typed_client_creates_calls_structures_and_completes(proxy: Proxy) -> None:
+    before = Decimal(str(balance(proxy, "acme-corp")["credits_remaining"]))
+    async with SaasLiteLLMClient(base_url=proxy.url, team_id="acme-corp", virtual_key=ACME) as client:
+        job = await client.create_job("document_analysis")
+        response = await client.llm_call(job_id=job.job_id, messages=[{"role": "user", "content": "Analyze..."}])
+        person = await client.structured_call(
+            job_id=job.job_id, messages=[{"role": "user", "content": "Extract person info"}], response_model=Person
+        )
+        result = await client.complete_job(job.job_id, "completed")
+    assert response.response.content == "Hello from the fake upstream"
+    assert isinstance(person, Person)
+    assert (person.name, person.age) == ("Ada Lovelace", 36)
+    assert Decimal(str(result.credits_remaining)) == before - 1
+    done = wait_for_job(proxy, job.job_id, calls=2, key=ACME)
+    assert (done["team_id"], done["status"]) == ("acme-corp", "completed")
 
 
 # -- a client written for the seed system, independently of ours -------------------------------------

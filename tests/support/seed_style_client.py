@@ -76,3 +76,59 @@ class SeedStyleClient:
             "entities": json.loads(entities["choices"][0]["message"]["content"]),
             "complete": complete,
         }
+
+
+# -- The seed system's documented request and response shapes, as the smallest scripts a user writes -----
+# Each function is written from the shapes alone (paths, body fields, answer fields), in the style of
+# plain ``requests`` code: a field missing from an answer is a KeyError, not a silent default.
+
+
+def job_with_one_call(
+    api: str, key: str, *, team_id: str, job_type: str, metadata: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Create a job, make one call naming nothing but its messages, complete it: what a first integration does."""
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    create: dict[str, Any] = {"team_id": team_id, "job_type": job_type}
+    if metadata is not None:
+        create["metadata"] = metadata
+    job = requests.post(f"{api}/jobs/create", headers=headers, json=create, timeout=60).json()
+    call = requests.post(
+        f"{api}/jobs/{job['job_id']}/llm-call",
+        headers=headers,
+        json={"messages": [{"role": "user", "content": "Say hello"}]},
+        timeout=60,
+    ).json()
+    done = requests.post(
+        f"{api}/jobs/{job['job_id']}/complete", headers=headers, json={"status": "completed"}, timeout=60
+    ).json()
+    return {
+        "job_id": job["job_id"],
+        "content": call["response"]["content"],
+        "credits_remaining": done["costs"]["credits_remaining"],
+    }
+
+
+def stream_reading_every_data_line(api: str, key: str, *, team_id: str, job_type: str) -> dict[str, Any]:
+    """Stream one call and decode every line that starts with ``data: `` as JSON, printing ``content``.
+
+    A reader this naive must not break on the end of the stream: the proxy writes its end marker
+    so that such a reader skips it, while SSE parsers still read it as ``[DONE]``.
+    """
+    headers = {"Authorization": f"Bearer {key}"}
+    job_id = requests.post(
+        f"{api}/jobs/create", headers=headers, json={"team_id": team_id, "job_type": job_type}, timeout=60
+    ).json()["job_id"]
+    response = requests.post(
+        f"{api}/jobs/{job_id}/llm-call-stream",
+        headers=headers,
+        json={"messages": [{"role": "user", "content": "Tell me a story"}]},
+        stream=True,
+        timeout=60,
+    )
+    text = []
+    for line in response.iter_lines():
+        if line.startswith(b"data: "):
+            chunk = json.loads(line[6:])
+            if chunk.get("content"):
+                text.append(chunk["content"])
+    return {"job_id": job_id, "text": "".join(text)}
