@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from .money import Amount
 from .store.postgres import PostgresStore
 
 Bucket = Literal["hour", "day", "week", "month"]
@@ -34,13 +35,13 @@ class JobTypeStats(_Row):
     calls_per_job: Decimal
     prompt_tokens: int
     completion_tokens: int
-    cost_total_usd: Decimal
+    cost_total_usd: Amount
     # Per closed job (an open job's cost is not final); None before any job closed.
-    cost_avg_usd: Decimal | None
-    cost_p50_usd: Decimal | None
-    cost_p95_usd: Decimal | None
-    credits_charged: Decimal
-    failed_jobs_cost_usd: Decimal  # spent on jobs that earned nothing (failed or expired)
+    cost_avg_usd: Amount | None
+    cost_p50_usd: Amount | None
+    cost_p95_usd: Amount | None
+    credits_charged: Amount
+    failed_jobs_cost_usd: Amount  # spent on jobs that earned nothing (failed or expired)
 
 
 class SeriesPoint(_Row):
@@ -49,17 +50,17 @@ class SeriesPoint(_Row):
     jobs: int
     completed: int
     unsuccessful: int
-    cost_total_usd: Decimal
+    cost_total_usd: Amount
 
 
 class TeamSummary(_Row):
     team_id: str
-    credits_allocated: Decimal
-    credits_remaining: Decimal
-    credits_held: Decimal
-    credits_charged_total: Decimal
-    credits_granted: Decimal  # in the period
-    credits_charged: Decimal  # in the period
+    credits_allocated: Amount
+    credits_remaining: Amount
+    credits_held: Amount
+    credits_charged_total: Amount
+    credits_granted: Amount  # in the period
+    credits_charged: Amount  # in the period
     jobs: int
     pending: int
     in_progress: int
@@ -69,7 +70,7 @@ class TeamSummary(_Row):
     calls: int
     prompt_tokens: int
     completion_tokens: int
-    cost_total_usd: Decimal
+    cost_total_usd: Amount
 
     @classmethod
     def empty(cls, team_id: str) -> TeamSummary:

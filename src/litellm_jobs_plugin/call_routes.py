@@ -22,10 +22,11 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import jsonschema
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from pydantic import ConfigDict, Field
 
 from . import litellm_adapter
+from . import money as money_
 from .errors import InvalidJobMetadata, InvalidStructuredOutput, to_proxy_exception
 from .jobs import new_job_id
 from .metadata import check_job_id, check_job_metadata, check_job_type, check_purpose
@@ -35,11 +36,13 @@ from .route_kit import (
     MAX_CALL_BODY_BYTES,
     Body,
     CreateJobBody,
+    JSONResponse,
     answer,
     caller_of,
     closed_job_answer,
     documented_body,
     json_object_body,
+    money,
     open_job,
     parse,
     team_for,
@@ -192,10 +195,11 @@ def _dict(value: object) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _header_cost(headers: Mapping[str, str]) -> float | None:
+def _header_cost(headers: Mapping[str, str]) -> money_.Number | None:
+    """LiteLLM's cost of the call, as the text it sent (a JSON number in plain notation)."""
     try:
-        return float(headers["x-litellm-response-cost"])
-    except (KeyError, ValueError):
+        return money_.number(headers["x-litellm-response-cost"].strip())
+    except (KeyError, ArithmeticError, ValueError):
         return None
 
 
@@ -383,7 +387,7 @@ async def relay_stream(
             content=_delta_text(held),
             call_id=plan.call_id,
             job_id=plan.job_id,
-            cost_usd=float(event.cost_usd) if event is not None else None,
+            cost_usd=money(event.cost_usd) if event is not None else None,
             metadata=_seed_metadata(plan, usage, event.model_group if event is not None else None),
         )
         return StreamOutcome(final=final, error=error)
@@ -403,7 +407,7 @@ def _job_headers(headers: Mapping[str, str], summary: Mapping[str, Any]) -> dict
     """The in-process call's headers, with the job's status and credits as they are after its close."""
     passed = passed_headers(headers)
     passed["x-job-status"] = str(summary["status"])
-    passed["x-credits-remaining"] = f"{Decimal(str(summary['costs']['credits_remaining'])).normalize():f}"
+    passed["x-credits-remaining"] = money_.exact(summary["costs"]["credits_remaining"])
     return passed
 
 

@@ -10,6 +10,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from .money import Amount
+
 #: Credits are integers of micro-credits in Redis and in memory.
 MICRO = Decimal(1_000_000)
 CREDIT_QUANTUM = Decimal("0.000001")
@@ -171,14 +173,14 @@ class Job(_Frozen):
     failed_calls: int
     prompt_tokens: int
     completion_tokens: int
-    total_cost_usd: Decimal
+    total_cost_usd: Amount
     total_latency_ms: int
     models_used: list[str]
     max_calls: int | None
-    max_cost_usd: Decimal | None
+    max_cost_usd: Amount | None
     admitted_calls: int
-    credits_held: Decimal
-    credits_charged: Decimal
+    credits_held: Amount
+    credits_charged: Amount
     result: Any = None
     error_message: str | None = None
 
@@ -201,7 +203,7 @@ class Call(_Frozen):
     status: CallStatus
     prompt_tokens: int
     completion_tokens: int
-    cost_usd: Decimal
+    cost_usd: Amount
     cache_hit: bool
     stream: bool
     latency_ms: int
@@ -314,7 +316,7 @@ class JobCaps:
 
 class Balance(_Frozen):
     team_id: str
-    credits_allocated: Decimal
-    credits_remaining: Decimal
-    credits_held: Decimal
-    credits_charged: Decimal
+    credits_allocated: Amount
+    credits_remaining: Amount
+    credits_held: Amount
+    credits_charged: Amount

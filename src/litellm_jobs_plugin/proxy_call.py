@@ -21,6 +21,8 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
+from . import money
+
 _log = logging.getLogger("litellm_jobs_plugin")
 
 Scope = MutableMapping[str, Any]
@@ -220,4 +222,4 @@ SSE_DONE = b"data:[DONE]\n\n"
 
 
 def sse_event(payload: object) -> bytes:
-    return b"data: " + json.dumps(payload, separators=(",", ":"), default=str).encode() + b"\n\n"
+    return b"data: " + money.dumps(payload, separators=(",", ":"), fallback=str).encode() + b"\n\n"

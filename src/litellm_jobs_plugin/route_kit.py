@@ -14,9 +14,11 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.responses import JSONResponse as StarletteJSONResponse
 from starlette.responses import Response
 
 from . import litellm_adapter
+from . import money as money_
 from .errors import InvalidJobMetadata, JobNotFound, JobsError, TeamRequired, to_proxy_exception
 from .jobs import Caller, new_job_id, paying_team
 from .metadata import check_job_id, check_job_metadata, check_job_type, check_team_id, json_depth
@@ -253,8 +255,16 @@ async def job_or_404(plugin: JobsPlugin, team: str, job_id: str) -> Job:
     return job
 
 
-def money(value: Decimal) -> float:
-    return float(value)
+def money(value: Decimal) -> money_.Number:
+    """A seed-compatible money field: a JSON number in plain notation, every digit kept (docs/money.md)."""
+    return money_.number(value)
+
+
+class JSONResponse(StarletteJSONResponse):
+    """Starlette's JSONResponse, writing money as docs/money.md says (:func:`money_.dumps`)."""
+
+    def render(self, content: Any) -> bytes:
+        return money_.dumps(content, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 def balance_json(balance: Balance) -> dict[str, Any]:

@@ -14,7 +14,6 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
-from fastapi.responses import JSONResponse
 from pydantic import Field, field_validator
 
 from .analytics import TeamSummary, analytics
@@ -22,12 +21,14 @@ from .call_routes import add_call_routes
 from .errors import Forbidden, InvalidJobMetadata, JobNotFound
 from .metadata import check_job_id, check_job_metadata, check_job_type, check_team_id
 from .models import Job, JobStatus
+from .money import exact
 from .policy_routes import add_policy_routes, allowance_json, read_policy
 from .route_kit import (
     MAX_BODY_BYTES,
     Body,
     CreateJobBody,
     JobsRoute,
+    JSONResponse,
     answer,
     balance_json,
     caller_of,
@@ -134,10 +135,10 @@ def build_router(plugin: JobsPlugin) -> APIRouter:
             "status": job.status.value,
             "created_at": job.created_at.isoformat(),
             "max_calls": job.max_calls,
-            "max_cost_usd": job.max_cost_usd,
-            "credits_held": money(job.credits_held),
+            "max_cost_usd": None if job.max_cost_usd is None else exact(job.max_cost_usd),
+            "credits_held": exact(job.credits_held),
         }
-        return JSONResponse(json.loads(json.dumps(payload, default=str)), status_code=201 if created else 200)
+        return JSONResponse(payload, status_code=201 if created else 200)
 
     @router.get("/api/jobs")
     @answer
@@ -211,7 +212,7 @@ def build_router(plugin: JobsPlugin) -> APIRouter:
                         "completion_tokens": c.completion_tokens,
                         "total_tokens": c.prompt_tokens + c.completion_tokens,
                         "cost_usd": money(c.cost_usd),
-                        "cost_usd_exact": str(c.cost_usd.normalize()),
+                        "cost_usd_exact": exact(c.cost_usd),  # the same text, as a string
                         "cache_hit": c.cache_hit,
                         "latency_ms": c.latency_ms,
                     }
@@ -222,7 +223,7 @@ def build_router(plugin: JobsPlugin) -> APIRouter:
                 "completion_tokens": job.completion_tokens,
                 "total_tokens": job.prompt_tokens + job.completion_tokens,
                 "total_cost_usd": money(job.total_cost_usd),
-                "total_cost_usd_exact": str(job.total_cost_usd.normalize()),
+                "total_cost_usd_exact": exact(job.total_cost_usd),  # the same text, as a string
                 "credits_charged": money(job.credits_charged),
             }
         )
