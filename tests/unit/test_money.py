@@ -30,7 +30,8 @@ from litellm_jobs_plugin.money import display, dumps, exact, number
 def test_one_text_per_amount(value: Decimal | float, text: str, shown: str) -> None:
     assert exact(value) == text
     assert display(value) == shown
-    assert "e" not in text.lower() and "e" not in shown.lower()
+    assert "e" not in text.lower()
+    assert "e" not in shown.lower()
 
 
 def test_numbers_are_plain_json_numbers_and_exact() -> None:
@@ -40,7 +41,7 @@ def test_numbers_are_plain_json_numbers_and_exact() -> None:
 
 
 def test_non_finite_amounts_are_refused() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not a finite amount"):
         exact(Decimal("NaN"))
 
 
