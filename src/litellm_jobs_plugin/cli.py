@@ -9,26 +9,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, TypeVar
 
 import typer
 from pydantic import BaseModel, ValidationError
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from . import money as money_
 from .analytics import analytics as compute_analytics
+from .credits import decide
 from .credits.base import CreditBackend
-from .credits.local import choose_backend, describe
+from .credits.local import LocalCredits, SharedPostgresCredits, choose_backend
+from .credits.policies import TeamPolicies, policy_json
 from .credits.redis import RedisCredits
 from .errors import JobsError
 from .metadata import check_job_id, check_team_id
-from .models import Balance, JobStatus
+from .models import Balance, Job, JobStatus
+from .policy_routes import PolicyBody
 from .reconcile import DEFAULT_LIMIT, DriftKind, Report, find_drift, fix_drift
+from .route_kit import parse
+from .routes import _cursor as parse_cursor
+from .routes import _next_cursor as next_cursor
 from .settings import Settings
 from .store.embedded import EmbeddedPostgres
 from .store.migrations import load_migrations
@@ -46,13 +54,18 @@ app = typer.Typer(
 )
 credits_app = typer.Typer(help="Team credit balances.", no_args_is_help=True)
 jobs_app = typer.Typer(help="Jobs and their calls.", no_args_is_help=True)
+teams_app = typer.Typer(help="Teams: their policies (prices, job types, failure allowance).", no_args_is_help=True)
+policy_app = typer.Typer(help="A team's prices, allowed job types and failure allowance.", no_args_is_help=True)
 app.add_typer(credits_app, name="credits")
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(teams_app, name="teams")
+teams_app.add_typer(policy_app, name="policy")
 
 out = Console()
 err = Console(stderr=True)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+WideOption = Annotated[bool, typer.Option("--wide", "-w", help="Every column (the default fits 80 columns).")]
 TeamOption = Annotated[str, typer.Option("--team", "-t", help="The LiteLLM team id.")]
 
 
@@ -106,26 +119,132 @@ async def database(
 def emit(value: Any, as_json: bool, table: Callable[[], Table]) -> None:
     if as_json:
         data = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
-        out.print_json(json.dumps(data, default=str))
+        out.print_json(money_.dumps(data, fallback=str))  # money: exact strings (docs/money.md)
     else:
-        out.print(table())
+        t = table()
+        # A --wide table wider than the terminal is printed whole (the terminal wraps its lines).
+        console = out if (t.min_width or 0) <= out.width else Console(width=t.min_width, highlight=False)
+        console.print(t)
 
 
 def money(value: Decimal | None) -> str:
-    return "" if value is None else f"{value.normalize():f}"
+    """An amount for people: 4 significant digits, plain notation (docs/money.md)."""
+    return money_.display(value)
+
+
+@dataclass(frozen=True)
+class Col:
+    """A table column: its header, how it aligns, and whether a narrow terminal may leave it out."""
+
+    header: str
+    justify: str = "left"
+    optional: bool = False
+
+
+def fitted(title: str, cols: list[Col], rows: list[list[str]], *, wide: bool = False) -> Table:
+    """A table whose cells are never cut nor wrapped (no ellipsis, full job ids and statuses).
+
+    Optional columns the terminal has no room for are left out, last first, and named under the
+    table; ``wide`` keeps every column (the table is then printed at its own width)."""
+    keep = list(range(len(cols)))
+
+    def build() -> Table:
+        hidden = [cols[i].header for i in range(len(cols)) if i not in keep]
+        t = Table(
+            title=title,
+            box=box.SIMPLE_HEAD,
+            pad_edge=False,
+            title_justify="left",
+            caption=f"not shown: {', '.join(hidden)} (--wide shows them)" if hidden else None,
+            caption_justify="left",
+        )
+        for i in keep:
+            t.add_column(cols[i].header, justify=cols[i].justify, no_wrap=True)  # type: ignore[arg-type]
+        for r in rows:
+            t.add_row(*(r[i] for i in keep))
+        t.min_width = _natural_width(t)
+        return t
+
+    t = build()
+    for i in reversed(range(len(cols))):
+        if wide or (t.min_width or 0) <= out.width:
+            break
+        if cols[i].optional:
+            keep.remove(i)
+            t = build()
+    return t
+
+
+def _natural_width(table: Table) -> int:
+    """The width a table takes when nothing limits it."""
+    unlimited = Console(width=100_000)
+    return unlimited.measure(table, options=unlimited.options).maximum
 
 
 def balance_table(balance: Balance) -> Table:
-    table = Table(title=f"team {balance.team_id}")
-    for name in ("allocated", "remaining", "held", "charged"):
-        table.add_column(name, justify="right")
-    table.add_row(
+    cols = [Col(name, "right") for name in ("allocated", "remaining", "held", "charged")]
+    row = [
         money(balance.credits_allocated),
         money(balance.credits_remaining),
         money(balance.credits_held),
         money(balance.credits_charged),
-    )
-    return table
+    ]
+    return fitted(f"credits of team {balance.team_id}", cols, [row])
+
+
+def where_granted(backend: CreditBackend) -> str:
+    """Where a grant took effect, in plain words."""
+    if isinstance(backend, RedisCredits):
+        return "Recorded in PostgreSQL and applied in Redis, where the proxies check credits: in force now."
+    if isinstance(backend, SharedPostgresCredits) or (
+        isinstance(backend, LocalCredits) and backend.mode != "in-process"
+    ):
+        return "Recorded in PostgreSQL, where the running proxies check credits: in force now."
+    return "Recorded in PostgreSQL; no proxy is running now, and each reads it when it starts."
+
+
+def ledger_key(team: str, kind: str, key: str) -> str:
+    """The ledger's idempotency key of a grant (as PostgresStore.grant writes it)."""
+    return f"{kind}:{len(team)}:{team}:{key}"
+
+
+def allowance(settings: Settings, policy: decide.TeamPolicy, use: decide.FailureUse) -> dict[str, Any]:
+    """A team's failure allowance, as ``GET /api/teams/{team}`` gives it (policy_routes.allowance_json)."""
+    limit = decide.failure_allowance(settings, policy)
+    window = settings.failure_window_s
+    frees_at = None
+    if use.oldest_at is not None and limit is not None and use.spent_usd >= limit:
+        frees_at = (use.oldest_at + timedelta(seconds=window)).isoformat()
+    return {
+        "limit_usd": None if limit is None else money_.exact(limit),
+        "used_usd": money_.exact(use.spent_usd),
+        "window_s": window,
+        "exhausted": decide.allowance_exhausted(settings, policy, use),
+        "frees_at": frees_at,
+    }
+
+
+def duration(seconds: float) -> str:
+    if seconds % 86_400 == 0:
+        return f"{int(seconds // 86_400)} d"
+    if seconds % 3600 == 0:
+        return f"{int(seconds // 3600)} h"
+    return f"{seconds:g} s"
+
+
+def allowance_lines(a: dict[str, Any]) -> list[str]:
+    window = duration(float(a["window_s"]))
+    if a["limit_usd"] is None:
+        return [
+            f"failed jobs: no allowance limit; {money(Decimal(a['used_usd']))} USD spent on them in the last {window}"
+        ]
+    lines = [
+        f"failure allowance: {money(Decimal(a['used_usd']))} of {money(Decimal(a['limit_usd']))} USD "
+        f"used in the last {window}"
+    ]
+    if a["exhausted"]:
+        lines.append(f"  exhausted: new jobs are refused (402) until {a['frees_at']}")
+    return lines
 
 
 # -- commands --------------------------------------------------------------------------------------
@@ -151,14 +270,25 @@ def migrate() -> None:
 def credits_show(
     team: Annotated[str, typer.Argument(help="The LiteLLM team id.")], as_json: JsonOption = False
 ) -> None:
-    """A team's credits: allocated, remaining, held by open jobs, charged."""
+    """A team's credits (allocated, remaining, held by open jobs, charged) and its failure allowance."""
 
-    async def work(settings: Settings) -> Balance:
+    async def work(settings: Settings) -> tuple[Balance, dict[str, Any], bool]:
         async with database(settings) as (store, _):
-            return await store.balance(check_team_id(team, param="team"))
+            team_id = check_team_id(team, param="team")
+            seen = bool(await store.fetch_all("team_summaries", {"team_id": team_id, "since": None, "until": None}))
+            policies = TeamPolicies(store, refresh_s=settings.policy_refresh_s, window_s=settings.failure_window_s)
+            policy, use = await policies.reload(team_id)
+            return await store.balance(team_id), allowance(settings, policy, use), seen
 
-    balance = run(work)
-    emit(balance, as_json, lambda: balance_table(balance))
+    balance, failure_allowance, seen = run(work)
+    if not seen:
+        err.print(f"[yellow]warning:[/yellow] team {team!r} was never seen: no credits granted, no jobs (a typo?)")
+    if as_json:
+        emit({**balance.model_dump(mode="json"), "failure_allowance": failure_allowance}, True, lambda: Table())
+        return
+    out.print(balance_table(balance))
+    for line in allowance_lines(failure_allowance):
+        out.print(line)
 
 
 @credits_app.command("grant")
@@ -206,18 +336,20 @@ def credits_grant(
                 backend = redis_backend
             else:
                 backend = await choose_backend(store, writer, url)
-            err.print(f"credits decided in: {describe(backend)}")
+            team_id = check_team_id(team, param="team")
+            kind = "adjust" if adjust else "grant"
+            replayed = await store.fetch_one("ledger_entry_id", {"key": ledger_key(team_id, kind, key)}) is not None
             try:
-                return await backend.grant(
-                    check_team_id(team, param="team"),
-                    value,
-                    kind="adjust" if adjust else "grant",
-                    idempotency_key=key,
-                    note=note,
-                )
+                balance = await backend.grant(team_id, value, kind=kind, idempotency_key=key, note=note)
             finally:
                 await backend.aclose()
                 await writer.aclose()
+            if replayed:
+                err.print(f"already applied — nothing changed (idempotency key {key!r} was used before)")
+            else:
+                what = "granted" if not adjust else "adjusted by"
+                err.print(f"{what} {money_.exact(value)} credits to team {team_id}. {where_granted(backend)}")
+            return balance
 
     balance = run(work)
     emit(balance, as_json, lambda: balance_table(balance))
@@ -228,49 +360,64 @@ def jobs_list(
     team: TeamOption,
     status: Annotated[str | None, typer.Option(help="pending, in_progress, completed, failed or expired.")] = None,
     job_type: Annotated[str | None, typer.Option("--type", help="Only this job type.")] = None,
-    limit: Annotated[int, typer.Option(min=1, max=500)] = 50,
+    limit: Annotated[int, typer.Option(min=1, max=500, help="Rows per page.")] = 50,
+    cursor: Annotated[str | None, typer.Option(help="The next page (printed under a full page).")] = None,
+    wide: WideOption = False,
     as_json: JsonOption = False,
 ) -> None:
-    """A team's jobs, newest first."""
+    """A team's jobs, newest first, a page at a time."""
     if status is not None and status not in {s.value for s in JobStatus}:
         err.print(f"[red]error:[/red] status must be one of {', '.join(s.value for s in JobStatus)}")
         raise typer.Exit(1)
 
-    async def work(settings: Settings) -> list[Any]:
+    async def work(settings: Settings) -> list[Job]:
         async with database(settings) as (store, _):
             return await store.list_jobs(
-                check_team_id(team, param="team"), status=status, job_type=job_type, limit=limit
+                check_team_id(team, param="team"),
+                status=status,
+                job_type=job_type,
+                cursor=parse_cursor(cursor),
+                limit=limit + 1,  # one more: is there a next page?
             )
 
     jobs = run(work)
+    more = len(jobs) > limit
+    jobs = jobs[:limit]
+    emit([j.model_dump(mode="json") for j in jobs], as_json, lambda: jobs_table(team, jobs, wide))
+    if more:
+        err.print(f"more rows: --cursor {next_cursor(jobs[-1])}", soft_wrap=True)
 
-    def table() -> Table:
-        t = Table(title=f"jobs of team {team}")
-        for name, justify in (
-            ("job", "left"),
-            ("type", "left"),
-            ("status", "left"),
-            ("calls", "right"),
-            ("failed", "right"),
-            ("cost (USD)", "right"),
-            ("credits", "right"),
-            ("created", "left"),
-        ):
-            t.add_column(name, justify=justify)  # type: ignore[arg-type]
-        for j in jobs:
-            t.add_row(
-                j.job_id,
-                j.job_type,
-                j.status.value,
-                str(j.total_calls),
-                str(j.failed_calls),
-                money(j.total_cost_usd),
-                money(j.credits_charged),
-                j.created_at.isoformat(timespec="seconds"),
-            )
-        return t
 
-    emit([j.model_dump(mode="json") for j in jobs], as_json, table)
+def jobs_table(team: str, jobs: list[Job], wide: bool) -> Table:
+    """Job ids and statuses are never cut: other columns give way (``--wide`` shows them all)."""
+    cols = [
+        Col("job"),
+        Col("status"),
+        Col("calls", "right"),
+        Col("USD", "right"),
+        Col("credits", "right"),
+        Col("type", optional=True),
+        Col("created (UTC)", optional=True),
+    ]
+    if wide:
+        cols += [Col("failed", "right"), Col("tokens", "right"), Col("completed (UTC)"), Col("user")]
+    rows = []
+    for j in jobs:
+        row = [j.job_id, j.status.value, str(j.total_calls), money(j.total_cost_usd), money(j.credits_charged)]
+        row += [j.job_type, when(j.created_at, wide)]
+        if wide:
+            row += [str(j.failed_calls), str(j.prompt_tokens + j.completion_tokens), when(j.completed_at, wide)]
+            row.append(j.user_id or "")
+        rows.append(row)
+    return fitted(f"jobs of team {team}", cols, rows, wide=wide)
+
+
+def when(at: datetime | None, full: bool) -> str:
+    """A time in UTC: ``05-31 14:02`` (``--wide``: the ISO 8601 time)."""
+    if at is None:
+        return ""
+    at = at.astimezone(UTC)
+    return at.isoformat(timespec="seconds") if full else at.strftime("%m-%d %H:%M")
 
 
 @jobs_app.command("show")
@@ -293,21 +440,23 @@ def jobs_show(
     def table() -> Table:
         job = shown["job"]
         cost = money(Decimal(job["total_cost_usd"]))
-        t = Table(title=f"job {job['job_id']} · {job['job_type']} · {job['status']} · cost {cost} USD")
-        for name in ("call", "purpose", "model group", "model", "status", "tokens", "cost (USD)", "latency ms"):
-            t.add_column(name)
-        for c in shown["calls"]:
-            t.add_row(
+        credits = money(Decimal(job["credits_charged"]))
+        title = f"job {job['job_id']} · {job['job_type']} · {job['status']} · {cost} USD · {credits} credits"
+        cols = [Col("call"), Col("status"), Col("USD", "right"), Col("purpose", optional=True)]
+        cols += [Col("model", optional=True), Col("tokens", "right", True), Col("ms", "right", True)]
+        rows = [
+            [
                 c["call_id"],
-                c["purpose"] or "",
-                c["model_group"] or "",
-                c["model"] or "",
                 c["status"],
-                str(c["prompt_tokens"] + c["completion_tokens"]),
                 money(Decimal(c["cost_usd"])),
+                c["purpose"] or "",
+                c["model_group"] or c["model"] or "",
+                str(c["prompt_tokens"] + c["completion_tokens"]),
                 str(c["latency_ms"]),
-            )
-        return t
+            ]
+            for c in shown["calls"]
+        ]
+        return fitted(title, cols, rows)
 
     emit(shown, as_json, table)
 
@@ -317,9 +466,13 @@ def analytics_command(
     team: Annotated[str | None, typer.Option("--team", "-t", help="One team; default: every team.")] = None,
     since: Annotated[datetime | None, typer.Option(help="Jobs created at or after (ISO 8601).")] = None,
     until: Annotated[datetime | None, typer.Option(help="Jobs created before (ISO 8601).")] = None,
+    wide: WideOption = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Per job type: jobs by outcome, success rate, calls per job, cost (total, avg, p50, p95), credits."""
+    """Per job type: jobs, success rate, calls per job, cost in USD (total, per job), credits charged.
+
+    ``--wide`` adds jobs by outcome, the cost's median and 95th percentile, and the cost of failed jobs.
+    """
 
     async def work(settings: Settings) -> Any:
         async with database(settings) as (store, _):
@@ -333,29 +486,161 @@ def analytics_command(
     result = run(work)
 
     def table() -> Table:
-        t = Table(title="job types" + (f" of team {team}" if team else " (every team)"))
-        columns = ("type", "jobs", "completed", "failed", "expired", "success", "calls/job", "cost total")
-        for name in (*columns, "avg", "p50", "p95", "credits", "spent on failed"):
-            t.add_column(name, justify="left" if name == "type" else "right")
+        title = "job types" + (f" of team {team}" if team else " (every team)") + " · costs in USD"
+        cols = [Col("type"), Col("jobs", "right"), Col("success", "right"), Col("cost", "right")]
+        cols += [Col("per job", "right"), Col("credits", "right"), Col("calls/job", "right", True)]
+        if wide:
+            cols += [Col(h, "right") for h in ("completed", "failed", "expired", "p50", "p95", "failed cost")]
+        rows = []
         for r in result.job_types:
-            t.add_row(
-                r.job_type,
-                str(r.jobs_started),
-                str(r.completed),
-                str(r.failed),
-                str(r.expired),
-                "" if r.success_rate is None else f"{r.success_rate * 100:.1f}%",
-                f"{r.calls_per_job:.2f}",
-                money(r.cost_total_usd),
-                money(r.cost_avg_usd),
-                money(r.cost_p50_usd),
-                money(r.cost_p95_usd),
-                money(r.credits_charged),
-                money(r.failed_jobs_cost_usd),
-            )
-        return t
+            success = "" if r.success_rate is None else f"{r.success_rate * 100:.1f}%"
+            row = [r.job_type, str(r.jobs_started), success, money(r.cost_total_usd), money(r.cost_avg_usd)]
+            row += [money(r.credits_charged), f"{r.calls_per_job:.2f}"]
+            if wide:
+                row += [str(r.completed), str(r.failed), str(r.expired), money(r.cost_p50_usd)]
+                row += [money(r.cost_p95_usd), money(r.failed_jobs_cost_usd)]
+            rows.append(row)
+        return fitted(title, cols, rows, wide=wide)
 
     emit(result, as_json, table)
+
+
+def policy_lines(shown: dict[str, Any], settings: Settings) -> list[str]:
+    prices = shown["job_prices"]
+    allowed = shown["allowed_job_types"]
+    lines = [f"team {shown['team_id']}"]
+    if prices:
+        lines.append(
+            "  prices (credits per completed job): " + ", ".join(f"{k}={money(Decimal(v))}" for k, v in prices.items())
+        )
+    else:
+        lines.append("  prices: the operator's (JOBS_JOB_PRICES)")
+    if allowed is None:
+        lines.append("  job types: any the operator prices")
+    else:
+        lines.append("  job types: " + (", ".join(allowed) or "none (every new job is refused)"))
+    whose = "the operator's" if shown["failure_allowance_usd"] is None else "the team's own"
+    lines += ["  " + line for line in allowance_lines(shown["failure_allowance"])]
+    lines.append(f"  (that failure allowance is {whose})")
+    return lines
+
+
+async def _read_policy(
+    store: PostgresStore, settings: Settings, team_id: str
+) -> tuple[TeamPolicies, decide.TeamPolicy, decide.FailureUse]:
+    policies = TeamPolicies(store, refresh_s=settings.policy_refresh_s, window_s=settings.failure_window_s)
+    policy, use = await policies.reload(team_id)
+    return policies, policy, use
+
+
+def _shown_policy(
+    settings: Settings, team_id: str, policy: decide.TeamPolicy, use: decide.FailureUse
+) -> dict[str, Any]:
+    return {**policy_json(team_id, policy), "failure_allowance": allowance(settings, policy, use)}
+
+
+@policy_app.command("show")
+def policy_show(team: Annotated[str, typer.Argument(help="The LiteLLM team id.")], as_json: JsonOption = False) -> None:
+    """A team's prices, allowed job types and failure allowance (with what it used)."""
+
+    async def work(settings: Settings) -> tuple[dict[str, Any], Settings]:
+        async with database(settings) as (store, _):
+            team_id = check_team_id(team, param="team")
+            _, policy, use = await _read_policy(store, settings, team_id)
+            return _shown_policy(settings, team_id, policy, use), settings
+
+    shown, settings = run(work)
+    if as_json:
+        out.print_json(money_.dumps(shown))
+    else:
+        for line in policy_lines(shown, settings):
+            out.print(line, highlight=False)
+
+
+def _price(text: str) -> tuple[str, str | None]:
+    job_type, sep, credits = text.partition("=")
+    if not sep or not job_type:
+        raise Failure(f"--price {text!r}: write TYPE=CREDITS (or TYPE=default to drop the team's price)")
+    return job_type, None if credits.strip().lower() == "default" else credits.strip()
+
+
+@policy_app.command("set")
+def policy_set(
+    team: Annotated[str, typer.Argument(help="The LiteLLM team id.")],
+    price: Annotated[
+        list[str] | None,
+        typer.Option(help="TYPE=CREDITS: the team's price of a job type (TYPE=default: the operator's). Repeatable."),
+    ] = None,
+    allow: Annotated[
+        list[str] | None, typer.Option(help="Only these job types (replaces the list). Repeatable.")
+    ] = None,
+    allow_any: Annotated[bool, typer.Option("--allow-any", help="Any job type the operator prices.")] = False,
+    failure_allowance_usd: Annotated[
+        str | None, typer.Option(help="USD of provider cost of failed jobs allowed per window.")
+    ] = None,
+    default_allowance: Annotated[
+        bool, typer.Option("--default-allowance", help="The operator's failure allowance (JOBS_FAILURE_ALLOWANCE_USD).")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Change a team's policy in the fields given; the rest stays as it is.
+
+    Proxies apply it within JOBS_POLICY_REFRESH_S (the one that would take PUT /api/teams/{team}/policy at once).
+    """
+    if allow and allow_any:
+        err.print("[red]error:[/red] --allow and --allow-any exclude each other")
+        raise typer.Exit(1)
+    if failure_allowance_usd is not None and default_allowance:
+        err.print("[red]error:[/red] --failure-allowance-usd and --default-allowance exclude each other")
+        raise typer.Exit(1)
+    if not (price or allow or allow_any or failure_allowance_usd is not None or default_allowance):
+        err.print("[red]error:[/red] nothing to set: give --price, --allow, --allow-any or a failure allowance")
+        raise typer.Exit(1)
+
+    async def work(settings: Settings) -> tuple[dict[str, Any], Settings]:
+        changes = [_price(p) for p in price or []]  # before the database: a bad option changes nothing
+        async with database(settings) as (store, _):
+            team_id = check_team_id(team, param="team")
+            policies, current, _ = await _read_policy(store, settings, team_id)
+            prices: dict[str, Any] = {k: str(v) for k, v in current.job_prices.items()}
+            for job_type, credits in changes:
+                if credits is None:
+                    prices.pop(job_type, None)
+                else:
+                    prices[job_type] = credits
+            allowed: list[str] | None = None if current.allowed_job_types is None else sorted(current.allowed_job_types)
+            if allow:
+                allowed = list(allow)
+            elif allow_any:
+                allowed = None
+            limit: str | None = None if current.failure_allowance_usd is None else str(current.failure_allowance_usd)
+            if failure_allowance_usd is not None:
+                limit = failure_allowance_usd
+            elif default_allowance:
+                limit = None
+            # The admin route's own checks (finite, 0 to 10^12 credits, 6 decimals, valid job types).
+            req = parse(
+                PolicyBody,
+                {"job_prices": prices, "allowed_job_types": allowed, "failure_allowance_usd": limit},
+            )
+            await policies.put(
+                team_id,
+                decide.TeamPolicy(
+                    job_prices=dict(req.job_prices),
+                    allowed_job_types=None if req.allowed_job_types is None else frozenset(req.allowed_job_types),
+                    failure_allowance_usd=req.failure_allowance_usd,
+                ),
+            )
+            policy, use = await policies.reload(team_id)
+            return _shown_policy(settings, team_id, policy, use), settings
+
+    shown, settings = run(work)
+    if as_json:
+        out.print_json(money_.dumps(shown))
+    else:
+        for line in policy_lines(shown, settings):
+            out.print(line, highlight=False)
+    err.print(f"saved; running proxies apply it within {settings.policy_refresh_s:g} s (JOBS_POLICY_REFRESH_S)")
 
 
 def _shown(value: Any) -> str:
@@ -413,7 +698,7 @@ def reconcile_command(
     report = run(work)
 
     if as_json:
-        out.print_json(json.dumps(report.to_json()))
+        out.print_json(money_.dumps(report.to_json(), fallback=str))
     else:
         if report.drifting:
             out.print(drift_table(report))
