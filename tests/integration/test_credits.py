@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -13,11 +14,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from litellm_jobs_plugin import litellm_adapter as adapter
 from litellm_jobs_plugin.credits import CreditService, PostgresCredits, RedisCredits
 from litellm_jobs_plugin.credits.base import CreditBackend
 from litellm_jobs_plugin.credits.local import Authority, LocalCredits, SharedPostgresCredits, choose_backend
-from litellm_jobs_plugin.errors import InsufficientCredits, JobClosed, JobsError
-from litellm_jobs_plugin.models import CallContext, JobStatus
+from litellm_jobs_plugin.credits.policies import TeamPolicies
+from litellm_jobs_plugin.errors import (
+    FailureAllowanceExhausted,
+    InsufficientCredits,
+    JobClosed,
+    JobsError,
+    UnknownJobType,
+)
+from litellm_jobs_plugin.models import CallContext, CallStatus, JobStatus
 from litellm_jobs_plugin.settings import Settings
 from litellm_jobs_plugin.store.postgres import PostgresStore
 from litellm_jobs_plugin.writer import Writer
@@ -41,6 +50,11 @@ def ctx(team: str, job: str, job_type: str, single_call: bool = False) -> CallCo
     )
 
 
+#: Provider cost of failed and expired jobs a team may run up per window (USD).
+ALLOWANCE = Decimal("0.25")
+CALL_COSTS = (Decimal("0.05"), Decimal("0.1"))
+
+
 @dataclass
 class Model:
     """The reference: what the credit rules say should happen."""
@@ -48,11 +62,16 @@ class Model:
     remaining: dict[str, Decimal] = field(default_factory=dict)
     granted: dict[str, Decimal] = field(default_factory=dict)
     jobs: dict[tuple[str, str], tuple[str, Decimal]] = field(default_factory=dict)  # state, hold
+    cost: dict[tuple[str, str], Decimal] = field(default_factory=dict)  # each job's recorded provider cost
+    uncharged: dict[str, Decimal] = field(default_factory=dict)  # provider cost of failed/expired jobs
+    records: int = 0  # answered calls, each of which must be one record
 
     def open(self, team: str, job: str, price: Decimal) -> str:
         state = self.jobs.get((team, job))
         if state is not None:
             return "closed" if state[0] not in ("pending", "in_progress") else "ok"
+        if self.uncharged.get(team, Decimal(0)) >= ALLOWANCE:
+            return "allowance"
         if self.remaining.get(team, Decimal(0)) < price:
             return "insufficient"
         self.remaining[team] = self.remaining.get(team, Decimal(0)) - price
@@ -67,6 +86,7 @@ class Model:
             return "same" if state[0] == status else "conflict"
         if status != "completed":
             self.remaining[team] += state[1]
+            self.uncharged[team] = self.uncharged.get(team, Decimal(0)) + self.cost.get((team, job), Decimal(0))
         self.jobs[(team, job)] = (status, state[1])
         return "closed"
 
@@ -82,12 +102,57 @@ async def run_workload(database_url: str, make_backend: Backend, ops: list[tuple
     writer = Writer(store)
     writer.start()
     backend = await make_backend(store, writer, f"run{run}")
-    credits = CreditService(Settings(job_prices=PRICES, default_price=Decimal(1)), store, writer, backend)
+    settings = Settings(job_prices=PRICES, default_price=Decimal(1), failure_allowance_usd=ALLOWANCE)
+    policies = TeamPolicies(store, refresh_s=3600, window_s=3600)
+    credits = CreditService(settings, store, writer, backend, policies=policies)
     model = Model()
+    # A "cycle" is the abuse of free failures: open a job, make it cost the operator, fail it.
+    ops = [
+        step
+        for op in ops
+        for step in (
+            [("open", *op[1:3]), ("call", *op[1:3], 1), ("call", *op[1:3], 1), ("fail", *op[1:3])]
+            if op[0] == "cycle"
+            else [op]
+        )
+    ]
     try:
+        if any(op[0] == "cycle" for op in ops):  # enough credits that only the allowance stops the cycles
+            ops = [("grant", 0, 0, 50, 99), ("grant", 1, 0, 50, 99), *ops]
         for op in ops:
             kind, t, j = op[0], teams[op[1]], f"job-{op[2]}"
-            if kind == "grant":
+            if kind == "open_hostile":
+                # A job type the operator never priced, or a priced one spelled otherwise: refused, nothing held.
+                with pytest.raises(UnknownJobType):
+                    await credits.admit_call(ctx(t, f"hostile-{op[2]}", ["Cheap", "zzz", "BIG"][op[3]]))
+            elif kind == "call":
+                # An answered call of an open job, with a call id the client reuses for every call.
+                if model.jobs.get((t, j), ("none",))[0] != "in_progress":
+                    continue
+                call_id = "same-call-id"
+                headers = {"proxy_server_request": {"headers": {adapter.CALL_ID_HEADER: call_id}}}
+                record_id = adapter.record_call_id(headers, call_id)
+                context = dataclasses.replace(ctx(t, j, "cheap"), call_id=record_id)
+                data: dict[str, Any] = {"metadata": {}}
+                adapter.put_stash(data, context)
+                cost = CALL_COSTS[op[3]]
+                answered = adapter.call_event(
+                    {
+                        "litellm_call_id": call_id,
+                        "litellm_params": {"metadata": data["metadata"]},
+                        "response_cost": float(cost),
+                        "standard_logging_object": {"model_group": "m"},
+                    },
+                    0.0,
+                    1.0,
+                    CallStatus.SUCCESS,
+                )
+                assert answered is not None
+                await writer.put(answered)
+                await credits.add_cost(t, j, cost)
+                model.records += 1
+                model.cost[(t, j)] = model.cost.get((t, j), Decimal(0)) + cost
+            elif kind == "grant":
                 amount = Decimal(op[3])
                 await credits.grant(t, amount, kind="grant", idempotency_key=f"g-{op[4]}")
                 if f"{t}/g-{op[4]}" not in model.granted:
@@ -103,6 +168,8 @@ async def run_workload(database_url: str, make_backend: Backend, ops: list[tuple
                     got = "insufficient"
                 except JobClosed:
                     got = "closed"
+                except FailureAllowanceExhausted:
+                    got = "allowance"
                 assert got == expected, (op, got, expected)
             else:
                 status = {"complete": JobStatus.COMPLETED, "fail": JobStatus.FAILED, "expire": JobStatus.EXPIRED}[kind]
@@ -113,11 +180,25 @@ async def run_workload(database_url: str, make_backend: Backend, ops: list[tuple
                 except JobClosed:
                     got = "conflict"
                 assert got == expected, (op, got, expected)
+            await writer.flush()  # the records of this step are in PostgreSQL before the next decision
             for team in teams:
                 balance = await credits.balance(team)
                 assert balance.credits_remaining == model.remaining.get(team, Decimal(0)), (op, team)
                 assert balance.credits_held >= 0
         await writer.flush()
+        # Every answered call is one record, whatever call id the client sent.
+        recorded = query(database_url, "SELECT count(*) AS n FROM calls WHERE team_id = ANY(%s)", teams)[0]["n"]
+        assert recorded == model.records
+        # Failed and expired jobs went free only up to the allowance plus one job's cost.
+        biggest_job = max(model.cost.values(), default=Decimal(0))
+        for row in query(
+            database_url,
+            """SELECT team_id, sum(total_cost_usd) AS spent FROM jobs
+            WHERE team_id = ANY(%s) AND status IN ('failed', 'expired') GROUP BY team_id""",
+            teams,
+        ):
+            assert row["spent"] == model.uncharged.get(row["team_id"], Decimal(0))
+            assert row["spent"] <= ALLOWANCE + biggest_job
         # Cached balances equal the ledger; charges never exceed grants; one capture per completed job.
         accounts = {r["team_id"]: r for r in query(database_url, "SELECT * FROM credit_accounts")}
         for row in query(database_url, "SELECT * FROM (" + LEDGER_TOTALS + ") t"):
@@ -166,6 +247,11 @@ OPS = st.lists(
         st.tuples(
             st.sampled_from(["open", "open", "complete", "fail", "expire"]), st.integers(0, 1), st.integers(0, 5)
         ),
+        # Hostile: unpriced and wrong-case job types; calls that reuse one client call id (and cost the
+        # operator money, so that jobs failed over and over run into the failure allowance).
+        st.tuples(st.just("open_hostile"), st.integers(0, 1), st.integers(0, 5), st.integers(0, 2)),
+        st.tuples(st.just("call"), st.integers(0, 1), st.integers(0, 5), st.integers(0, 1)),
+        st.tuples(st.just("cycle"), st.integers(0, 1), st.integers(0, 5)),
     ),
     min_size=1,
     max_size=30,
@@ -208,6 +294,8 @@ def test_random_workloads_keep_every_invariant(
     database_url: str, redis_server_url: str | None, backend_name: str
 ) -> None:
     make_backend = backend_or_skip(redis_server_url, backend_name)
+    # The abuse the allowance exists for, every time: six create → costly call → fail cycles in a row.
+    asyncio.run(run_workload(database_url, make_backend, [("cycle", 0, n) for n in range(6)]))
 
     @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
     @given(OPS)
