@@ -244,19 +244,17 @@ class CreditService:
             )
         )
         if admission.created and self.backend.emits_ledger:
+            # With Redis the hold is already in the journal, whose reader may open the row first.
             await self.store.fetch_all(
-                "insert_job",
+                "insert_created_job",
                 {
                     "team_id": team_id,
                     "job_id": job_id,
                     "job_type": job_type,
-                    "status": JobStatus.PENDING.value,
-                    "single_call": False,
                     "metadata": json.dumps(metadata or {}),
                     "user_id": user_id,
                     "max_calls": caps.max_calls,
                     "max_cost_usd": caps.max_cost_usd,
-                    "admitted_calls": 0,
                 },
             )
             await self.store.apply_ledger(

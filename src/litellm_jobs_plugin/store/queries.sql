@@ -521,3 +521,22 @@ RETURNING team_id, updated_at;
 -- name: list_team_policies
 SELECT team_id, job_prices, allowed_job_types, failure_allowance_usd, updated_at FROM team_policies
 ORDER BY team_id;
+
+-- name: insert_created_job
+-- A job POST /api/jobs/create just opened (its hold taken). With Redis the journal may have written
+-- the hold first, and the hold opens the row as a job opened by a call (in_progress, no caps): the
+-- route's row then completes it — pending while no call is recorded, with the caps, owner and
+-- metadata the route was given.
+INSERT INTO jobs AS j (team_id, job_id, job_type, status, single_call, metadata, user_id, max_calls,
+                       max_cost_usd, admitted_calls)
+VALUES (%(team_id)s, %(job_id)s, %(job_type)s, 'pending', false, %(metadata)s::jsonb, %(user_id)s,
+        %(max_calls)s, %(max_cost_usd)s, 0)
+ON CONFLICT (team_id, job_id) DO UPDATE SET
+    status = CASE WHEN j.total_calls = 0 THEN 'pending' ELSE j.status END,
+    metadata = CASE WHEN j.metadata = '{}'::jsonb THEN EXCLUDED.metadata ELSE j.metadata END,
+    user_id = coalesce(j.user_id, EXCLUDED.user_id),
+    max_calls = coalesce(j.max_calls, EXCLUDED.max_calls),
+    max_cost_usd = coalesce(j.max_cost_usd, EXCLUDED.max_cost_usd),
+    updated_at = now()
+WHERE j.status IN ('pending', 'in_progress')
+RETURNING job_id;

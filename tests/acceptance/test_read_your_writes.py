@@ -1,0 +1,38 @@
+"""What a client just wrote is what it reads next, in every credit mode.
+
+With Redis, a job's hold reaches PostgreSQL through the journal, whose reader may write it before
+the route that created the job writes its row: the row must still be the route's (pending, with its
+caps and metadata), and be visible the moment create answers.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+
+import httpx
+
+from tests.acceptance.helpers import TEAM_A, api
+from tests.support.services import Proxy
+
+
+def test_a_created_job_is_pending_with_its_caps_and_listed_at_once(
+    start_proxy: Callable[..., Proxy], database_url: str, credit_mode: dict[str, str]
+) -> None:
+    proxy = start_proxy(database_url, env=credit_mode)
+    proxy.grant("team-a", 100)
+    prefix = f"ryw-{uuid.uuid4().hex[:6]}"
+    for n in range(20):
+        job_id = f"{prefix}-{n}"
+        created = httpx.post(
+            f"{proxy.url}/api/jobs/create",
+            json={"job_type": "x", "job_id": job_id, "max_calls": 3, "metadata": {"n": n}},
+            headers={"Authorization": f"Bearer {TEAM_A}"},
+            timeout=30,
+        )
+        assert created.status_code == 201, created.text
+        assert created.json()["status"] == "pending", (n, created.json())
+        job = api(proxy, f"/api/jobs/{job_id}").json()
+        assert (job["status"], job["max_calls"], job["metadata"]) == ("pending", 3, {"n": n}), (n, job)
+        listed = api(proxy, "/api/jobs", status="pending", limit=100).json()
+        assert job_id in {j["job_id"] for j in listed["jobs"]}, n
