@@ -18,10 +18,18 @@ from litellm_jobs_plugin.errors import InsufficientCredits, to_proxy_exception
 
 
 def test_tested_litellm_version_is_in_the_pinned_range() -> None:
+    # The range users get is pyproject's; these tests run on its floor and on its newest release.
+    import tomllib
     from importlib.metadata import version
+    from pathlib import Path
 
-    major, minor, *_ = (int(x) for x in version("litellm").split(".")[:2])
-    assert (1, 106) <= (major, minor) < (1, 109)
+    from packaging.requirements import Requirement
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    litellm = next(Requirement(d) for d in pyproject["project"]["dependencies"] if Requirement(d).name == "litellm")
+    assert litellm.extras == {"proxy"}
+    assert str(litellm.specifier) == "<1.111,>=1.106.2"
+    assert litellm.specifier.contains(version("litellm"))
 
 
 def test_callbacks_resolve_a_package_attribute() -> None:
