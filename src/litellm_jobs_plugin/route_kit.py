@@ -248,8 +248,7 @@ async def open_job(plugin: JobsPlugin, key: Any, req: CreateJobBody) -> tuple[bo
 
 
 async def job_or_404(plugin: JobsPlugin, team: str, job_id: str) -> Job:
-    store = await plugin.ready()
-    job = await store.get_job(team, job_id)
+    job = await (await plugin.credits()).job_row(team, job_id)
     if job is None:
         raise JobNotFound(f"No job {job_id!r} for team {team!r}.", param="job_id")
     return job

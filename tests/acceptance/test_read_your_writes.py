@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 import httpx
 
-from tests.acceptance.helpers import TEAM_A, api
-from tests.support.services import Proxy
+from tests.acceptance.helpers import TEAM_A, api, client, tag
+from tests.support.services import Proxy, wait_for
 
 
 def test_a_created_job_is_pending_with_its_caps_and_listed_at_once(
@@ -36,3 +36,25 @@ def test_a_created_job_is_pending_with_its_caps_and_listed_at_once(
         assert (job["status"], job["max_calls"], job["metadata"]) == ("pending", 3, {"n": n}), (n, job)
         listed = api(proxy, "/api/jobs", status="pending", limit=100).json()
         assert job_id in {j["job_id"] for j in listed["jobs"]}, n
+
+
+def test_a_job_opened_by_a_call_is_readable_right_after_the_answer(
+    start_proxy: Callable[..., Proxy], database_url: str, credit_mode: dict[str, str]
+) -> None:
+    proxy = start_proxy(database_url, env=credit_mode)
+    proxy.grant("team-a", 100)
+    oai = client(proxy)
+    for n in range(10):
+        job_id = f"ryw-call-{uuid.uuid4().hex[:6]}-{n}"
+        oai.chat.completions.create(
+            model="ChatAgent", messages=[{"role": "user", "content": "hi"}], extra_body=tag(job_id)
+        )
+        # Never a 404 for a job whose call was just answered: the job, at once.
+        assert api(proxy, f"/api/jobs/{job_id}").status_code == 200, n
+        assert api(proxy, f"/api/jobs/{job_id}/calls").status_code == 200, n
+        # And its call shortly after (the record is written off the request path).
+        wait_for(
+            lambda job_id=job_id: len(api(proxy, f"/api/jobs/{job_id}/calls").json()["calls"]) == 1,  # type: ignore[misc]
+            timeout=5,
+            what=f"the call of {job_id}",
+        )

@@ -98,6 +98,10 @@ class CreditBackend(Protocol):
         """A call of the job finished with this cost (activity for the reaper, spend for max_cost_usd)."""
         ...
 
+    async def knows(self, team_id: str, job_id: str) -> bool:
+        """The backend holds this job's state (it may not have reached PostgreSQL yet)."""
+        ...
+
     def closing(self) -> contextlib.AbstractAsyncContextManager[None]:
         """Brackets a closure and its durable write (the in-process backend's hand-over waits for it)."""
         ...

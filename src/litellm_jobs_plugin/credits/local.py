@@ -427,6 +427,9 @@ class LocalCredits:
                 job.last = time.time()
         return None
 
+    async def knows(self, team_id: str, job_id: str) -> bool:
+        return self._delegate is None and (team_id, job_id) in self._jobs
+
     async def aclose(self) -> None:
         if self._watcher is not None:
             self._watcher.cancel()

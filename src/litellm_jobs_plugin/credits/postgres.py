@@ -198,6 +198,9 @@ class PostgresCredits:
     async def add_cost(self, team_id: str, job_id: str, cost_usd: Decimal) -> None:
         return None  # max_cost_usd is checked against the recorded aggregates
 
+    async def knows(self, team_id: str, job_id: str) -> bool:
+        return False  # the row is the state: nothing is on its way to PostgreSQL
+
     def closing(self) -> contextlib.AbstractAsyncContextManager[None]:
         return contextlib.nullcontext()
 

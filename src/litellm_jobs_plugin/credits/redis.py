@@ -273,6 +273,12 @@ class RedisCredits:
     async def add_cost(self, team_id: str, job_id: str, cost_usd: Decimal) -> None:
         await self._call(self._add_cost, *self._cost_update(team_id, job_id, cost_usd))
 
+    async def knows(self, team_id: str, job_id: str) -> bool:
+        try:
+            return bool(await self.client.exists(self.keys.job(team_id, job_id)))
+        except (aioredis.ConnectionError, aioredis.TimeoutError):
+            return False
+
     def closing(self) -> contextlib.AbstractAsyncContextManager[None]:
         return contextlib.nullcontext()
 

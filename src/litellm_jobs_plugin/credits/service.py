@@ -366,6 +366,22 @@ class CreditService:
     async def balance(self, team_id: str) -> Balance:
         return await self.backend.balance(team_id)
 
+    async def job_row(self, team_id: str, job_id: str, *, wait_s: float = 1.0) -> Job | None:
+        """The job's row; for a job the backend already holds, waits (bounded) for its row to be written.
+
+        With Redis (or in-process credits) a job opened by a call reaches PostgreSQL through the
+        journal or the writer, a few milliseconds after the call was admitted: a client reading the
+        job right after its call's answer gets the job, not a 404.
+        """
+        job = await self.store.get_job(team_id, job_id)
+        if job is not None or not await self.backend.knows(team_id, job_id):
+            return job
+        deadline = asyncio.get_running_loop().time() + wait_s
+        while job is None and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+            job = await self.store.get_job(team_id, job_id)
+        return job
+
     async def add_cost(self, team_id: str, job_id: str, cost_usd: Decimal) -> None:
         await self.backend.add_cost(team_id, job_id, cost_usd)
 
