@@ -393,9 +393,9 @@ def jobs_table(team: str, jobs: list[Job], wide: bool) -> Table:
     cols = [
         Col("job"),
         Col("status"),
-        Col("calls", "right"),
-        Col("USD", "right"),
-        Col("credits", "right"),
+        Col("USD", "right", optional=True),
+        Col("credits", "right", optional=True),
+        Col("calls", "right", optional=True),
         Col("type", optional=True),
         Col("created (UTC)", optional=True),
     ]
@@ -403,7 +403,7 @@ def jobs_table(team: str, jobs: list[Job], wide: bool) -> Table:
         cols += [Col("failed", "right"), Col("tokens", "right"), Col("completed (UTC)"), Col("user")]
     rows = []
     for j in jobs:
-        row = [j.job_id, j.status.value, str(j.total_calls), money(j.total_cost_usd), money(j.credits_charged)]
+        row = [j.job_id, j.status.value, money(j.total_cost_usd), money(j.credits_charged), str(j.total_calls)]
         row += [j.job_type, when(j.created_at, wide)]
         if wide:
             row += [str(j.failed_calls), str(j.prompt_tokens + j.completion_tokens), when(j.completed_at, wide)]
