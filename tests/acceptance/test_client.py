@@ -1,8 +1,9 @@
-"""The typed client (litellm_jobs_plugin.client) against a real proxy: every method, its errors,
-and retries that never charge twice."""
+"""The typed clients (litellm_jobs_plugin.client) against a real proxy: every method, its errors,
+retries that never charge twice, and the sync twin doing what the async client does."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import uuid
@@ -22,15 +23,17 @@ from litellm_jobs_plugin.client import (
     InvalidStructuredOutput,
     JobClosed,
     JobCostBreakdown,
+    JobCosts,
     JobNotFound,
     JobsClient,
     JobStatus,
     JobTypeMismatch,
     SaasLiteLLMClient,
+    SyncJobsClient,
 )
 from tests.acceptance.helpers import api
 from tests.conftest import query
-from tests.support.services import FakeUpstream, Proxy, proxy_config, wait_for_async
+from tests.support.services import FakeUpstream, Proxy, proxy_config, wait_for, wait_for_async
 
 MESSAGES = [{"role": "user", "content": "Analyze this"}]
 
@@ -247,6 +250,98 @@ async def test_a_retried_create_is_the_same_job_and_holds_once(proxy: Proxy, mod
     assert held(proxy) == held_before
 
 
+def job_block_through_the_sync_client(proxy: Proxy) -> tuple[str, JobCosts]:
+    with SyncJobsClient(proxy.url, "sk-team-a", default_model="ChatAgent") as client:
+        with client.job("document_analysis", metadata={"doc": 7}) as job:
+            reply = job.chat(messages=MESSAGES, purpose="extract")
+            stream = job.chat_stream(messages=[{"role": "user", "content": "more [chunks:4:0]"}], purpose="expand")
+            deltas = list(stream)
+            person = job.structured(Person, messages=[{"role": "user", "content": "Who?"}])
+        assert reply.choices[0].message.content == "Hello from the fake upstream"
+        assert "".join(deltas) == stream.text == "Hello from the fake upstream"
+        assert len(deltas) >= 4
+        assert stream.usage is not None
+        assert person == Person(name="Ada Lovelace", age=36)
+        assert stream.call_id in {c.call_id for c in client.get_calls(job.job_id)}
+        return job.job_id, job.costs
+
+
+async def job_block_through_the_async_client(proxy: Proxy) -> tuple[str, JobCosts]:
+    async with JobsClient(proxy.url, "sk-team-a", default_model="ChatAgent") as client:
+        async with client.job("document_analysis", metadata={"doc": 7}) as job:
+            await job.chat(messages=MESSAGES, purpose="extract")
+            stream = job.chat_stream(messages=[{"role": "user", "content": "more [chunks:4:0]"}], purpose="expand")
+            assert [d async for d in stream]
+            await job.structured(Person, messages=[{"role": "user", "content": "Who?"}])
+        return job.job_id, job.costs
+
+
+async def test_the_same_job_through_both_clients_charges_and_records_the_same(
+    proxy: Proxy, module_database_url: str
+) -> None:
+    before = remaining(proxy)
+    sync_id, sync_costs = await asyncio.to_thread(job_block_through_the_sync_client, proxy)
+    async_id, async_costs = await job_block_through_the_async_client(proxy)
+    assert sync_costs.credits_charged == async_costs.credits_charged == 1
+    assert sync_costs.credits_remaining == before - 1
+    assert async_costs.credits_remaining == before - 2 == remaining(proxy)
+    same = ("total_calls", "successful_calls", "prompt_tokens", "completion_tokens", "total_cost_usd")
+    assert {k: getattr(sync_costs, k) for k in same} == {k: getattr(async_costs, k) for k in same}
+    assert sync_costs.total_calls == 3
+
+    def stored(job_id: str) -> list[tuple[str, bool, Decimal]]:
+        rows = query(module_database_url, "SELECT purpose, stream, cost_usd FROM calls WHERE job_id = %s", job_id)
+        return sorted((r["purpose"] or "", r["stream"], r["cost_usd"]) for r in rows)
+
+    assert stored(sync_id) == stored(async_id)
+    assert [p for p, _, _ in stored(sync_id)] == ["", "expand", "extract"]
+
+
+def test_the_sync_client_seed_methods_errors_and_failed_jobs(proxy: Proxy) -> None:
+    with SyncJobsClient(proxy.url, "sk-team-a", team_id="team-a") as client:
+        created = client.create_job("document_analysis", metadata={"source": "upload"}, max_calls=10)
+        first = client.llm_call(created.job_id, MESSAGES, purpose="extract")
+        assert first.content == "Hello from the fake upstream"
+        events = list(client.llm_call_stream(created.job_id, [{"role": "user", "content": "go"}]))
+        assert "".join(e.content for e in events) == "Hello from the fake upstream"
+        assert events[-1].is_final
+        assert client.structured_call(created.job_id, [{"role": "user", "content": "x"}], Person).age == 36
+        costs = wait_for(
+            lambda: (c := client.get_costs(created.job_id)).total_calls == 3 and c, timeout=30, what="3 recorded calls"
+        )
+        assert [c.purpose for c in costs.calls] == ["extract", None, None]
+        done = client.complete_job(created.job_id, "completed", result={"pages": 3})
+        assert done.costs.credits_charged == 1
+        assert done.credits_remaining == client.get_team().credits_remaining
+        assert client.get_job(created.job_id).result == {"pages": 3}
+        page = client.list_jobs(job_type="document_analysis", status="completed", limit=500)
+        assert created.job_id in {j.job_id for j in page.jobs}
+        with pytest.raises(JobClosed):
+            client.llm_call(created.job_id, MESSAGES)
+        with pytest.raises(JobNotFound):
+            client.get_job("no-such-job")
+        single = client.create_and_call("chat", MESSAGES)
+        assert single.status is JobStatus.COMPLETED
+        assert single.costs is not None
+        assert single.costs.credits_charged == 1
+
+        before, held_before = remaining(proxy), held(proxy)
+        job = client.job("document_analysis")
+
+        def work() -> None:
+            with job:
+                job.chat(messages=MESSAGES, model="ChatAgent")
+                raise RuntimeError("parsing failed")
+
+        with pytest.raises(RuntimeError, match="parsing failed"):
+            work()
+        assert job.costs.credits_charged == 0
+        assert client.get_job(job.job_id).error_message == "RuntimeError: parsing failed"
+        assert (remaining(proxy), held(proxy)) == (before, held_before)
+    with SyncJobsClient(proxy.url, "sk-broke", default_model="ChatAgent") as broke, pytest.raises(InsufficientCredits):
+        broke.job("document_analysis").__enter__()
+
+
 CLIENT_PAGE = Path(__file__).resolve().parents[2] / "docs" / "client.md"
 
 
@@ -281,3 +376,12 @@ def test_the_client_pages_seed_client_example_runs(proxy: Proxy) -> None:
     assert out[0].startswith("Hello from the fake upstream ")
     assert out[1] == "Hello from the fake upstream"
     assert out[2].startswith("Credits remaining: ")
+
+
+def test_the_client_pages_sync_client_example_runs(proxy: Proxy) -> None:
+    out = run_page_example(proxy, "sync-client").splitlines()
+    assert out[0] == out[1] == "Hello from the fake upstream"
+    assert out[2].startswith("cost: ")
+    assert "credits left: " in out[2]
+    assert out[3].endswith(" completed")
+    assert run_page_example(proxy, "sync-client", key="sk-broke").startswith("no credits: ")

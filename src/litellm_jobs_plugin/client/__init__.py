@@ -1,13 +1,22 @@
-"""A typed async client for a LiteLLM proxy running the jobs plugin.
+"""Typed clients for a LiteLLM proxy running the jobs plugin: :class:`JobsClient` (async) and
+:class:`SyncJobsClient`, its synchronous twin, as httpx's ``AsyncClient`` and ``Client``.
 
 Example::
 
-    from litellm_jobs_plugin.client import JobsClient
+    from litellm_jobs_plugin.client import JobsClient, SyncJobsClient
 
     async with JobsClient("http://127.0.0.1:4000", "sk-my-team-key") as client:
         async with client.job("document_analysis") as job:
             r = await job.chat(model="ChatAgent", messages=[{"role": "user", "content": "Hi"}])
         print(job.costs.credits_remaining)
+
+    with SyncJobsClient("http://127.0.0.1:4000", "sk-my-team-key") as client:
+        with client.job("document_analysis") as job:
+            r = job.chat(model="ChatAgent", messages=[{"role": "user", "content": "Hi"}])
+        print(job.costs.credits_remaining)
+
+Both share the models, the errors and the retry policy: the same call through either sends the
+same requests.
 
 Errors are the plugin's own classes (:mod:`litellm_jobs_plugin.errors`), one per error type,
 with ``status_code`` and ``body`` set; errors that are not the plugin's are :class:`APIError`.
@@ -29,9 +38,9 @@ from ..errors import (
     StoreUnavailable,
     TeamRequired,
 )
-from ._client import JobsClient, SaasLiteLLMClient
+from ._client import JobsClient, SaasLiteLLMClient, SyncJobsClient
 from ._errors import APIError, error_from
-from ._job import ChatStream, JobRun
+from ._job import ChatStream, JobRun, SyncChatStream, SyncJobRun
 from ._models import (
     Call,
     CallCost,
@@ -79,6 +88,9 @@ __all__ = [
     "SeedResponse",
     "StoreUnavailable",
     "StreamEvent",
+    "SyncChatStream",
+    "SyncJobRun",
+    "SyncJobsClient",
     "TeamBalance",
     "TeamRequired",
     "error_from",

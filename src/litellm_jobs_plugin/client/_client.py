@@ -1,53 +1,32 @@
-"""The async client: the plugin's routes over httpx, and the seed system's methods."""
+"""The clients: :class:`JobsClient` (async) and :class:`SyncJobsClient`, twins in the style of httpx's
+``AsyncClient`` and ``Client``. Both do only the I/O; what each operation sends and how its answer is
+read is in ``_requests.py``, the retry policy in ``_errors.py``."""
 
 from __future__ import annotations
 
-import asyncio
-import enum
-import json
-import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping
-from decimal import Decimal
+from collections.abc import AsyncIterator, Iterator
 from types import TracebackType
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import httpx
 import openai
-import pydantic
-from httpx_sse import aconnect_sse
+from httpx_sse import aconnect_sse, connect_sse
 
-from ._errors import backoff, error_from
-from ._job import JobRun, response_format_of, validated
-from ._models import (
-    Call,
-    CompletedJob,
-    CreatedJob,
-    Job,
-    JobCostBreakdown,
-    JobPage,
-    LLMCallResponse,
-    StreamEvent,
-    TeamBalance,
-)
+from . import _requests as ops
+from ._errors import aretry, retry, route_retries
+from ._job import JobRun, SyncJobRun
+from ._models import StreamEvent
 
-__all__ = ["JobsClient", "SaasLiteLLMClient"]
+__all__ = ["JobsClient", "SaasLiteLLMClient", "SyncJobsClient"]
 
-M = TypeVar("M", bound=pydantic.BaseModel)
+T = TypeVar("T")
 
-DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
-DEFAULT_MAX_RETRIES = 2
-#: Statuses worth retrying for idempotent requests: the proxy or its store was briefly unavailable.
-_RETRY_STATUSES = frozenset({429, 502, 503, 504})
+DEFAULT_TIMEOUT = ops.DEFAULT_TIMEOUT
+DEFAULT_MAX_RETRIES = ops.DEFAULT_MAX_RETRIES
 
 
-class _State(enum.Enum):
-    UNOPENED = 1
-    OPENED = 2
-    CLOSED = 3
-
-
-class JobsClient:
-    """Jobs, credits and calls through a LiteLLM proxy running the jobs plugin.
+class JobsClient(ops.ClientBase[httpx.AsyncClient, openai.AsyncOpenAI]):
+    """Jobs, credits and calls through a LiteLLM proxy running the jobs plugin (async).
 
     Example::
 
@@ -57,6 +36,10 @@ class JobsClient:
                 async for delta in job.chat_stream(model="ChatAgent", messages=[...]):
                     print(delta, end="")
             print(job.costs.credits_remaining)
+
+    :class:`SyncJobsClient` is its synchronous twin (the same methods, parameters, models, errors
+    and retries, without ``await``), as httpx's ``Client`` is to ``AsyncClient``. ``JobsClient``
+    keeps its name, async, for the code written against it.
 
     Parameters
     ----------
@@ -77,40 +60,11 @@ class JobsClient:
         An ``httpx.AsyncClient`` to use (and not close); tests pass one with a custom transport.
     """
 
-    def __init__(
-        self,
-        base_url: str,
-        api_key: str,
-        *,
-        team_id: str | None = None,
-        default_model: str | None = None,
-        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
-        max_retries: int = DEFAULT_MAX_RETRIES,
-        http_client: httpx.AsyncClient | None = None,
-    ) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.team_id = team_id
-        self.default_model = default_model
-        self.max_retries = max_retries
-        self._timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
-        self._owns_http = http_client is None
-        self._http = http_client or httpx.AsyncClient(timeout=self._timeout)
-        self._headers = {"Authorization": f"Bearer {api_key}"}
-        self._openai = openai.AsyncOpenAI(
-            base_url=f"{self.base_url}/v1",
-            api_key=api_key,
-            timeout=self._timeout,
-            # The SDK would retry timeouts and 5xx answers: each retry a second upstream call. Our
-            # own retries (_with_retries) resend only what never reached an upstream.
-            max_retries=0,
-            http_client=self._http,
-        )
-        self._state = _State.UNOPENED
+    _http_class = httpx.AsyncClient
+    _sdk_class = openai.AsyncOpenAI
 
     async def __aenter__(self) -> JobsClient:
-        if self._state is _State.CLOSED:
-            raise RuntimeError("A JobsClient cannot be reopened once closed.")
-        self._state = _State.OPENED
+        self._open()
         return self
 
     async def __aexit__(
@@ -119,316 +73,115 @@ class JobsClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        self._state = _State.CLOSED
+        self._state = ops.State.CLOSED
         if self._owns_http:
             await self._http.aclose()
 
-    @property
-    def openai(self) -> openai.AsyncOpenAI:
-        """The OpenAI SDK client pointed at the proxy (same key, same connection pool)."""
-        return self._openai
-
-    # -- plumbing ---------------------------------------------------------------------------------
-
-    def _body(self, values: Mapping[str, Any]) -> dict[str, Any]:
-        body = {k: v for k, v in values.items() if v is not None}
-        if self.team_id is not None:
-            body.setdefault("team_id", self.team_id)
-        return json.loads(json.dumps(body, default=str))  # type: ignore[no-any-return]  # Decimals as strings
-
-    def _call_body(
-        self, messages: Iterable[Mapping[str, Any]], model: str | None, purpose: str | None, params: Mapping[str, Any]
-    ) -> dict[str, Any]:
-        return self._body(
-            {**params, "messages": list(messages), "model": model or self.default_model, "purpose": purpose}
+    async def _send(self, call: ops.RouteCall[T]) -> T:
+        args = self._http_args(call)
+        response = await aretry(
+            lambda: self._http.request(**args), route_retries(self.max_retries, idempotent=call.idempotent)
         )
+        return call.answer(response)
 
-    def _query(self, values: Mapping[str, Any]) -> dict[str, Any]:
-        query = {k: v for k, v in values.items() if v is not None}
-        if self.team_id is not None:
-            query.setdefault("team_id", self.team_id)
-        return query
-
-    async def _request(
-        self,
-        method: str,
-        path: str,
-        *,
-        json_body: Mapping[str, Any] | None = None,
-        params: Mapping[str, Any] | None = None,
-        idempotent: bool,
-    ) -> Any:
-        if self._state is _State.CLOSED:
-            raise RuntimeError("This JobsClient is closed.")
-        attempt = 0
-        while True:
-            try:
-                response = await self._http.request(
-                    method,
-                    f"{self.base_url}{path}",
-                    json=json_body,
-                    params=params,
-                    headers=self._headers,
-                    timeout=self._timeout,
-                )
-            except httpx.TransportError as exc:
-                # A request that never reached the proxy is safe to send again; one that may have
-                # reached it is sent again only if it is idempotent.
-                never_sent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
-                if attempt < self.max_retries and (idempotent or never_sent):
-                    attempt += 1
-                    await asyncio.sleep(backoff(attempt, None))
-                    continue
-                raise
-            if response.status_code in _RETRY_STATUSES and idempotent and attempt < self.max_retries:
-                attempt += 1
-                await asyncio.sleep(backoff(attempt, response.headers.get("retry-after")))
-                continue
-            body = _json_or_none(response)
-            if response.status_code >= 400:
-                raise error_from(response.status_code, body)
-            return body
-
-    # -- seed-compatible methods ------------------------------------------------------------------
-
-    async def create_job(
-        self,
-        job_type: str,
-        *,
-        job_id: str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        max_calls: int | None = None,
-        max_cost_usd: Decimal | float | None = None,
-        user_id: str | None = None,
-    ) -> CreatedJob:
-        """Create a job (its price is held now, charged only if it completes).
-
-        The job id is chosen here when not given, so a retried creation is the same job.
-        """
-        body = self._body(
-            {
-                "job_type": job_type,
-                "job_id": job_id or f"job-{uuid.uuid4().hex}",
-                "metadata": metadata,
-                "max_calls": max_calls,
-                "max_cost_usd": max_cost_usd,
-                "user_id": user_id,
-            }
-        )
-        return CreatedJob.model_validate(
-            await self._request("POST", "/api/jobs/create", json_body=body, idempotent=True)
-        )
-
-    async def llm_call(
-        self,
-        job_id: str,
-        messages: Iterable[Mapping[str, Any]],
-        *,
-        model: str | None = None,
-        purpose: str | None = None,
-        **params: Any,
-    ) -> LLMCallResponse:
-        """One call in the job, through ``POST /api/jobs/{job_id}/llm-call`` (not retried once sent)."""
-        body = self._call_body(messages, model, purpose, params)
-        raw = await self._request("POST", f"/api/jobs/{job_id}/llm-call", json_body=body, idempotent=False)
-        return LLMCallResponse.model_validate(raw)
-
-    async def llm_call_stream(
-        self,
-        job_id: str,
-        messages: Iterable[Mapping[str, Any]],
-        *,
-        model: str | None = None,
-        purpose: str | None = None,
-        **params: Any,
-    ) -> AsyncIterator[StreamEvent]:
-        """The events of ``POST /api/jobs/{job_id}/llm-call-stream``; the last has usage and cost."""
-        body = self._call_body(messages, model, purpose, params)
-        async for event in self._sse(f"/api/jobs/{job_id}/llm-call-stream", body):
-            yield event
-
-    def _create_and_call_body(
-        self,
-        job_type: str,
-        messages: Iterable[Mapping[str, Any]],
-        *,
-        model: str | None,
-        job_id: str | None,
-        metadata: Mapping[str, Any] | None,
-        purpose: str | None,
-        params: Mapping[str, Any],
-    ) -> dict[str, Any]:
-        if "stream" in params:
-            raise ValueError("Use create_and_call_stream() for a streamed create-and-call.")
-        return self._body(
-            {
-                **params,
-                "job_type": job_type,
-                "job_id": job_id,
-                "metadata": metadata,
-                "messages": list(messages),
-                "model": model or self.default_model,
-                "purpose": purpose,
-            }
-        )
-
-    async def create_and_call(
-        self,
-        job_type: str,
-        messages: Iterable[Mapping[str, Any]],
-        *,
-        model: str | None = None,
-        job_id: str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        purpose: str | None = None,
-        **params: Any,
-    ) -> LLMCallResponse:
-        """Create a job, make its one call and close it, in one request (``status`` and ``costs`` set)."""
-        body = self._create_and_call_body(
-            job_type, messages, model=model, job_id=job_id, metadata=metadata, purpose=purpose, params=params
-        )
-        raw = await self._request("POST", "/api/jobs/create-and-call", json_body=body, idempotent=False)
-        return LLMCallResponse.model_validate(raw)
-
-    async def create_and_call_stream(
-        self,
-        job_type: str,
-        messages: Iterable[Mapping[str, Any]],
-        *,
-        model: str | None = None,
-        job_id: str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        purpose: str | None = None,
-        **params: Any,
-    ) -> AsyncIterator[StreamEvent]:
-        """create-and-call as a stream; the last event also has the closed job's ``status`` and ``costs``."""
-        body = self._create_and_call_body(
-            job_type, messages, model=model, job_id=job_id, metadata=metadata, purpose=purpose, params=params
-        )
-        async for event in self._sse("/api/jobs/create-and-call", {**body, "stream": True}):
-            yield event
-
-    async def structured_call(
-        self,
-        job_id: str,
-        messages: Iterable[Mapping[str, Any]],
-        response_model: type[M],
-        *,
-        model: str | None = None,
-        purpose: str | None = None,
-        **params: Any,
-    ) -> M:
-        """A call whose answer is an instance of ``response_model`` (JSON-schema response_format)."""
-        response = await self.llm_call(
-            job_id, messages, model=model, purpose=purpose, response_format=response_format_of(response_model), **params
-        )
-        return validated(response_model, response.response.content)
-
-    async def complete_job(
-        self,
-        job_id: str,
-        status: Literal["completed", "failed"] = "completed",
-        *,
-        result: Any = None,
-        metadata: Mapping[str, Any] | None = None,
-        error_message: str | None = None,
-    ) -> CompletedJob:
-        """Close a job: ``completed`` charges its price, ``failed`` releases it. Idempotent."""
-        body = self._body({"status": status, "result": result, "metadata": metadata, "error_message": error_message})
-        raw = await self._request("POST", f"/api/jobs/{job_id}/complete", json_body=body, idempotent=True)
-        return CompletedJob.model_validate(raw)
-
-    async def get_job(self, job_id: str) -> Job:
-        return Job.model_validate(
-            await self._request("GET", f"/api/jobs/{job_id}", params=self._query({}), idempotent=True)
-        )
-
-    async def list_jobs(
-        self,
-        *,
-        status: str | None = None,
-        job_type: str | None = None,
-        since: str | None = None,
-        until: str | None = None,
-        cursor: str | None = None,
-        limit: int | None = None,
-    ) -> JobPage:
-        query = self._query(
-            {"status": status, "job_type": job_type, "since": since, "until": until, "cursor": cursor, "limit": limit}
-        )
-        return JobPage.model_validate(await self._request("GET", "/api/jobs", params=query, idempotent=True))
-
-    async def get_calls(self, job_id: str) -> list[Call]:
-        raw = await self._request("GET", f"/api/jobs/{job_id}/calls", params=self._query({}), idempotent=True)
-        return [Call.model_validate(c) for c in raw["calls"]]
-
-    async def get_costs(self, job_id: str) -> JobCostBreakdown:
-        raw = await self._request("GET", f"/api/jobs/{job_id}/costs", params=self._query({}), idempotent=True)
-        return JobCostBreakdown.model_validate(raw)
-
-    async def get_team(self, team_id: str | None = None) -> TeamBalance:
-        team = team_id or self.team_id
-        if team is None:
-            raise ValueError("get_team needs a team_id (or a client created with team_id=...).")
-        return TeamBalance.model_validate(await self._request("GET", f"/api/teams/{team}", idempotent=True))
-
-    async def grant_credits(
-        self,
-        team_id: str,
-        amount: Decimal | int | str,
-        *,
-        idempotency_key: str,
-        kind: Literal["grant", "adjust"] = "grant",
-        note: str | None = None,
-    ) -> TeamBalance:
-        """Proxy admin only: grant (or, with ``kind="adjust"``, take back) credits, once per key."""
-        body = {"amount": str(amount), "idempotency_key": idempotency_key, "kind": kind, "note": note}
-        raw = await self._request(
-            "POST",
-            f"/api/teams/{team_id}/credits",
-            json_body={k: v for k, v in body.items() if v is not None},
-            idempotent=True,
-        )
-        return TeamBalance.model_validate(raw)
-
-    async def _sse(self, path: str, body: Mapping[str, Any]) -> AsyncIterator[StreamEvent]:
-        if self._state is _State.CLOSED:
-            raise RuntimeError("This JobsClient is closed.")
-        async with aconnect_sse(
-            self._http, "POST", f"{self.base_url}{path}", json=body, headers=dict(self._headers), timeout=self._timeout
-        ) as source:
+    async def _events(self, stream: ops.EventStream) -> AsyncIterator[StreamEvent]:
+        async with aconnect_sse(self._http, **self._http_args(stream)) as source:
             if source.response.status_code >= 400:
                 await source.response.aread()
-                raise error_from(source.response.status_code, _json_or_none(source.response))
+                raise ops.stream_refused(source.response)
             async for sse in source.aiter_sse():
-                if sse.data.strip() == "[DONE]":
+                if (event := ops.stream_event(sse.data)) is None:
                     return
-                data = json.loads(sse.data)
-                if isinstance(data, dict) and "error" in data and "choices" not in data:
-                    raise error_from(502, data)
-                yield StreamEvent.model_validate(data)
+                yield event
 
-    # -- jobs as context managers -------------------------------------------------------------------
+    def _job(self, spec: ops.JobSpec) -> JobRun:
+        return JobRun(self, spec)
 
-    def job(
-        self,
-        job_type: str,
-        *,
-        job_id: str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        max_calls: int | None = None,
-        max_cost_usd: Decimal | float | None = None,
-    ) -> JobRun:
-        """A job for an ``async with`` block: created on entry (402 early if the team has no
-        credits), completed on normal exit, failed (and not charged) if the block raises."""
-        return JobRun(self, job_type, job_id=job_id, metadata=metadata, max_calls=max_calls, max_cost_usd=max_cost_usd)
+    create_job = ops.operation(ops.create_job, _send)
+    llm_call = ops.operation(ops.llm_call, _send)
+    llm_call_stream = ops.operation(ops.llm_call_stream, _events)
+    create_and_call = ops.operation(ops.create_and_call, _send)
+    create_and_call_stream = ops.operation(ops.create_and_call_stream, _events)
+    structured_call = ops.operation(ops.structured_call, _send)
+    complete_job = ops.operation(ops.complete_job, _send)
+    get_job = ops.operation(ops.get_job, _send)
+    list_jobs = ops.operation(ops.list_jobs, _send)
+    get_calls = ops.operation(ops.get_calls, _send)
+    get_costs = ops.operation(ops.get_costs, _send)
+    get_team = ops.operation(ops.get_team, _send)
+    grant_credits = ops.operation(ops.grant_credits, _send)
+    job = ops.operation(ops.job, _job)
 
 
-def _json_or_none(response: httpx.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        return None
+class SyncJobsClient(ops.ClientBase[httpx.Client, openai.OpenAI]):
+    """The synchronous twin of :class:`JobsClient`: the same methods, parameters, models, errors and
+    retries, without ``await`` (as httpx's ``Client`` is to ``AsyncClient``).
+
+    Example::
+
+        with SyncJobsClient("http://127.0.0.1:4000", "sk-my-team-key") as client:
+            with client.job("document_analysis") as job:   # completes on exit, fails on exception
+                r = job.chat(model="ChatAgent", messages=[{"role": "user", "content": "Hi"}])
+                for delta in job.chat_stream(model="ChatAgent", messages=[...]):
+                    print(delta, end="")
+            print(job.costs.credits_remaining)
+
+    Parameters are :class:`JobsClient`'s; ``http_client`` is an ``httpx.Client`` here. Its
+    ``openai`` is the SDK's sync ``OpenAI`` client, on the same connection pool. Use one client
+    per thread or share it: httpx's ``Client`` is thread-safe.
+    """
+
+    _http_class = httpx.Client
+    _sdk_class = openai.OpenAI
+
+    def __enter__(self) -> SyncJobsClient:
+        self._open()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._state = ops.State.CLOSED
+        if self._owns_http:
+            self._http.close()
+
+    def _send(self, call: ops.RouteCall[T]) -> T:
+        args = self._http_args(call)
+        response = retry(
+            lambda: self._http.request(**args), route_retries(self.max_retries, idempotent=call.idempotent)
+        )
+        return call.answer(response)
+
+    def _events(self, stream: ops.EventStream) -> Iterator[StreamEvent]:
+        with connect_sse(self._http, **self._http_args(stream)) as source:
+            if source.response.status_code >= 400:
+                source.response.read()
+                raise ops.stream_refused(source.response)
+            for sse in source.iter_sse():
+                if (event := ops.stream_event(sse.data)) is None:
+                    return
+                yield event
+
+    def _job(self, spec: ops.JobSpec) -> SyncJobRun:
+        return SyncJobRun(self, spec)
+
+    create_job = ops.operation(ops.create_job, _send)
+    llm_call = ops.operation(ops.llm_call, _send)
+    llm_call_stream = ops.operation(ops.llm_call_stream, _events)
+    create_and_call = ops.operation(ops.create_and_call, _send)
+    create_and_call_stream = ops.operation(ops.create_and_call_stream, _events)
+    structured_call = ops.operation(ops.structured_call, _send)
+    complete_job = ops.operation(ops.complete_job, _send)
+    get_job = ops.operation(ops.get_job, _send)
+    list_jobs = ops.operation(ops.list_jobs, _send)
+    get_calls = ops.operation(ops.get_calls, _send)
+    get_costs = ops.operation(ops.get_costs, _send)
+    get_team = ops.operation(ops.get_team, _send)
+    grant_credits = ops.operation(ops.grant_credits, _send)
+    job = ops.operation(ops.job, _job)
 
 
 class SaasLiteLLMClient(JobsClient):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
 
@@ -69,17 +70,75 @@ def never_reached_the_proxy(exc: BaseException) -> bool:
     return isinstance(exc, StoreUnavailable)
 
 
-async def with_retries(max_retries: int, send: Callable[[], Awaitable[T]]) -> T:
+#: A retry policy: after attempt ``n`` (from 0) ended with this outcome (an answer or an exception),
+#: the seconds to wait before sending again, or None to settle on the outcome.
+RetryPolicy = Callable[[int, object], float | None]
+#: Statuses worth retrying for idempotent requests: the proxy or its store was briefly unavailable.
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+
+
+def route_retries(max_retries: int, *, idempotent: bool) -> RetryPolicy:
+    """Requests to our routes: an idempotent one is sent again after a transport error or a 429/502/503/504;
+    any other only if it never reached the proxy (no connection made)."""
+
+    def wait(attempt: int, outcome: object) -> float | None:
+        if attempt >= max_retries:
+            return None
+        if isinstance(outcome, httpx.TransportError):
+            never_sent = isinstance(outcome, httpx.ConnectError | httpx.ConnectTimeout)
+            return backoff(attempt + 1, None) if idempotent or never_sent else None
+        if isinstance(outcome, httpx.Response) and idempotent and outcome.status_code in RETRY_STATUSES:
+            return backoff(attempt + 1, outcome.headers.get("retry-after"))
+        return None
+
+    return wait
+
+
+def sdk_retries(max_retries: int) -> RetryPolicy:
+    """Chat calls through the OpenAI SDK: sent again only when they never reached an upstream."""
+
+    def wait(attempt: int, outcome: object) -> float | None:
+        if attempt < max_retries and isinstance(outcome, Exception) and never_reached_the_proxy(outcome):
+            return backoff(attempt + 1, None)
+        return None
+
+    return wait
+
+
+def settled(outcome: T | Exception) -> T:
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
+
+
+async def aretry(send: Callable[[], Awaitable[T]], policy: RetryPolicy) -> T:
+    """``send()`` until ``policy`` settles; the async client's one retry loop (SDK errors mapped)."""
     attempt = 0
     while True:
         try:
             with sdk_errors():
-                return await send()
+                outcome: T | Exception = await send()
         except Exception as exc:
-            if attempt >= max_retries or not never_reached_the_proxy(exc):
-                raise
-            attempt += 1
-            await asyncio.sleep(backoff(attempt, None))
+            outcome = exc
+        if (delay := policy(attempt, outcome)) is None:
+            return settled(outcome)
+        attempt += 1
+        await asyncio.sleep(delay)
+
+
+def retry(send: Callable[[], T], policy: RetryPolicy) -> T:
+    """``send()`` until ``policy`` settles; the sync client's one retry loop (SDK errors mapped)."""
+    attempt = 0
+    while True:
+        try:
+            with sdk_errors():
+                outcome: T | Exception = send()
+        except Exception as exc:
+            outcome = exc
+        if (delay := policy(attempt, outcome)) is None:
+            return settled(outcome)
+        attempt += 1
+        time.sleep(delay)
 
 
 def backoff(attempt: int, retry_after: str | None) -> float:

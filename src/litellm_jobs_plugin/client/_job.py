@@ -1,196 +1,148 @@
-"""A job as an ``async with`` block, and its chat calls through the OpenAI SDK."""
+"""A job as an ``async with`` (or ``with``) block, and its chat calls through the OpenAI SDK.
+
+:class:`JobRun` and :class:`ChatStream` are the async client's, :class:`SyncJobRun` and
+:class:`SyncChatStream` the sync client's; what they send and how they read it is in ``_requests.py``.
+"""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping
-from decimal import Decimal
+from collections.abc import AsyncIterator, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import openai
-import pydantic
-from openai import AsyncStream
-from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from openai import AsyncOpenAI, AsyncStream, OpenAI, Stream
+from openai.types.chat import ChatCompletionChunk
 from openai.types.completion_usage import CompletionUsage
 
-from ..errors import InvalidStructuredOutput
-from ._errors import sdk_errors, with_retries
-from ._models import CompletedJob, CreatedJob, JobCosts
+from . import _requests as ops
+from ._errors import aretry, retry, sdk_errors, sdk_retries
+from ._models import CompletedJob
 
 if TYPE_CHECKING:
-    from ._client import JobsClient
+    from ._client import JobsClient, SyncJobsClient
 
-M = TypeVar("M", bound=pydantic.BaseModel)
+T = TypeVar("T")
 
 
-class JobRun:
-    """One job, used as ``async with client.job("...") as job:``; see :meth:`JobsClient.job`."""
+class JobRun(ops.JobRunBase["JobsClient"]):
+    """One job, used as ``async with client.job("...") as job:``; see :meth:`JobsClient.job`.
 
-    def __init__(
-        self,
-        client: JobsClient,
-        job_type: str,
-        *,
-        job_id: str | None,
-        metadata: Mapping[str, Any] | None,
-        max_calls: int | None,
-        max_cost_usd: Decimal | float | None,
-    ) -> None:
-        self._client = client
-        self.job_type = job_type
-        self.job_id = job_id or f"job-{uuid.uuid4().hex}"
-        self._create = {"metadata": metadata, "max_calls": max_calls, "max_cost_usd": max_cost_usd}
-        self.created: CreatedJob | None = None
-        self.result: CompletedJob | None = None
+    Created on entry, completed on normal exit, failed (and not charged) if the block raises;
+    ``complete()`` or ``fail()`` inside the block closes it there instead.
+    """
+
+    _client: JobsClient
 
     async def __aenter__(self) -> JobRun:
-        self.created = await self._client.create_job(self.job_type, job_id=self.job_id, **self._create)  # type: ignore[arg-type]
+        self.created = await self._client._send(self._create_job())
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self.result is not None:
-            return  # closed inside the block
-        if exc is None:
-            await self.complete()
-        else:
-            # Fail the job (its hold released, nothing charged) and let the exception go on.
-            await self.fail(f"{type(exc).__name__}: {exc}"[:4096])
+        if (close := self._close(exc)) is not None:
+            await self._finish(close)
 
-    async def complete(self, *, result: Any = None, metadata: Mapping[str, Any] | None = None) -> CompletedJob:
-        self.result = await self._client.complete_job(self.job_id, "completed", result=result, metadata=metadata)
-        return self.result
+    async def _finish(self, call: ops.RouteCall[CompletedJob]) -> CompletedJob:
+        return self._closed(await self._client._send(call))
 
-    async def fail(self, error_message: str | None = None) -> CompletedJob:
-        self.result = await self._client.complete_job(self.job_id, "failed", error_message=error_message)
-        return self.result
-
-    @property
-    def costs(self) -> JobCosts:
-        """The job's totals and the team's remaining credits, once the job is closed."""
-        if self.result is None:
-            raise RuntimeError("The job is still open: costs are known once it is completed or failed.")
-        return self.result.costs
-
-    def _tag(self, purpose: str | None, extra_body: Mapping[str, Any] | None) -> dict[str, Any]:
-        body = dict(extra_body or {})
-        metadata = dict(body.get("metadata") or {})
-        metadata.update(job_id=self.job_id, job_type=self.job_type)
-        if purpose is not None:
-            metadata["purpose"] = purpose
-        if self._client.team_id is not None:
-            metadata["team_id"] = self._client.team_id
-        body["metadata"] = metadata
-        return body
-
-    def _model(self, model: str | None) -> str:
-        chosen = model or self._client.default_model
-        if chosen is None:
-            raise ValueError("Name a model (or create the client with default_model=...).")
-        return chosen
-
-    async def chat(
-        self,
-        *,
-        messages: Iterable[Mapping[str, Any]],
-        model: str | None = None,
-        purpose: str | None = None,
-        extra_body: Mapping[str, Any] | None = None,
-        **params: Any,
-    ) -> ChatCompletion:
-        """A chat completion in this job, through the OpenAI SDK on the proxy's ``/v1``."""
+    async def _chat(self, call: ops.ChatCall[T]) -> T:
         create: Any = self._client.openai.chat.completions.create  # free-form params: not the typed overloads
-        request = {
-            "model": self._model(model),
-            "messages": list(messages),
-            "extra_body": self._tag(purpose, extra_body),
-        }
-        completion: ChatCompletion = await with_retries(self._client.max_retries, lambda: create(**request, **params))
-        return completion
+        completion = await aretry(lambda: create(**call.request), sdk_retries(self._client.max_retries))
+        return call.parse(completion)
 
-    def chat_stream(
-        self,
-        *,
-        messages: Iterable[Mapping[str, Any]],
-        model: str | None = None,
-        purpose: str | None = None,
-        extra_body: Mapping[str, Any] | None = None,
-        **params: Any,
-    ) -> ChatStream:
-        """A streamed chat completion in this job: ``async for delta in job.chat_stream(...)``
-        gives the text as it comes; ``usage`` is set at the end."""
-        return ChatStream(
-            self._client.openai,
-            max_retries=self._client.max_retries,
-            model=self._model(model),
-            messages=list(messages),
-            extra_body=self._tag(purpose, extra_body),
-            params=params,
-        )
+    def _stream(self, request: dict[str, Any]) -> ChatStream:
+        return ChatStream(self._client.openai, max_retries=self._client.max_retries, request=request)
 
-    async def structured(
-        self,
-        response_model: type[M],
-        *,
-        messages: Iterable[Mapping[str, Any]],
-        model: str | None = None,
-        purpose: str | None = None,
-        extra_body: Mapping[str, Any] | None = None,
-        **params: Any,
-    ) -> M:
-        """A call whose answer is validated into ``response_model``; raises InvalidStructuredOutput."""
-        completion = await self.chat(
-            messages=messages,
-            model=model,
-            purpose=purpose,
-            extra_body=extra_body,
-            response_format=response_format_of(response_model),
-            **params,
-        )
-        return validated(response_model, completion.choices[0].message.content if completion.choices else None)
+    complete = ops.operation(ops.JobRunBase._complete, _finish)
+    fail = ops.operation(ops.JobRunBase._fail, _finish)
+    chat = ops.operation(ops.chat, _chat)
+    structured = ops.operation(ops.structured, _chat)
+    chat_stream = ops.operation(ops.chat_stream, _stream)
 
 
-class ChatStream:
+class SyncJobRun(ops.JobRunBase["SyncJobsClient"]):
+    """One job, used as ``with client.job("...") as job:``; see :meth:`SyncJobsClient.job`.
+
+    The same as :class:`JobRun`, without ``await``.
+    """
+
+    _client: SyncJobsClient
+
+    def __enter__(self) -> SyncJobRun:
+        self.created = self._client._send(self._create_job())
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if (close := self._close(exc)) is not None:
+            self._finish(close)
+
+    def _finish(self, call: ops.RouteCall[CompletedJob]) -> CompletedJob:
+        return self._closed(self._client._send(call))
+
+    def _chat(self, call: ops.ChatCall[T]) -> T:
+        create: Any = self._client.openai.chat.completions.create  # free-form params: not the typed overloads
+        completion = retry(lambda: create(**call.request), sdk_retries(self._client.max_retries))
+        return call.parse(completion)
+
+    def _stream(self, request: dict[str, Any]) -> SyncChatStream:
+        return SyncChatStream(self._client.openai, max_retries=self._client.max_retries, request=request)
+
+    complete = ops.operation(ops.JobRunBase._complete, _finish)
+    fail = ops.operation(ops.JobRunBase._fail, _finish)
+    chat = ops.operation(ops.chat, _chat)
+    structured = ops.operation(ops.structured, _chat)
+    chat_stream = ops.operation(ops.chat_stream, _stream)
+
+
+class _ChatStreamBase:
+    """What both streams keep: the request, and ``usage``, ``text`` and ``call_id`` once it has ended."""
+
+    def __init__(self, *, max_retries: int, request: dict[str, Any]) -> None:
+        self._request = request
+        self._max_retries = max_retries
+        self._started = False
+        self._parts: list[str] = []
+        self.usage: CompletionUsage | None = None
+        self.call_id: str | None = None
+        self.text = ""
+
+    def _start(self) -> None:
+        if self._started:
+            raise RuntimeError("A chat stream is iterated once; start another with job.chat_stream(...).")
+        self._started = True
+
+    def _opened(self, headers: Any) -> None:
+        self.call_id = headers.get("x-litellm-call-id")
+
+    def _deltas_of(self, chunk: ChatCompletionChunk) -> Iterator[str]:
+        if chunk.usage is not None:
+            self.usage = chunk.usage
+        for choice in chunk.choices:
+            if choice.delta.content:
+                self._parts.append(choice.delta.content)
+                yield choice.delta.content
+
+    def _ended(self) -> None:
+        self.text = "".join(self._parts)
+
+
+class ChatStream(_ChatStreamBase):
     """The text deltas of one streamed call; ``usage``, ``text`` and ``call_id`` once it has ended.
 
     Iterate it once (``async for delta in stream``); ``await stream.aclose()`` (or ``async with``)
     ends it early and frees its connection.
     """
 
-    def __init__(
-        self,
-        sdk: openai.AsyncOpenAI,
-        *,
-        max_retries: int,
-        model: str,
-        messages: list[Mapping[str, Any]],
-        extra_body: dict[str, Any],
-        params: dict[str, Any],
-    ) -> None:
-        options = dict(params.get("stream_options") or {})
-        options["include_usage"] = True
-        self._request = {
-            **params,
-            "model": model,
-            "messages": messages,
-            "extra_body": extra_body,
-            "stream": True,
-            "stream_options": options,
-        }
+    def __init__(self, sdk: AsyncOpenAI, *, max_retries: int, request: dict[str, Any]) -> None:
+        super().__init__(max_retries=max_retries, request=request)
         self._sdk = sdk
-        self._max_retries = max_retries
         self._stream: AsyncStream[ChatCompletionChunk] | None = None
-        self._started = False
-        self.usage: CompletionUsage | None = None
-        self.call_id: str | None = None
-        self.text = ""
 
     def __aiter__(self) -> AsyncIterator[str]:
-        if self._started:
-            raise RuntimeError("A ChatStream is iterated once; start another with job.chat_stream(...).")
-        self._started = True
+        self._start()
         return self._deltas()
 
     async def __aenter__(self) -> ChatStream:
@@ -205,37 +157,44 @@ class ChatStream:
 
     async def _deltas(self) -> AsyncIterator[str]:
         create: Any = self._sdk.chat.completions.create  # free-form params: not the typed overloads
-        stream: AsyncStream[ChatCompletionChunk] = await with_retries(
-            self._max_retries, lambda: create(**self._request)
-        )
-        self._stream = stream
-        self.call_id = stream.response.headers.get("x-litellm-call-id")
-        parts: list[str] = []
+        self._stream = stream = await aretry(lambda: create(**self._request), sdk_retries(self._max_retries))
+        self._opened(stream.response.headers)
         with sdk_errors():
             async with stream:
                 async for chunk in stream:
-                    if chunk.usage is not None:
-                        self.usage = chunk.usage
-                    for choice in chunk.choices:
-                        if choice.delta.content:
-                            parts.append(choice.delta.content)
-                            yield choice.delta.content
-        self.text = "".join(parts)
+                    for delta in self._deltas_of(chunk):
+                        yield delta
+        self._ended()
 
 
-def response_format_of(response_model: type[pydantic.BaseModel]) -> dict[str, Any]:
-    return {
-        "type": "json_schema",
-        "json_schema": {"name": response_model.__name__, "schema": response_model.model_json_schema()},
-    }
+class SyncChatStream(_ChatStreamBase):
+    """The sync client's :class:`ChatStream`: ``for delta in stream``; ``stream.close()`` (or ``with``)
+    ends it early."""
 
+    def __init__(self, sdk: OpenAI, *, max_retries: int, request: dict[str, Any]) -> None:
+        super().__init__(max_retries=max_retries, request=request)
+        self._sdk = sdk
+        self._stream: Stream[ChatCompletionChunk] | None = None
 
-def validated(response_model: type[M], content: str | None) -> M:
-    if content is None:
-        raise InvalidStructuredOutput("The model returned no text for a structured response.")
-    try:
-        return response_model.model_validate_json(content)
-    except pydantic.ValidationError as exc:
-        raise InvalidStructuredOutput(
-            f"The model's answer is not a valid {response_model.__name__}: {exc.errors()[0].get('msg')}"
-        ) from exc
+    def __iter__(self) -> Iterator[str]:
+        self._start()
+        return self._deltas()
+
+    def __enter__(self) -> SyncChatStream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+
+    def _deltas(self) -> Iterator[str]:
+        create: Any = self._sdk.chat.completions.create  # free-form params: not the typed overloads
+        self._stream = stream = retry(lambda: create(**self._request), sdk_retries(self._max_retries))
+        self._opened(stream.response.headers)
+        with sdk_errors(), stream:
+            for chunk in stream:
+                yield from self._deltas_of(chunk)
+        self._ended()
