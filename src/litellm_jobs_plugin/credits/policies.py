@@ -81,13 +81,25 @@ class TeamPolicies:
         self.window_s = window_s
         self._entries: dict[str, _Entry] = {}
         self._refresh: asyncio.Task[None] | None = None
+        self._reading: dict[str, asyncio.Future[None]] = {}
+        self._warned_at = float("-inf")
 
     async def get(self, team_id: str) -> tuple[TeamPolicy, FailureUse]:
         now = time.monotonic()
         entry = self._entries.get(team_id)
         if entry is None or entry.read_at == float("-inf"):  # unseen, or a failure here changed its spend
-            await self._read([team_id])
-            entry = self._entries[team_id]
+            try:
+                await self._read_once(team_id)
+            except Exception:
+                # PostgreSQL is unreachable: calls of open jobs must go on (new jobs follow
+                # JOBS_FAIL_MODE), on what was read before, or on the operator's settings alone.
+                if time.monotonic() - self._warned_at > 30:
+                    self._warned_at = time.monotonic()
+                    _log.warning("litellm-jobs: could not read team policies; using what is known", exc_info=True)
+                if entry is None:
+                    return TeamPolicy(), FailureUse()
+            entry = self._entries.get(team_id, entry)
+            assert entry is not None
         elif now - entry.read_at > self.refresh_s:
             self._start_refresh()
         entry.used_at = now
@@ -98,6 +110,15 @@ class TeamPolicies:
         entry = self._entries.get(team_id)
         if entry is not None:
             entry.read_at = float("-inf")
+
+    async def _read_once(self, team_id: str) -> None:
+        """Read one team; concurrent callers share the read (a burst of calls is one query, not one each)."""
+        reading = self._reading.get(team_id)
+        if reading is None:
+            reading = asyncio.ensure_future(self._read([team_id]))
+            self._reading[team_id] = reading
+            reading.add_done_callback(lambda _: self._reading.pop(team_id, None))
+        await asyncio.shield(reading)
 
     async def reload(self, team_id: str) -> tuple[TeamPolicy, FailureUse]:
         """Read the team now (after the admin changed its policy, or to show its figures)."""
