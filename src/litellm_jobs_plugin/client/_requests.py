@@ -22,7 +22,6 @@ from typing import Any, Concatenate, Generic, Literal, ParamSpec, TypeVar
 import httpx
 import openai
 import pydantic
-from openai.types.chat import ChatCompletion
 
 from ..errors import InvalidStructuredOutput
 from ._errors import error_from
@@ -32,7 +31,6 @@ from ._models import (
     CreatedJob,
     Job,
     JobCostBreakdown,
-    JobCosts,
     JobPage,
     LLMCallResponse,
     StreamEvent,
@@ -44,7 +42,6 @@ T = TypeVar("T")
 R = TypeVar("R")
 S = TypeVar("S")
 B = TypeVar("B")
-C = TypeVar("C", bound="ClientBase[Any, Any]")
 H = TypeVar("H", httpx.AsyncClient, httpx.Client)
 SDK = TypeVar("SDK", openai.AsyncOpenAI, openai.OpenAI)
 M = TypeVar("M", bound=pydantic.BaseModel)
@@ -473,150 +470,3 @@ def job(
     """A job for a ``with`` (``async with``) block: created on entry (402 early if the team has no
     credits), completed on normal exit, failed (and not charged) if the block raises."""
     return JobSpec(job_type, job_id or new_job_id(), metadata, max_calls, max_cost_usd)
-
-
-class JobRunBase(Generic[C]):
-    """What :class:`JobRun` and :class:`SyncJobRun` share: the job's ids and how its calls are tagged."""
-
-    def __init__(self, client: C, spec: JobSpec) -> None:
-        self._client = client
-        self._spec = spec
-        self.job_type = spec.job_type
-        self.job_id = spec.job_id
-        self.created: CreatedJob | None = None
-        self.result: CompletedJob | None = None
-
-    @property
-    def costs(self) -> JobCosts:
-        """The job's totals and the team's remaining credits, once the job is closed."""
-        if self.result is None:
-            raise RuntimeError("The job is still open: costs are known once it is completed or failed.")
-        return self.result.costs
-
-    def _create_job(self) -> RouteCall[CreatedJob]:
-        spec = self._spec
-        return create_job(
-            self._client,
-            spec.job_type,
-            job_id=spec.job_id,
-            metadata=spec.metadata,
-            max_calls=spec.max_calls,
-            max_cost_usd=spec.max_cost_usd,
-        )
-
-    def _close(self, exc: BaseException | None) -> RouteCall[CompletedJob] | None:
-        """What leaving the block sends: nothing if the job was closed inside it, else complete it, or
-        fail it (its hold released, nothing charged) if the block raised."""
-        if self.result is not None:
-            return None
-        if exc is None:
-            return self._complete()
-        return self._fail(f"{type(exc).__name__}: {exc}"[:4096])
-
-    def _complete(self, *, result: Any = None, metadata: Mapping[str, Any] | None = None) -> RouteCall[CompletedJob]:
-        return complete_job(self._client, self.job_id, "completed", result=result, metadata=metadata)
-
-    def _fail(self, error_message: str | None = None) -> RouteCall[CompletedJob]:
-        return complete_job(self._client, self.job_id, "failed", error_message=error_message)
-
-    def _closed(self, result: CompletedJob) -> CompletedJob:
-        self.result = result
-        return result
-
-    def _tag(self, purpose: str | None, extra_body: Mapping[str, Any] | None) -> dict[str, Any]:
-        body = dict(extra_body or {})
-        metadata = dict(body.get("metadata") or {})
-        metadata.update(job_id=self.job_id, job_type=self.job_type)
-        if purpose is not None:
-            metadata["purpose"] = purpose
-        if self._client.team_id is not None:
-            metadata["team_id"] = self._client.team_id
-        body["metadata"] = metadata
-        return body
-
-    def _model(self, model: str | None) -> str:
-        chosen = model or self._client.default_model
-        if chosen is None:
-            raise ValueError("Name a model (or create the client with default_model=...).")
-        return chosen
-
-
-@dataclass(frozen=True)
-class ChatCall(Generic[T]):
-    """A chat completion through the OpenAI SDK (keyword arguments of ``chat.completions.create``)."""
-
-    request: dict[str, Any]
-    parse: Callable[[ChatCompletion], T]
-
-
-def _chat_request(
-    run: JobRunBase[Any],
-    /,
-    messages: Iterable[Mapping[str, Any]],
-    model: str | None,
-    purpose: str | None,
-    extra_body: Mapping[str, Any] | None,
-    params: Mapping[str, Any],
-) -> dict[str, Any]:
-    return {
-        **params,
-        "model": run._model(model),
-        "messages": list(messages),
-        "extra_body": run._tag(purpose, extra_body),
-    }
-
-
-def _completion(completion: ChatCompletion) -> ChatCompletion:
-    return completion
-
-
-def chat(
-    run: JobRunBase[Any],
-    /,
-    *,
-    messages: Iterable[Mapping[str, Any]],
-    model: str | None = None,
-    purpose: str | None = None,
-    extra_body: Mapping[str, Any] | None = None,
-    **params: Any,
-) -> ChatCall[ChatCompletion]:
-    """A chat completion in this job, through the OpenAI SDK on the proxy's ``/v1``."""
-    return ChatCall(_chat_request(run, messages, model, purpose, extra_body, params), _completion)
-
-
-def structured(
-    run: JobRunBase[Any],
-    /,
-    response_model: type[M],
-    *,
-    messages: Iterable[Mapping[str, Any]],
-    model: str | None = None,
-    purpose: str | None = None,
-    extra_body: Mapping[str, Any] | None = None,
-    **params: Any,
-) -> ChatCall[M]:
-    """A call whose answer is validated into ``response_model``; raises InvalidStructuredOutput."""
-    params = {**params, "response_format": response_format_of(response_model)}
-
-    def parse(completion: ChatCompletion) -> M:
-        return validated(response_model, completion.choices[0].message.content if completion.choices else None)
-
-    return ChatCall(_chat_request(run, messages, model, purpose, extra_body, params), parse)
-
-
-def chat_stream(
-    run: JobRunBase[Any],
-    /,
-    *,
-    messages: Iterable[Mapping[str, Any]],
-    model: str | None = None,
-    purpose: str | None = None,
-    extra_body: Mapping[str, Any] | None = None,
-    **params: Any,
-) -> dict[str, Any]:
-    """A streamed chat completion in this job: iterate it for the text as it comes; ``usage`` is set
-    at the end (the request asks for it)."""
-    options = dict(params.get("stream_options") or {})
-    options["include_usage"] = True
-    request = chat(run, messages=messages, model=model, purpose=purpose, extra_body=extra_body, **params).request
-    return {**request, "stream": True, "stream_options": options}
