@@ -243,6 +243,31 @@ def build_router(plugin: JobsPlugin) -> APIRouter:
             raise JobNotFound(f"No job {job_id!r} for team {team!r}.", param="job_id")
         return JSONResponse(await closed_job_answer(plugin, team, job_id, closure))
 
+    @router.get("/api/teams")
+    @answer
+    async def list_teams(key: Any = auth) -> JSONResponse:
+        """Teams with credits or jobs, and their balances: every team for the proxy admin, else the key's own."""
+        scope = None if caller_of(key).is_admin else team_for(key, None)
+        rows = await (await plugin.ready()).fetch_all(
+            "team_summaries", {"team_id": scope, "since": None, "until": None}
+        )
+        teams = [TeamSummary.model_validate(r) for r in rows]
+        return JSONResponse(
+            {
+                "teams": [
+                    {
+                        "team_id": t.team_id,
+                        "credits_allocated": exact(t.credits_allocated),
+                        "credits_remaining": exact(t.credits_remaining),
+                        "credits_held": exact(t.credits_held),
+                        "credits_charged": exact(t.credits_charged_total),
+                        "jobs": t.jobs,
+                    }
+                    for t in sorted(teams, key=lambda t: t.team_id)
+                ]
+            }
+        )
+
     @router.get("/api/teams/{team_id}")
     @answer
     async def get_team(team_id: str, key: Any = auth) -> JSONResponse:
