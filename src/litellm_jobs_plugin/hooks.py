@@ -415,6 +415,7 @@ class JobsPlugin(CustomLogger):
                 via_writer=True,
                 cost_usd=event.cost_usd,
                 records=(event,),
+                job_type=event.context.job_type,
             )
             recorded = closure is not None and credits.closes_through_writer
         except JobsError as exc:

@@ -94,23 +94,25 @@ def encode(item: Item) -> str:
 
 
 def decode_entry(fields: dict[str, str]) -> tuple[Item, ...]:
-    """An entry's items: one, or a closure's two ledger entries (the compact record of close_job.lua).
+    """An entry's items: one, or a closure's ledger entries (the compact record of close_job.lua).
 
     Raises ValueError (or KeyError, TypeError) for an entry it cannot read.
     """
     if fields.get("k") != "close":
         return (decode(fields),)
-    hold, closing = closure_entries(
-        fields["t"],
-        fields["j"],
-        fields["y"],
-        from_micro(fields["m"]),
-        fields["i"],
-        JobStatus(fields["c"]),
-        single_call=fields["s"] == "1",
-        closes_row=True,
+    return tuple(
+        closure_entries(
+            fields["t"],
+            fields["j"],
+            fields["y"],
+            from_micro(fields["m"]),
+            fields["i"],
+            JobStatus(fields["c"]),
+            single_call=fields["s"] == "1",
+            closes_row=True,
+            charged=from_micro(fields["g"]) if fields.get("g") else None,
+        )
     )
-    return hold, closing
 
 
 def decode(fields: dict[str, str]) -> Item:

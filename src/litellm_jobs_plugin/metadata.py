@@ -125,7 +125,7 @@ def check_finite(value: object, *, param: str) -> None:
         at = f"{param}.{where}" if where else param
         at = at if len(at) <= 100 else at[:97] + "..."
         raise InvalidJobMetadata(
-            f"{at} is NaN or an infinity, which is not JSON; send a finite number, a string or null.", param=param
+            f"{at} is NaN or an infinity, which is not JSON; send a finite number, a string or null.", param=at
         )
 
 

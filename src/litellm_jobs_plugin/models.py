@@ -286,26 +286,33 @@ def closure_entries(
     *,
     single_call: bool,
     closes_row: bool,
+    charged: Decimal | None = None,
 ) -> list[LedgerEntry]:
     """The ledger entries of a closure: its hold again (idempotent), then the capture or release.
 
-    ``closes_row``: the capture/release also closes the job row (written by the writer, off the
-    request path). The service writes these, and the compact ``close`` record of close_job.lua
-    decodes to them (:func:`~litellm_jobs_plugin.journal.decode_entry`).
+    ``charged`` (a completed job of a cost-based price): the capture is this much, and the rest of
+    the hold is released. ``closes_row``: the last entry also closes the job row (written by the
+    writer, off the request path). The service writes these, and the compact ``close`` record of
+    close_job.lua decodes to them (:func:`~litellm_jobs_plugin.journal.decode_entry`).
     """
-    kind = LedgerKind.CAPTURE if status is JobStatus.COMPLETED else LedgerKind.RELEASE
-    return [
-        hold_entry(team_id, job_id, job_type, hold, single_call, incarnation),
-        LedgerEntry(
+
+    def entry(kind: LedgerKind, amount: Decimal, closes: bool) -> LedgerEntry:
+        return LedgerEntry(
             team_id=team_id,
             kind=kind,
-            amount=hold,
+            amount=amount,
             job_id=job_id,
             job_type=job_type,
             idempotency_key=ledger_key(kind, team_id, job_id, incarnation),
-            closes=status if closes_row else None,
-        ),
-    ]
+            closes=status if closes and closes_row else None,
+        )
+
+    held = hold_entry(team_id, job_id, job_type, hold, single_call, incarnation)
+    if status is not JobStatus.COMPLETED:
+        return [held, entry(LedgerKind.RELEASE, hold, True)]
+    if charged is None or charged >= hold:
+        return [held, entry(LedgerKind.CAPTURE, hold, True)]
+    return [held, entry(LedgerKind.CAPTURE, charged, False), entry(LedgerKind.RELEASE, hold - charged, True)]
 
 
 @dataclass(frozen=True, slots=True)

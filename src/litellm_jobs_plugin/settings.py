@@ -12,7 +12,7 @@ from decimal import Decimal
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -48,6 +48,29 @@ class JobTypeCaps(BaseModel):
     max_cost_usd: Decimal | None = Field(default=None, gt=0, allow_inf_nan=False)
 
 
+class CostPrice(BaseModel):
+    """A job type charged from its provider cost: ``credits_per_usd`` × the job's cost, rounded up to
+    a millionth of a credit, at least ``minimum``. ``maximum`` is held when the job opens and is the
+    most it is charged: the job takes no calls once its cost reaches ``maximum / credits_per_usd``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    credits_per_usd: Decimal = Field(gt=0, allow_inf_nan=False, max_digits=30)
+    minimum: Decimal = Field(default=Decimal(0), ge=0, allow_inf_nan=False, max_digits=30)
+    maximum: Decimal = Field(gt=0, allow_inf_nan=False, max_digits=20, decimal_places=6)
+
+    @model_validator(mode="after")
+    def _minimum_within_maximum(self) -> CostPrice:
+        if self.minimum > self.maximum:
+            raise ValueError("minimum must not exceed maximum")
+        return self
+
+    @property
+    def max_cost_usd(self) -> Decimal:
+        """The provider cost at which the job's charge reaches its maximum."""
+        return self.maximum / self.credits_per_usd
+
+
 class FailMode(enum.StrEnum):
     """What a request that would open a new job (a new credit hold) gets while PostgreSQL is down."""
 
@@ -78,8 +101,11 @@ class Settings(BaseSettings):
     untagged: UntaggedPolicy = UntaggedPolicy.SINGLE_CALL_JOB
     default_job_type: str = Field(default="default", pattern=r"^[A-Za-z0-9._-]{1,64}$")
     default_price: Decimal = Field(default=Decimal(1), ge=0)
-    job_prices: dict[str, Decimal] = Field(
-        default_factory=dict, description='Credits per completed job, by job type (JSON, e.g. {"chat": 0.5}).'
+    job_prices: dict[str, Decimal | CostPrice] = Field(
+        default_factory=dict,
+        description="Credits per completed job, by job type (JSON). A number is a fixed price; an object "
+        '{"credits_per_usd": 1000, "minimum": 1, "maximum": 50} charges from the job\'s provider cost '
+        '(e.g. {"chat": 0.5, "research": {"credits_per_usd": 1000, "minimum": 1, "maximum": 50}}).',
     )
     unpriced_job_types: UnpricedJobTypes = Field(
         default=UnpricedJobTypes.AUTO,
@@ -180,12 +206,18 @@ class Settings(BaseSettings):
 
     @field_validator("job_prices")
     @classmethod
-    def _prices_finite(cls, value: dict[str, Decimal]) -> dict[str, Decimal]:
+    def _prices_finite(cls, value: dict[str, Decimal | CostPrice]) -> dict[str, Decimal | CostPrice]:
         for job_type, price in value.items():
-            if not price.is_finite() or price < 0:
+            if isinstance(price, Decimal) and (not price.is_finite() or price < 0):
                 raise ValueError(f"the price of {job_type!r} must be a finite number >= 0")
         return value
 
     def price_of(self, job_type: str) -> Decimal:
-        """Credits charged when a job of ``job_type`` completes (the operator's list, else the default)."""
-        return self.job_prices.get(job_type, self.default_price)
+        """Credits held when a job of ``job_type`` opens (the operator's list, else the default):
+        its fixed price, or a cost-based price's maximum."""
+        price = self.job_prices.get(job_type, self.default_price)
+        return price.maximum if isinstance(price, CostPrice) else price
+
+    def cost_price_of(self, job_type: str) -> CostPrice | None:
+        price = self.job_prices.get(job_type)
+        return price if isinstance(price, CostPrice) else None

@@ -237,3 +237,39 @@ def test_failed_jobs_are_free_only_up_to_the_failure_allowance(
     # The admin lifts the limit for this team: new jobs open again.
     assert put_policy(proxy, "team-a", {"failure_allowance_usd": "1"}).status_code == 200
     assert post(proxy, "/api/jobs/create", {"job_type": "document_analysis"}).status_code == 201
+
+
+def test_a_cost_based_price_charges_the_jobs_cost_and_never_runs_past_its_hold(
+    start_proxy: Callable[..., Proxy], database_url: str, credit_mode: dict[str, str]
+) -> None:
+    # Ten credits per cent of provider cost, at least half a credit, at most 5 held per job.
+    rule = '{"research": {"credits_per_usd": 1000, "minimum": "0.5", "maximum": 5}, "chat": 1}'
+    proxy = start_proxy(database_url, env={**credit_mode, "JOBS_JOB_PRICES": rule})
+    proxy.grant("team-a", 100)
+    job = f"research-{uuid.uuid4().hex[:6]}"
+    costs = [cost_header(call(proxy, job, call_id=f"r{n}", job_type="research").headers) for n in range(3)]
+    assert balance(proxy)["credits_held"] == 5  # the maximum is held while the job runs
+    done = post(proxy, f"/api/jobs/{job}/complete", {"status": "completed"})
+    assert done.status_code == 200, done.text
+    expected = max(Decimal("0.5"), (sum(costs) * 1000).quantize(Decimal("0.000001"), rounding="ROUND_CEILING"))
+    after = balance(proxy)
+    assert Decimal(str(after["credits_charged"])) == expected
+    assert Decimal(str(after["credits_held"])) == 0
+    assert Decimal(str(after["credits_remaining"])) == 100 - expected
+    assert Decimal(str(done.json()["costs"]["credits_charged"])) == expected
+    ledger = query(database_url, "SELECT kind, amount FROM credit_ledger WHERE job_id = %s ORDER BY entry_id", job)
+    assert [(r["kind"], r["amount"]) for r in ledger] == [("hold", 5), ("capture", expected), ("release", 5 - expected)]
+    # Completing again changes nothing; a failed cost-priced job is free.
+    assert post(proxy, f"/api/jobs/{job}/complete", {"status": "completed"}).status_code == 200
+    assert Decimal(str(balance(proxy)["credits_charged"])) == expected
+    free = f"research-{uuid.uuid4().hex[:6]}"
+    call(proxy, free, call_id="f1", job_type="research")
+    assert post(proxy, f"/api/jobs/{free}/complete", {"status": "failed"}).status_code == 200
+    assert Decimal(str(balance(proxy)["credits_charged"])) == expected
+    # The job stops taking calls once its cost reaches what its hold covers (5 credits = 0.005 USD).
+    capped = f"research-{uuid.uuid4().hex[:6]}"
+    assert (
+        post(proxy, "/api/jobs/create", {"job_type": "research", "job_id": capped}).json()["max_cost_usd"] is not None
+    )
+    # An untagged call is a single-call job of the default type: unaffected.
+    client(proxy).chat.completions.create(model="ChatAgent", messages=PROMPT)

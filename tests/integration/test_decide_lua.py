@@ -138,9 +138,16 @@ def test_open_job_lua_decides_as_the_pure_rules(
     hold=MONEY,
     last=st.integers(0, 3000),
     cutoff=st.one_of(st.none(), st.integers(0, 3000)),
+    charge=st.one_of(st.none(), MONEY, st.just(Decimal("0.333333"))),
 )
 def test_close_job_lua_decides_as_the_pure_rules(
-    client: redis.Redis, state: str, status: JobStatus, hold: Decimal, last: int, cutoff: int | None
+    client: redis.Redis,
+    state: str,
+    status: JobStatus,
+    hold: Decimal,
+    last: int,
+    cutoff: int | None,
+    charge: Decimal | None,
 ) -> None:
     base = f"{REDIS_TEST_PREFIX}-decide-{uuid.uuid4().hex[:8]}"
     keys = [f"{base}:acct", f"{base}:job", f"{base}:open"]
@@ -148,14 +155,15 @@ def test_close_job_lua_decides_as_the_pure_rules(
     client.hset(keys[0], mapping={"avail": to_micro(Decimal(5)), "held": to_micro(held), "loaded": "1"})
     client.hset(keys[1], mapping={"state": state, "type": "a", "hold": to_micro(hold), "calls": 1, "last": last})
     try:
-        args = [status.value, 5000, "" if cutoff is None else str(cutoff), "m", 60]
+        charged = "" if charge is None else str(to_micro(charge))
+        args = [status.value, 5000, "" if cutoff is None else str(cutoff), "m", 60, charged]
         result = script(client, "close_job")(keys=keys, args=args)
         verdict = decide.close(state, status, last_activity=last, idle_cutoff=cutoff)
         assert result[0] == verdict.value
         avail = from_micro(client.hget(keys[0], "avail") or 0)
         held_after = from_micro(client.hget(keys[0], "held") or 0)
         if verdict is decide.CloseVerdict.CLOSED:
-            avail_change, held_change = decide.settlement(hold, status)
+            avail_change, held_change = decide.settlement(hold, status, charge)
             assert (avail, held_after) == (Decimal(5) + avail_change, held + held_change)
             assert client.hget(keys[1], "state") == status.value
         else:

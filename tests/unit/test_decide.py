@@ -112,3 +112,54 @@ def test_failure_spend_in_the_metrics() -> None:
     quiet = CollectorRegistry()
     Metrics(quiet).failure_use("team-a", Decimal(1))  # no team labels: no per-team gauge at all
     assert quiet.get_sample_value("litellm_jobs_failure_allowance_used_usd", {"team": "team-a"}) is None
+
+
+def test_a_cost_based_price_charges_from_the_cost_rounded_up_within_minimum_and_maximum() -> None:
+    from litellm_jobs_plugin.settings import CostPrice
+
+    rule = CostPrice(credits_per_usd=Decimal(1000), minimum=Decimal("0.5"), maximum=Decimal(10))
+    assert decide.cost_charge(rule, Decimal("0.0000001")) == Decimal("0.5")  # the minimum
+    assert decide.cost_charge(rule, Decimal("0.0012345678")) == Decimal("1.234568")  # rounded up
+    assert decide.cost_charge(rule, Decimal(1)) == 10  # never more than held
+    settings = Settings(job_prices={"research": rule})
+    opened = terms(settings, "research", requested_caps=JobCaps(max_calls=4))
+    assert opened.price == 10  # the maximum is held
+    assert opened.caps == JobCaps(max_calls=4, max_cost_usd=Decimal("0.01"))  # never run past what is held
+    # A team's fixed price replaces the cost-based one.
+    assert decide.cost_rule(settings, decide.TeamPolicy(job_prices={"research": Decimal(3)}), "research") is None
+    assert decide.settlement(Decimal(10), JobStatus.COMPLETED, Decimal("1.5")) == (Decimal("8.5"), -10)
+
+
+def test_a_partial_capture_is_a_capture_and_a_release_and_the_journal_says_so() -> None:
+    from litellm_jobs_plugin.journal import decode_entry
+    from litellm_jobs_plugin.models import LedgerKind, closure_entries
+
+    entries = closure_entries(
+        "t",
+        "j",
+        "research",
+        Decimal(10),
+        "7",
+        JobStatus.COMPLETED,
+        single_call=False,
+        closes_row=True,
+        charged=Decimal("1.5"),
+    )
+    assert [(e.kind, e.amount, e.closes) for e in entries] == [
+        (LedgerKind.HOLD, 10, None),
+        (LedgerKind.CAPTURE, Decimal("1.5"), None),
+        (LedgerKind.RELEASE, Decimal("8.5"), JobStatus.COMPLETED),
+    ]
+    record = {
+        "k": "close",
+        "t": "t",
+        "j": "j",
+        "y": "research",
+        "m": "10000000",
+        "i": "7",
+        "c": "completed",
+        "s": "0",
+        "g": "1500000",
+    }
+    assert list(decode_entry(record)) == entries
+    assert len(decode_entry({**record, "g": ""})) == 2  # a fixed price: the hold captured whole

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from ..errors import JobsError
 from ..models import Balance, JobCaps, JobStatus
+from . import decide
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +53,13 @@ class Closure:
     admitted_calls: int
     credits_remaining: Decimal | None
     incarnation: str = ""
+    #: A completed job's cost-based charge (None: a fixed price, the hold is captured whole).
+    charge: Decimal | None = None
+
+    @property
+    def charged(self) -> Decimal:
+        """Credits this closure charged."""
+        return decide.captured(self.hold, self.charge) if self.status is JobStatus.COMPLETED else Decimal(0)
 
 
 class CreditBackend(Protocol):
@@ -78,8 +86,12 @@ class CreditBackend(Protocol):
         idle_cutoff_s: float | None = None,
         single_call: bool = False,
         journal_records: Sequence[str] | None = None,
+        charge: Decimal | None = None,
     ) -> Closure | None:
         """None: unknown job, or (with ``idle_cutoff_s``) a job that was active since.
+
+        ``charge`` (completing a job of a cost-based price): capture this much of the hold (at most
+        all of it) and release the rest.
 
         ``journal_records`` (only where :attr:`journals_closures`): encoded records to append to the
         journal with the closure's ledger entries, in the same script, when a closure is returned.
@@ -100,6 +112,10 @@ class CreditBackend(Protocol):
 
     async def knows(self, team_id: str, job_id: str) -> bool:
         """The backend holds this job's state (it may not have reached PostgreSQL yet)."""
+        ...
+
+    async def admitted_calls(self, team_id: str, job_id: str) -> int | None:
+        """Calls admitted to the job so far (None: unknown job)."""
         ...
 
     def closing(self) -> contextlib.AbstractAsyncContextManager[None]:

@@ -26,12 +26,12 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 from typing import TypeVar
 
 from ..errors import FailureAllowanceExhausted, JobsError, JobTypeNotAllowed, UnknownJobType
 from ..models import JobCaps, JobStatus
-from ..settings import Settings, UnpricedJobTypes
+from ..settings import CostPrice, Settings, UnpricedJobTypes
 from . import rules
 
 _N = TypeVar("_N", int, Decimal)
@@ -103,11 +103,31 @@ def close(state: str, status: JobStatus, *, last_activity: float, idle_cutoff: f
     return CloseVerdict.CLOSED
 
 
-def settlement(hold: Decimal, status: JobStatus) -> tuple[Decimal, Decimal]:
-    """(change of available credits, change of held credits) when a job closes with ``status``."""
+def captured(hold: Decimal, charge: Decimal | None) -> Decimal:
+    """What a completed job is charged out of its hold: the hold (a fixed price), or its cost-based
+    ``charge``, never more than the hold."""
+    return hold if charge is None else min(hold, charge)
+
+
+def settlement(hold: Decimal, status: JobStatus, charge: Decimal | None = None) -> tuple[Decimal, Decimal]:
+    """(change of available credits, change of held credits) when a job closes with ``status``.
+
+    Completed: the hold becomes a charge (a cost-based ``charge`` gives the rest of the hold back);
+    failed and expired jobs are free: the hold is released.
+    """
     if status is JobStatus.COMPLETED:
-        return Decimal(0), -hold  # captured: the hold becomes a charge
-    return hold, -hold  # released: failed and expired jobs are free
+        return hold - captured(hold, charge), -hold
+    return hold, -hold
+
+
+_CREDIT = Decimal("0.000001")
+
+
+def cost_charge(rule: CostPrice, cost_usd: Decimal) -> Decimal:
+    """Credits a job of a cost-priced type is charged for ``cost_usd``: rounded up to a millionth of a
+    credit, at least the minimum, at most the maximum (what was held)."""
+    charge = (cost_usd * rule.credits_per_usd).quantize(_CREDIT, rounding=ROUND_CEILING)
+    return min(rule.maximum, max(rule.minimum, charge))
 
 
 def join_error(verdict: Verdict, job_id: str, job: JobState, requested_type: str | None) -> JobsError:
@@ -151,14 +171,20 @@ class Terms:
 
 
 def price(settings: Settings, policy: TeamPolicy, job_type: str) -> Decimal | None:
-    """Credits a completed job of ``job_type`` costs the team; None: the operator has not priced it."""
+    """Credits a new job of ``job_type`` holds for the team (a fixed price, or a cost-based price's
+    maximum); None: the operator has not priced it."""
     if job_type in policy.job_prices:
         return policy.job_prices[job_type]
-    if job_type in settings.job_prices:
-        return settings.job_prices[job_type]
-    if job_type == settings.default_job_type or not rejects_unpriced(settings):
-        return settings.default_price
+    if job_type in settings.job_prices or job_type == settings.default_job_type or not rejects_unpriced(settings):
+        return settings.price_of(job_type)
     return None
+
+
+def cost_rule(settings: Settings, policy: TeamPolicy, job_type: str) -> CostPrice | None:
+    """The cost-based price a job of ``job_type`` is charged by, if any (a team's fixed price wins)."""
+    if job_type in policy.job_prices:
+        return None
+    return settings.cost_price_of(job_type)
 
 
 def rejects_unpriced(settings: Settings) -> bool:
@@ -168,15 +194,19 @@ def rejects_unpriced(settings: Settings) -> bool:
     return mode is UnpricedJobTypes.REJECT
 
 
-def caps(settings: Settings, job_type: str, requested: JobCaps) -> JobCaps:
-    """The tighter of the caps the request names and the operator's caps for the job type."""
+def caps(settings: Settings, job_type: str, requested: JobCaps, rule: CostPrice | None = None) -> JobCaps:
+    """The tightest of the caps the request names, the operator's caps for the job type and, for a
+    cost-based price, the cost its maximum covers (a job is never run beyond what it holds)."""
     preset = settings.job_type_caps.get(job_type)
-    if preset is None:
+    max_calls, max_cost = requested.max_calls, requested.max_cost_usd
+    if preset is not None:
+        max_calls = _tighter(max_calls, preset.max_calls)
+        max_cost = _tighter(max_cost, preset.max_cost_usd)
+    if rule is not None:
+        max_cost = _tighter(max_cost, rule.max_cost_usd)
+    if (max_calls, max_cost) == (requested.max_calls, requested.max_cost_usd):
         return requested
-    return JobCaps(
-        max_calls=_tighter(requested.max_calls, preset.max_calls),
-        max_cost_usd=_tighter(requested.max_cost_usd, preset.max_cost_usd),
-    )
+    return JobCaps(max_calls=max_calls, max_cost_usd=max_cost)
 
 
 def _tighter(a: _N | None, b: _N | None) -> _N | None:
@@ -210,7 +240,7 @@ def terms(
     store_up: bool = True,
 ) -> Terms:
     """The terms a new job of ``job_type`` opens on for ``team_id`` (checked only if the job is new)."""
-    job_caps = caps(settings, job_type, requested_caps)
+    job_caps = caps(settings, job_type, requested_caps, cost_rule(settings, policy, job_type))
     if policy.allowed_job_types is not None and job_type not in policy.allowed_job_types:
         allowed = ", ".join(sorted(policy.allowed_job_types)) or "none"
         return Terms(

@@ -57,6 +57,7 @@ class _Job:
     cost: Decimal
     last: float
     closed_at: float = 0.0
+    charge: Decimal | None = None  # a completed job's cost-based charge
     incarnation: str = ""  # "" for jobs loaded from PostgreSQL (their entries have no suffix)
     single_call: bool = False  # its hold goes out with its closure (CreditService.admit_call)
 
@@ -340,6 +341,7 @@ class LocalCredits:
             admitted_calls=job.calls,
             credits_remaining=account.avail,
             incarnation=job.incarnation,
+            charge=job.charge,
         )
 
     async def close_job(
@@ -351,11 +353,12 @@ class LocalCredits:
         idle_cutoff_s: float | None = None,
         single_call: bool = False,
         journal_records: Sequence[str] | None = None,
+        charge: Decimal | None = None,
     ) -> Closure | None:
         assert journal_records is None, "this backend does not journal closures"
         delegate = await self._ready()
         if delegate is not None:
-            return await delegate.close_job(team_id, job_id, status, idle_cutoff_s=idle_cutoff_s)
+            return await delegate.close_job(team_id, job_id, status, idle_cutoff_s=idle_cutoff_s, charge=charge)
         now = time.time()
         job = self._jobs.get((team_id, job_id))
         if job is None:
@@ -373,10 +376,10 @@ class LocalCredits:
             return self._closure(job, status, account, repeated=True)
         if verdict is decide.CloseVerdict.ACTIVE:
             return None
-        avail_change, held_change = decide.settlement(job.hold, status)
+        avail_change, held_change = decide.settlement(job.hold, status, charge)
         account.avail += avail_change
         account.held += held_change
-        job.state, job.closed_at = status, now
+        job.state, job.closed_at, job.charge = status, now, charge
         self._closed[(team_id, job_id)] = None
         self._forget_closed(now)
         return self._closure(job, status, account, repeated=False)
@@ -430,6 +433,13 @@ class LocalCredits:
     async def knows(self, team_id: str, job_id: str) -> bool:
         return self._delegate is None and (team_id, job_id) in self._jobs
 
+    async def admitted_calls(self, team_id: str, job_id: str) -> int | None:
+        delegate = await self._ready()
+        if delegate is not None:
+            return await delegate.admitted_calls(team_id, job_id)
+        job = self._jobs.get((team_id, job_id))
+        return None if job is None else job.calls
+
     async def aclose(self) -> None:
         if self._watcher is not None:
             self._watcher.cancel()
@@ -481,10 +491,11 @@ class SharedPostgresCredits(PostgresCredits):
         idle_cutoff_s: float | None = None,
         single_call: bool = False,
         journal_records: Sequence[str] | None = None,
+        charge: Decimal | None = None,
     ) -> Closure | None:
         assert journal_records is None, "this backend does not journal closures"
         await self._wait()
-        return await super().close_job(team_id, job_id, status, idle_cutoff_s=idle_cutoff_s)
+        return await super().close_job(team_id, job_id, status, idle_cutoff_s=idle_cutoff_s, charge=charge)
 
     async def grant(
         self, team_id: str, amount: Decimal, *, kind: str, idempotency_key: str, note: str | None

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
-from ..models import Balance, JobStatus, LedgerEntry, LedgerKind, ledger_key
+from ..models import Balance, JobStatus, LedgerEntry, LedgerKind, closure_entries, ledger_key
 from ..store.postgres import PostgresStore
 from . import decide, rules
 from .base import Admission, Closure, OpenJob
@@ -121,6 +121,7 @@ class PostgresCredits:
         idle_cutoff_s: float | None = None,
         single_call: bool = False,
         journal_records: Sequence[str] | None = None,
+        charge: Decimal | None = None,
     ) -> Closure | None:
         assert journal_records is None, "this backend does not journal closures"
         s = self.store
@@ -145,21 +146,11 @@ class PostgresCredits:
                 idle = await s.fetch_one("job_idle_for", {**key, "idle_s": idle_cutoff_s}, conn)
                 if not (idle and idle["idle"]):
                     return None
-            kind = LedgerKind.CAPTURE if status is JobStatus.COMPLETED else LedgerKind.RELEASE
             hold: Decimal = job["credits_held"]
-            await s.apply_ledger_in(
-                conn,
-                [
-                    LedgerEntry(
-                        team_id=team_id,
-                        kind=kind,
-                        amount=hold,
-                        idempotency_key=ledger_key(kind, team_id, job_id),
-                        job_id=job_id,
-                        job_type=job["job_type"],
-                    )
-                ],
+            entries = closure_entries(
+                team_id, job_id, job["job_type"], hold, "", status, single_call=False, closes_row=False, charged=charge
             )
+            await s.apply_ledger_in(conn, entries[1:])  # the hold is in the ledger already
             await s.fetch_all(
                 "close_job_row",
                 {
@@ -180,6 +171,7 @@ class PostgresCredits:
             hold=hold,
             admitted_calls=job["admitted_calls"],
             credits_remaining=balance["credits_remaining"] if balance else None,
+            charge=charge if status is JobStatus.COMPLETED else None,
         )
 
     async def grant(
@@ -200,6 +192,10 @@ class PostgresCredits:
 
     async def knows(self, team_id: str, job_id: str) -> bool:
         return False  # the row is the state: nothing is on its way to PostgreSQL
+
+    async def admitted_calls(self, team_id: str, job_id: str) -> int | None:
+        row = await self.store.fetch_one("job_admissions", {"team_id": team_id, "job_id": job_id})
+        return None if row is None else int(row["admitted_calls"])
 
     def closing(self) -> contextlib.AbstractAsyncContextManager[None]:
         return contextlib.nullcontext()

@@ -207,12 +207,14 @@ class RedisCredits:
         idle_cutoff_s: float | None = None,
         single_call: bool = False,
         journal_records: Sequence[str] | None = None,
+        charge: Decimal | None = None,
     ) -> Closure | None:
         now_ms = int(time.time() * 1000)
         cutoff = "" if idle_cutoff_s is None else str(now_ms - int(idle_cutoff_s * 1000))
         keys = [self.keys.account(team_id), self.keys.job(team_id, job_id), self.keys.open_jobs]
         member, ttl = self.keys.member(team_id, job_id), self._closed_ttl(single_call)
-        args: list[Any] = [status.value, now_ms, cutoff, member, ttl]
+        charged = "" if charge is None or status is not JobStatus.COMPLETED else str(to_micro(charge))
+        args: list[Any] = [status.value, now_ms, cutoff, member, ttl, charged]
         if journal_records is not None:  # the closure's entries (and these records) go to the journal here
             keys.append(self.keys.journal)
             args += [team_id, job_id, "1" if single_call else "0", *journal_records]
@@ -230,6 +232,7 @@ class RedisCredits:
             admitted_calls=int(result[3]),
             credits_remaining=from_micro(result[5]),
             incarnation=result[6] if len(result) > 6 else "",
+            charge=from_micro(result[7]) if len(result) > 7 and result[7] else None,
         )
 
     def _closed_ttl(self, single_call: bool) -> int:
@@ -272,6 +275,13 @@ class RedisCredits:
 
     async def add_cost(self, team_id: str, job_id: str, cost_usd: Decimal) -> None:
         await self._call(self._add_cost, *self._cost_update(team_id, job_id, cost_usd))
+
+    async def admitted_calls(self, team_id: str, job_id: str) -> int | None:
+        try:
+            calls = await self.client.hget(self.keys.job(team_id, job_id), "calls")
+        except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
+            raise StoreUnavailable("Redis is unavailable; retry shortly.") from exc
+        return None if calls is None else int(calls)
 
     async def knows(self, team_id: str, job_id: str) -> bool:
         try:

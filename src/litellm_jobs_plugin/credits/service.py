@@ -33,7 +33,7 @@ from ..models import (
     closure_entries,
     hold_entry,
 )
-from ..settings import FailMode, Settings
+from ..settings import CostPrice, FailMode, Settings
 from ..store.postgres import PostgresStore
 from ..store.watch import StoreWatch
 from ..writer import Writer
@@ -100,7 +100,7 @@ class CreditService:
         """Count a closure (once: repeats are not counted), and its job's cost once it is recorded."""
         if self.metrics is None or closure.repeated:
             return
-        charged = closure.hold if status is JobStatus.COMPLETED else Decimal(0)
+        charged = closure.charged
         self.metrics.job_closed(closure.job_type, team_id, status, charged=charged, calls=closure.admitted_calls)
         if cost_usd is not None:
             self._cost_known(team_id, closure.job_type, status, cost_usd)
@@ -279,8 +279,13 @@ class CreditService:
         via_writer: bool = False,
         cost_usd: Decimal | None = None,
         records: Sequence[CallEvent] = (),
+        job_type: str | None = None,
     ) -> Closure | None:
         """Complete (capture the hold), fail or expire (release it). Idempotent per status.
+
+        A job type with a cost-based price is charged from the job's recorded provider cost: this
+        waits (at most ``JOBS_COMPLETE_WAIT_S``) for the calls admitted so far to be recorded first.
+        ``job_type``, if the caller knows it, saves reading the job to find out.
 
         ``via_writer`` (a single-call job closed by its own call's logging event): the decision is
         made now, and its ledger entries and job row are written by the writer, with the call's
@@ -292,6 +297,9 @@ class CreditService:
         Raises JobClosed when the job is already closed with the other status; returns None for an
         unknown job (or one that was active again, for the reaper).
         """
+        charge = None
+        if status is JobStatus.COMPLETED and self._cost_priced:
+            charge = await self._cost_charge(team_id, job_id, job_type, cost_usd)
         # With Redis the script that decides the closure also journals it (and the call's record).
         journaled = via_writer and self.backend.journals_closures and self.writer.journal_up
         async with self.backend.closing():
@@ -300,6 +308,7 @@ class CreditService:
                 job_id,
                 status,
                 idle_cutoff_s=idle_cutoff_s,
+                charge=charge,
                 single_call=single_call,
                 journal_records=[encode(r) for r in records] if journaled else None,
             )
@@ -321,6 +330,7 @@ class CreditService:
                     status,
                     single_call=single_call,
                     closes_row=via_writer,
+                    charged=closure.charge,
                 )
                 if via_writer:
                     items: list[CallEvent | LedgerEntry] = [*records, *entries]
@@ -357,6 +367,32 @@ class CreditService:
                 },
             )
         return closure
+
+    @property
+    def _cost_priced(self) -> bool:
+        """Some job type has a cost-based price (else completing a job never reads its cost first)."""
+        return any(isinstance(p, CostPrice) for p in self.settings.job_prices.values())
+
+    async def _cost_charge(
+        self, team_id: str, job_id: str, job_type: str | None, cost_usd: Decimal | None
+    ) -> Decimal | None:
+        """A completed job's charge under its type's cost-based price (None: a fixed price)."""
+        if job_type is None:
+            row = await self.job_row(team_id, job_id)
+            if row is None:
+                return None
+            job_type = row.job_type
+        policy = decide.TeamPolicy() if self.policies is None else (await self.policies.get(team_id))[0]
+        rule = decide.cost_rule(self.settings, policy, job_type)
+        if rule is None:
+            return None
+        if cost_usd is None:
+            admitted = await self.backend.admitted_calls(team_id, job_id)
+            if admitted:
+                await self.store.wait_for_calls(team_id, job_id, admitted, timeout_s=self.settings.complete_wait_s)
+            row = await self.store.get_job(team_id, job_id)
+            cost_usd = row.total_cost_usd if row is not None else Decimal(0)
+        return decide.cost_charge(rule, cost_usd)
 
     async def grant(
         self, team_id: str, amount: Decimal, *, kind: str, idempotency_key: str, note: str | None = None

@@ -540,3 +540,7 @@ ON CONFLICT (team_id, job_id) DO UPDATE SET
     updated_at = now()
 WHERE j.status IN ('pending', 'in_progress')
 RETURNING job_id;
+
+-- name: job_admissions
+-- A job's admission counters, without a lock (read for the answer, not to decide).
+SELECT admitted_calls, status FROM jobs WHERE team_id = %(team_id)s AND job_id = %(job_id)s;
