@@ -94,6 +94,7 @@ class Writer:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._mem_pending = 0
+        self._journal_writing = 0  # journal batches read and being written to the store
         self._give_up_at: float | None = None
         self._oldest_pending: float | None = None
         # Enqueue times, in queue order (the queue is FIFO): the health route's "oldest unwritten".
@@ -200,6 +201,19 @@ class Writer:
         while backlog:
             await asyncio.sleep(0.02)
             backlog, _ = await self.journal.backlog()
+
+    async def settle(self, timeout_s: float) -> bool:
+        """Wait (at most ``timeout_s``) until nothing this process holds is unwritten: the in-memory
+        buffer is empty and no batch read from the journal is still being written. True if so.
+
+        A rebuild of a Redis that lost its data waits for this before it reads PostgreSQL.
+        """
+        deadline = time.monotonic() + timeout_s
+        while self._mem_pending or self._journal_writing:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.02)
+        return True
 
     def _journal_failed(self, exc: Exception) -> None:
         self.stats.journal_errors += 1
@@ -308,8 +322,12 @@ class Writer:
                     # Left pending (never acknowledged): visible in XPENDING, and never silently lost.
                     self.stats.unreadable += 1
                     _log.error("litellm-jobs: journal entry %s cannot be read: %r", entry_id, fields)
-            if not await self._write(batch, journaled=True):
-                continue  # shutting down mid-outage: the entries stay in the journal
+            self._journal_writing += 1
+            try:
+                if not await self._write(batch, journaled=True):
+                    continue  # shutting down mid-outage: the entries stay in the journal
+            finally:
+                self._journal_writing -= 1
             written = ids
             self._report()
         await self._ack(written)

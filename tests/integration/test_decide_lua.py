@@ -52,6 +52,7 @@ jobs = st.one_of(
 
 
 def put_state(client: redis.Redis, keys: list[str], available: Decimal, job: decide.JobState | None) -> None:
+    client.set(keys[4], "1")  # the sentinel: the state is loaded
     client.hset(keys[0], mapping={"avail": to_micro(available), "held": 0, "loaded": "1"})
     if job is not None:
         client.hset(
@@ -91,7 +92,7 @@ def test_open_job_lua_decides_as_the_pure_rules(
     refused: bool,
 ) -> None:
     base = f"{REDIS_TEST_PREFIX}-decide-{uuid.uuid4().hex[:8]}"
-    keys = [f"{base}:acct", f"{base}:job", f"{base}:open", f"{base}:journal"]
+    keys = [f"{base}:acct", f"{base}:job", f"{base}:open", f"{base}:journal", f"{base}:loaded"]
     put_state(client, keys, available, job)
     args = [
         2000,
@@ -150,7 +151,8 @@ def test_close_job_lua_decides_as_the_pure_rules(
     charge: Decimal | None,
 ) -> None:
     base = f"{REDIS_TEST_PREFIX}-decide-{uuid.uuid4().hex[:8]}"
-    keys = [f"{base}:acct", f"{base}:job", f"{base}:open"]
+    keys = [f"{base}:acct", f"{base}:job", f"{base}:open", f"{base}:loaded"]
+    client.set(keys[3], "1")
     held = hold if state in decide.OPEN_STATES else Decimal(0)
     client.hset(keys[0], mapping={"avail": to_micro(Decimal(5)), "held": to_micro(held), "loaded": "1"})
     client.hset(keys[1], mapping={"state": state, "type": "a", "hold": to_micro(hold), "calls": 1, "last": last})
@@ -169,5 +171,73 @@ def test_close_job_lua_decides_as_the_pure_rules(
         else:
             assert (avail, held_after) == (Decimal(5), held)
             assert client.hget(keys[1], "state") == state
+    finally:
+        client.delete(*keys)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(job=jobs, available=MONEY, price=MONEY, count_call=st.booleans())
+def test_without_the_sentinel_no_script_decides_anything(
+    client: redis.Redis, job: decide.JobState | None, available: Decimal, price: Decimal, count_call: bool
+) -> None:
+    """A Redis that lost its data (here: only the sentinel) answers 'rebuild' and changes nothing."""
+    base = f"{REDIS_TEST_PREFIX}-decide-{uuid.uuid4().hex[:8]}"
+    acct, job_key, open_key, journal, loaded, grants = (
+        f"{base}:{name}" for name in ("acct", "job", "open", "journal", "loaded", "grants")
+    )
+    put_state(client, [acct, job_key, open_key, journal, loaded], available, job)
+    client.delete(loaded)
+    before = {k: client.dump(k) for k in (acct, job_key, open_key, journal, grants)}
+    try:
+        opened = script(client, "open_job")(
+            keys=[acct, job_key, open_key, journal, loaded],
+            args=[
+                2000,
+                "",
+                "a",
+                to_micro(price),
+                0,
+                "0",
+                "0",
+                "1" if count_call else "0",
+                "m",
+                "pending",
+                "t",
+                "j",
+                "0",
+                "1",
+            ],
+        )
+        closed = script(client, "close_job")(
+            keys=[acct, job_key, open_key, loaded, journal],
+            args=["completed", 5000, "", "m", 60, "", "t", "j", "0", "{}"],
+        )
+        cost = script(client, "add_cost")(keys=[job_key, open_key, loaded, journal], args=["0.5", 3000, "m", "{}"])
+        grant = script(client, "apply_grant")(keys=[acct, grants, loaded], args=["e1", to_micro(Decimal(1))])
+        assert (opened, closed, cost, grant) == (["rebuild"], ["rebuild"], "rebuild", ["rebuild"])
+        assert {k: client.dump(k) for k in before} == before
+    finally:
+        client.delete(acct, job_key, open_key, journal, loaded, grants)
+
+
+def test_load_job_loads_an_open_job_once_and_indexes_it(client: redis.Redis) -> None:
+    base = f"{REDIS_TEST_PREFIX}-decide-{uuid.uuid4().hex[:8]}"
+    keys = [f"{base}:job", f"{base}:open"]
+    args = ["in_progress", "a", to_micro(Decimal(1)), 2, 0, "0", "0.25", 1234, "99", "m"]
+    try:
+        assert script(client, "load_job")(keys=keys, args=args) == 1
+        assert script(client, "load_job")(keys=keys, args=[*args[:3], 7, *args[4:]]) == 0  # Redis's wins
+        assert client.hgetall(keys[0]) == {
+            "state": "in_progress",
+            "type": "a",
+            "hold": "1000000",
+            "calls": "2",
+            "max_calls": "0",
+            "max_cost": "0",
+            "cost": "0.25",
+            "last": "1234",
+            "inc": "99",
+        }
+        assert client.zscore(keys[1], "m") == 1234
     finally:
         client.delete(*keys)

@@ -3,13 +3,22 @@
 Balances live in Redis as integer micro-credits; PostgreSQL keeps the ledger. The scripts return
 what changed and the caller makes it durable (hold entries through the writer's buffer, closures
 synchronously). Grants go to PostgreSQL first, then to Redis, at most once per ledger entry id.
+
+A Redis that loses its data (a restart without persistence, a FLUSHDB) loses the sentinel key
+:meth:`RedisCredits.rebuild` writes once the state is loaded. Every script that decides checks it
+first and answers ``rebuild`` without it; the caller then waits (bounded) while one replica, under a
+Redis lock, loads every account and every open job from PostgreSQL again (:meth:`RedisCredits.ensure_loaded`).
+No admission is ever decided on a state that is not loaded.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import time
-from collections.abc import Sequence
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from decimal import Decimal
 from importlib import resources
 from typing import Any
@@ -23,6 +32,8 @@ from ..store.postgres import PostgresStore
 from . import rules
 from .base import Admission, Closure, OpenJob
 
+_log = logging.getLogger(__name__)
+
 
 def _script(name: str) -> str:
     return resources.files(__package__).joinpath("lua", f"{name}.lua").read_text("utf-8")
@@ -33,6 +44,15 @@ def _text(value: Any) -> str:
 
 
 SINGLE_CALL_CLOSED_TTL_S = 3600
+#: How long a call waits for another replica's rebuild of a Redis that lost its data before a 503.
+REBUILD_WAIT_S = 15.0
+#: The rebuild lock's lifetime, renewed while the rebuild runs (a replica dying mid-rebuild frees it).
+REBUILD_LOCK_MS = 10_000
+#: How long the rebuild waits for the writers' batches in flight to reach PostgreSQL first.
+REBUILD_SETTLE_S = 5.0
+#: ... and, for other replicas' writers (which it cannot observe), a grace period.
+REBUILD_GRACE_S = 0.5
+_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 
 
 class RedisKeys:
@@ -53,6 +73,31 @@ class RedisKeys:
     @property
     def open_jobs(self) -> str:
         return f"{self.prefix}:open"
+
+    def open_jobs_for(self, team_id: str) -> str:
+        """The open-jobs index the team's jobs are in (the reaper's)."""
+        return self.open_jobs
+
+    def journal_for(self, team_id: str) -> str:
+        """The journal stream the team's records go to."""
+        return self.journal
+
+    def loaded(self, team_id: str) -> str:
+        """The sentinel of the team's state: present once it is loaded from PostgreSQL."""
+        return f"{self.prefix}:loaded"
+
+    @property
+    def sentinels(self) -> list[str]:
+        """Every sentinel key (each covers its part of the state)."""
+        return [f"{self.prefix}:loaded"]
+
+    def covered_by(self, team_id: str) -> str:
+        """The sentinel covering the team (the same key as :meth:`loaded`)."""
+        return self.loaded(team_id)
+
+    @property
+    def rebuild_lock(self) -> str:
+        return f"{self.prefix}:rebuild"
 
     @property
     def journal(self) -> str:
@@ -102,6 +147,13 @@ class RedisCredits:
         self._load = self.client.register_script(_script("load_account"))
         self._apply_grant = self.client.register_script(_script("apply_grant"))
         self._add_cost = self.client.register_script(_script("add_cost"))
+        self._load_job = self.client.register_script(_script("load_job"))
+        self._release = self.client.register_script(_RELEASE)
+        #: Awaited before a rebuild reads PostgreSQL: this process's writer writes what it holds.
+        self.settle: Callable[[float], Awaitable[object]] | None = None
+        self.rebuild_wait_s = REBUILD_WAIT_S
+        self.rebuilds = 0  # rebuilds this process ran (tests, logs)
+        self._rebuilding = asyncio.Lock()
 
     def journal(self, *, claim_idle_s: float = 30.0) -> RedisJournal:
         """The writer's journal on this Redis (the stream open_job.lua appends holds to)."""
@@ -116,12 +168,22 @@ class RedisCredits:
     async def _append_with_cost(self, stream: str, record: str, team_id: str, job_id: str, cost_usd: Decimal) -> None:
         """add_cost.lua with the journal: append a call's record and add its cost in one script."""
         keys, args = self._cost_update(team_id, job_id, cost_usd)
-        await self._add_cost(keys=[*keys, stream], args=[*args, record])
+        await self._decide(team_id, self._add_cost, [*keys, stream], [*args, record])
 
     def _cost_update(self, team_id: str, job_id: str, cost_usd: Decimal) -> tuple[list[str], list[Any]]:
         """add_cost.lua's keys and arguments for one call's cost."""
-        keys = [self.keys.job(team_id, job_id), self.keys.open_jobs]
+        keys = [self.keys.job(team_id, job_id), self.keys.open_jobs, self.keys.loaded(team_id)]
         return keys, [str(cost_usd), int(time.time() * 1000), self.keys.member(team_id, job_id)]
+
+    async def _decide(self, team_id: str, script: Any, keys: list[str], args: list[Any]) -> list[str]:
+        """Run a script that decides; if Redis lost the team's state, rebuild it (bounded wait) and run it again."""
+        result = await self._call(script, keys, args)
+        if result and result[0] == "rebuild":
+            await self.ensure_loaded([self.keys.covered_by(team_id)])
+            result = await self._call(script, keys, args)
+            if result and result[0] == "rebuild":  # lost again meanwhile: never decide without the state
+                raise StoreUnavailable("Redis lost its data; the credit state is being rebuilt: retry shortly.")
+        return result
 
     async def _call(self, script: Any, keys: list[str], args: list[Any]) -> list[str]:
         try:
@@ -133,7 +195,11 @@ class RedisCredits:
         return [_text(v) for v in result]
 
     async def load_accounts(self, team_id: str | None = None) -> int:
-        """Load accounts Redis does not have yet from PostgreSQL (all of them, or one team's)."""
+        """Load accounts Redis does not have yet from PostgreSQL (one team's; without a team: make sure
+        the whole state is loaded, rebuilding it if Redis lost it — see :meth:`ensure_loaded`)."""
+        if team_id is None:
+            await self.ensure_loaded()
+            return 0
         rows = await self.store.fetch_all("account_snapshot", {"team_id": team_id})
         if team_id is not None and not rows:
             rows = [{"team_id": team_id, "credits_remaining": Decimal(0), "credits_held": Decimal(0), "grant_ids": []}]
@@ -145,12 +211,146 @@ class RedisCredits:
             )
         return len(rows)
 
+    # -- a Redis that lost its data -----------------------------------------------------------
+
+    async def _missing(self, sentinels: Iterable[str]) -> list[str]:
+        wanted = list(sentinels)
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for key in wanted:
+                    pipe.exists(key)
+                found = await pipe.execute()
+        except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
+            raise StoreUnavailable(f"Redis is unavailable ({type(exc).__name__}); retry shortly.") from exc
+        return [key for key, n in zip(wanted, found, strict=True) if not n]
+
+    async def ensure_loaded(self, sentinels: Iterable[str] | None = None) -> None:
+        """Return once the state behind ``sentinels`` (default: all of it) is loaded in Redis.
+
+        What is missing is rebuilt from PostgreSQL by one replica at a time (a Redis ``SET NX`` lock);
+        the others wait for it, at most :attr:`rebuild_wait_s`, then raise StoreUnavailable (a 503).
+        """
+        wanted = list(self.keys.sentinels if sentinels is None else sentinels)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.rebuild_wait_s
+        while True:
+            if not await self._missing(wanted):
+                return
+            async with self._rebuilding:  # one coroutine per process tries; the others wait for it
+                missing = await self._missing(self.keys.sentinels)
+                if not missing:
+                    continue
+                token = uuid.uuid4().hex
+                try:
+                    locked = await self.client.set(self.keys.rebuild_lock, token, nx=True, px=REBUILD_LOCK_MS)
+                except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
+                    raise StoreUnavailable(f"Redis is unavailable ({type(exc).__name__}); retry shortly.") from exc
+                if locked:
+                    try:
+                        await self._rebuild(missing, token)
+                    finally:
+                        with contextlib.suppress(Exception):
+                            await self._release(keys=[self.keys.rebuild_lock], args=[token])
+                    continue
+            if loop.time() >= deadline:
+                raise StoreUnavailable("Redis lost its data; the credit state is being rebuilt: retry shortly.")
+            await asyncio.sleep(0.05)
+
+    async def _renew(self, token: str) -> None:
+        """Keep the rebuild lock while the rebuild runs."""
+        while True:
+            await asyncio.sleep(REBUILD_LOCK_MS / 3000)
+            with contextlib.suppress(Exception):
+                if _text(await self.client.get(self.keys.rebuild_lock) or b"") == token:
+                    await self.client.pexpire(self.keys.rebuild_lock, REBUILD_LOCK_MS)
+
+    async def _rebuild(self, sentinels: list[str], token: str) -> None:
+        """Load every account and open job PostgreSQL knows into Redis (those under ``sentinels``).
+
+        The writers first write what they can (this process's writer: what it holds, bounded; other
+        replicas': a grace period). Records that were only in the journal Redis lost are lost: a hold
+        PostgreSQL never saw is not held, a closure it never saw leaves the job open (under-charging,
+        never over-charging).
+        """
+        renew = asyncio.get_running_loop().create_task(self._renew(token))
+        started = time.monotonic()
+        try:
+            _log.warning(
+                "litellm-jobs: the credit state is not in Redis (%s: a first start, or Redis lost its data);"
+                " loading it from PostgreSQL",
+                ", ".join(sentinels),
+            )
+            if self.settle is not None:
+                await self.settle(REBUILD_SETTLE_S)
+            await asyncio.sleep(REBUILD_GRACE_S)
+            accounts, jobs = await self._snapshot()
+            wanted = set(sentinels)
+            held: dict[str, int] = {}
+            for job in jobs:
+                if self.keys.covered_by(job["team_id"]) in wanted:
+                    held[job["team_id"]] = held.get(job["team_id"], 0) + to_micro(job["credits_held"])
+            loads: list[Awaitable[Any]] = []
+            for row in accounts:
+                team = row["team_id"]
+                if self.keys.covered_by(team) in wanted:
+                    keys = [self.keys.account(team), self.keys.grants(team)]
+                    args = [to_micro(row["credits_remaining"]), held.get(team, 0), *row["grant_ids"]]
+                    loads.append(self._call(self._load, keys, args))
+            for job in jobs:
+                team, job_id = job["team_id"], job["job_id"]
+                if self.keys.covered_by(team) not in wanted:
+                    continue
+                member = self.keys.member(team, job_id)
+                keys = [self.keys.job(team, job_id), self.keys.open_jobs_for(team)]
+                args = [
+                    job["status"],
+                    job["job_type"],
+                    to_micro(job["credits_held"]),
+                    job["admitted_calls"],
+                    job["max_calls"] or 0,
+                    str(job["max_cost_usd"] or 0),
+                    str(job["total_cost_usd"] or 0),
+                    int(job["last_activity_at"].timestamp() * 1000),
+                    (job["hold_key"] or "").partition("@")[2],
+                    member,
+                ]
+                loads.append(self._call(self._load_job, keys, args))
+            for i in range(0, len(loads), 64):
+                await asyncio.gather(*loads[i : i + 64])
+            try:
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for key in sentinels:
+                        pipe.set(key, str(int(time.time() * 1000)))
+                    await pipe.execute()
+            except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
+                raise StoreUnavailable(f"Redis is unavailable ({type(exc).__name__}); retry shortly.") from exc
+            self.rebuilds += 1
+            _log.warning(
+                "litellm-jobs: loaded the credit state from PostgreSQL: %d accounts, %d open jobs in %.2fs",
+                len(accounts),
+                len(jobs),
+                time.monotonic() - started,
+            )
+        finally:
+            renew.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renew
+
+    async def _snapshot(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Every account and open job, as one consistent view of PostgreSQL."""
+        async with self.store.transaction() as conn:
+            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            accounts = await self.store.fetch_all("account_snapshot", {"team_id": None}, conn)
+            jobs = await self.store.fetch_all("open_jobs", {}, conn)
+        return accounts, jobs
+
     async def open_job(self, request: OpenJob) -> Admission:
         keys = [
             self.keys.account(request.team_id),
             self.keys.job(request.team_id, request.job_id),
-            self.keys.open_jobs,
-            self.keys.journal,
+            self.keys.open_jobs_for(request.team_id),
+            self.keys.journal_for(request.team_id),
+            self.keys.loaded(request.team_id),
         ]
         caps = request.caps
         args = [
@@ -169,7 +369,7 @@ class RedisCredits:
             "1" if request.single_call else "0",
             "1" if request.refusal is None else "0",
         ]
-        result = await self._call(self._open, keys, args)
+        result = await self._decide(request.team_id, self._open, keys, args)
         if result[0] == "not_loaded":
             # A team Redis has not seen since it started: one PostgreSQL read, then never again.
             await self.load_accounts(request.team_id)
@@ -211,14 +411,19 @@ class RedisCredits:
     ) -> Closure | None:
         now_ms = int(time.time() * 1000)
         cutoff = "" if idle_cutoff_s is None else str(now_ms - int(idle_cutoff_s * 1000))
-        keys = [self.keys.account(team_id), self.keys.job(team_id, job_id), self.keys.open_jobs]
+        keys = [
+            self.keys.account(team_id),
+            self.keys.job(team_id, job_id),
+            self.keys.open_jobs_for(team_id),
+            self.keys.loaded(team_id),
+        ]
         member, ttl = self.keys.member(team_id, job_id), self._closed_ttl(single_call)
         charged = "" if charge is None or status is not JobStatus.COMPLETED else str(to_micro(charge))
         args: list[Any] = [status.value, now_ms, cutoff, member, ttl, charged]
         if journal_records is not None:  # the closure's entries (and these records) go to the journal here
-            keys.append(self.keys.journal)
+            keys.append(self.keys.journal_for(team_id))
             args += [team_id, job_id, "1" if single_call else "0", *journal_records]
-        result = await self._call(self._close, keys, args)
+        result = await self._decide(team_id, self._close, keys, args)
         outcome = result[0]
         if outcome in ("unknown", "active"):
             return None
@@ -244,8 +449,8 @@ class RedisCredits:
         self, team_id: str, amount: Decimal, *, kind: str, idempotency_key: str, note: str | None
     ) -> Balance:
         entry_id = await self.store.grant(team_id, amount, kind=kind, idempotency_key=idempotency_key, note=note)
-        keys = [self.keys.account(team_id), self.keys.grants(team_id)]
-        result = await self._call(self._apply_grant, keys, [entry_id, to_micro(amount)])
+        keys = [self.keys.account(team_id), self.keys.grants(team_id), self.keys.loaded(team_id)]
+        result = await self._decide(team_id, self._apply_grant, keys, [entry_id, to_micro(amount)])
         if result[0] == "not_loaded":
             await self.load_accounts(team_id)  # the snapshot includes this grant if it committed first
             await self._call(self._apply_grant, keys, [entry_id, to_micro(amount)])
@@ -269,12 +474,14 @@ class RedisCredits:
         )
 
     async def idle_jobs(self, idle_s: float, limit: int) -> list[tuple[str, str]]:
+        # The reaper runs on every replica: it also notices a Redis that lost its data when no call does.
+        await self.ensure_loaded()
         cutoff = int((time.time() - idle_s) * 1000)
         members = await self.client.zrangebyscore(self.keys.open_jobs, "-inf", cutoff, start=0, num=limit)
         return [RedisKeys.parse_member(_text(m)) for m in members]
 
     async def add_cost(self, team_id: str, job_id: str, cost_usd: Decimal) -> None:
-        await self._call(self._add_cost, *self._cost_update(team_id, job_id, cost_usd))
+        await self._decide(team_id, self._add_cost, *self._cost_update(team_id, job_id, cost_usd))
 
     async def admitted_calls(self, team_id: str, job_id: str) -> int | None:
         try:

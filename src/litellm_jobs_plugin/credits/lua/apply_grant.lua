@@ -1,7 +1,10 @@
 -- Apply one grant/adjust of PostgreSQL's ledger to a loaded account, at most once.
--- KEYS: account hash, applied-grants set
+-- KEYS: account hash, applied-grants set, loaded sentinel
 -- ARGV: entry_id, delta (micro-credits, may be negative)
 local acct, grants = KEYS[1], KEYS[2]
+if redis.call('EXISTS', KEYS[3]) == 0 then
+  return {'rebuild'}
+end
 if redis.call('HGET', acct, 'loaded') ~= '1' then
   return {'not_loaded'}
 end

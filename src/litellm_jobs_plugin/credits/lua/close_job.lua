@@ -1,5 +1,5 @@
 -- Close a job: completed captures its hold, failed/expired release it. Idempotent per status.
--- KEYS: account hash, job hash, open-jobs zset [, journal stream]
+-- KEYS: account hash, job hash, open-jobs zset, loaded sentinel [, journal stream]
 -- ARGV: status, now_ms, idle_cutoff_ms ('' = none), member, closed_ttl_s,
 --       charge (micro-credits a completed job of a cost-based price is charged; '' = its whole hold)
 --       [, team_id, job_id, single_call ('1'/'0'), record...]
@@ -9,13 +9,16 @@
 -- the hold and capture/release entries the service would write): durable in the same script.
 local acct, job, open = KEYS[1], KEYS[2], KEYS[3]
 local function journal(hold, jtype, inc, charge)
-  if KEYS[4] then
+  if KEYS[5] then
     for i = 10, #ARGV do
-      redis.call('XADD', KEYS[4], '*', 'v', ARGV[i])
+      redis.call('XADD', KEYS[5], '*', 'v', ARGV[i])
     end
-    redis.call('XADD', KEYS[4], '*', 'k', 'close', 't', ARGV[7], 'j', ARGV[8], 'y', jtype, 'm', hold,
+    redis.call('XADD', KEYS[5], '*', 'k', 'close', 't', ARGV[7], 'j', ARGV[8], 'y', jtype, 'm', hold,
                'i', inc, 'c', ARGV[1], 's', ARGV[9], 'g', charge)
   end
+end
+if redis.call('EXISTS', KEYS[4]) == 0 then
+  return {'rebuild'}  -- a Redis that lost its data: the caller rebuilds the state first
 end
 local state = redis.call('HGET', job, 'state')
 if not state then

@@ -1,11 +1,15 @@
 -- Admit a call to a job, or open the job by holding its price: atomically, for every replica.
--- KEYS: account hash, job hash, open-jobs zset, journal stream
+-- KEYS: account hash, job hash, open-jobs zset, journal stream, loaded sentinel
 -- ARGV: now_ms, requested_type ('' = any), new_type, price (micro-credits), max_calls (0 = none),
 --       max_cost_usd (0 = none), create_only ('1'/'0'), count ('1'/'0'), member, initial_state,
 --       team_id, job_id, single_call ('1'/'0'), may_create ('1'/'0': '0' when the new job's terms
 --       refuse it: job type not allowed or not priced, failure allowance used up, PostgreSQL down)
 -- The decisions are credits/decide.py's (join, open_new); a property test proves they agree.
 -- A new job's hold is appended to the journal in this same script: it is durable as soon as it is taken.
+-- Without the sentinel (a Redis that lost its data) nothing is decided: the caller rebuilds the state.
+if redis.call('EXISTS', KEYS[5]) == 0 then
+  return {'rebuild'}
+end
 local acct, job, open = KEYS[1], KEYS[2], KEYS[3]
 local state = redis.call('HGET', job, 'state')
 if state then
