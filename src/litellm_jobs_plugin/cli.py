@@ -725,5 +725,7 @@ def main() -> None:
     app(prog_name="litellm-jobs")
 
 
+from . import cli_webhooks  # noqa: E402, F401  (registers `litellm-jobs webhooks`)
+
 if __name__ == "__main__":  # pragma: no cover
     main()

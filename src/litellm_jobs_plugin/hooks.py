@@ -33,6 +33,7 @@ from .settings import Settings
 from .store.embedded import EmbeddedPostgres
 from .store.postgres import PostgresStore
 from .store.watch import StoreWatch
+from .webhooks.worker import DeliveryPolicy, WebhookWorker
 from .writer import Writer
 
 _log = logging.getLogger("litellm_jobs_plugin")
@@ -51,6 +52,7 @@ class JobsPlugin(CustomLogger):
         self._watch: StoreWatch | None = None
         self._journal: RedisJournal | None = None
         self._drift_task: asyncio.Task[None] | None = None
+        self._webhooks: WebhookWorker | None = None
         self._start_task: asyncio.Task[PostgresStore] | None = None
         self._attached = False
         #: Tasks that outlive the request that started them (in-process calls, stream relays);
@@ -162,6 +164,14 @@ class JobsPlugin(CustomLogger):
         self._drift_task = asyncio.get_running_loop().create_task(
             drift_check_forever(store, metrics, s.reconcile_interval_s), name="litellm-jobs-drift-check"
         )
+        if s.webhooks_enabled:
+            self._webhooks = WebhookWorker(
+                store,
+                DeliveryPolicy.from_settings(s),
+                metrics=metrics,
+                allowance=(s.failure_allowance_usd, s.failure_window_s),
+            )
+            await self._webhooks.start()
         self._store = store
         _log.info(
             "litellm-jobs %s: ready on %s (database: %s, schema %s; credits: %s; Redis: %s)",
@@ -248,6 +258,9 @@ class JobsPlugin(CustomLogger):
         if self._watch is not None:
             await self._watch.aclose()
             self._watch = None
+        if self._webhooks is not None:
+            await self._webhooks.aclose()
+            self._webhooks = None
         if self._drift_task is not None:
             self._drift_task.cancel()
             with contextlib.suppress(BaseException):

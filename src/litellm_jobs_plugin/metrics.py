@@ -134,6 +134,28 @@ class Metrics:
             multiprocess_mode="livemostrecent",
         )
         self.reconcile_errors = counter("reconcile_check_errors", "Drift checks that failed (retried).")
+        # Webhooks (webhooks/worker.py): only the delivering process moves them.
+        self.webhook_delivered = counter(
+            "webhook_delivered", "Webhook deliveries a receiver accepted (2xx).", ("event_type",)
+        )
+        self.webhook_failed_attempts = counter(
+            "webhook_failed_attempts", "Webhook attempts that failed (error, timeout, not 2xx).", ("event_type",)
+        )
+        self.webhook_dead_lettered = counter(
+            "webhook_dead_lettered", "Webhook deliveries given up on after JOBS_WEBHOOK_MAX_AGE_S.", ("event_type",)
+        )
+        self.webhook_backlog = Gauge(
+            "litellm_jobs_webhook_backlog",
+            "Webhook deliveries not yet delivered nor dead (all replicas).",
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self.webhook_dead_letters = Gauge(
+            "litellm_jobs_webhook_dead_letters",
+            "Dead-lettered webhook deliveries kept for a manual retry (all replicas).",
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
         self._seen = WriterStats()
 
     def _type(self, job_type: str) -> str:

@@ -43,6 +43,7 @@ from .route_kit import (
     user_api_key_auth,
 )
 from .ui import add_ui_routes
+from .webhooks.routes import add_webhook_routes
 
 if TYPE_CHECKING:
     from .hooks import JobsPlugin
@@ -338,5 +339,6 @@ def build_router(plugin: JobsPlugin) -> APIRouter:
 
     add_call_routes(router, plugin)
     add_policy_routes(router, plugin)
+    add_webhook_routes(router, plugin)
     add_ui_routes(router)
     return router

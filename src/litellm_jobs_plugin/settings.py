@@ -180,6 +180,36 @@ class Settings(BaseSettings):
         description="How often job totals and balances are checked against their source rows (0: off).",
     )
 
+    # Webhooks (docs/webhooks.md): one delivery worker at a time across replicas sends the outbox.
+    webhooks_enabled: bool = Field(
+        default=True, description="Run the webhook delivery worker in this process (one delivers, others stand by)."
+    )
+    webhook_timeout_s: float = Field(default=10.0, gt=0, le=300, description="Timeout of one webhook request.")
+    webhook_concurrency: int = Field(default=8, ge=1, le=256, description="Webhook requests in flight at once.")
+    webhook_max_age_s: float = Field(
+        default=86_400.0,
+        gt=0,
+        description="A delivery still failing this long after its event (or its manual retry) is a dead letter.",
+    )
+    webhook_backoff_base_s: float = Field(
+        default=1.0, gt=0, description="Delay after a webhook's first failed attempt; doubled after each next one."
+    )
+    webhook_backoff_max_s: float = Field(default=600.0, gt=0, description="Longest delay between two attempts.")
+    webhook_poll_s: float = Field(default=0.5, gt=0, description="How often the worker looks for due deliveries.")
+    webhook_standby_s: float = Field(
+        default=5.0, gt=0, description="How often a standing-by process tries to become the delivering one."
+    )
+    webhook_retention_s: float = Field(
+        default=7 * 86_400.0,
+        gt=0,
+        description="Delivered webhooks are deleted after this long (dead letters are kept).",
+    )
+    webhook_rotation_overlap_s: float = Field(
+        default=86_400.0,
+        ge=0,
+        description="After a secret rotation, how long webhooks are also signed with the old secret.",
+    )
+
     @field_validator("database_url")
     @classmethod
     def _libpq_url(cls, value: str | None) -> str | None:

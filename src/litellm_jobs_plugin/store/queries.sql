@@ -544,3 +544,143 @@ RETURNING job_id;
 -- name: job_admissions
 -- A job's admission counters, without a lock (read for the answer, not to decide).
 SELECT admitted_calls, status FROM jobs WHERE team_id = %(team_id)s AND job_id = %(job_id)s;
+
+-- Webhooks (migration 0007; webhooks/): endpoints, the outbox's deliveries, dead letters.
+
+-- name: webhook_insert_endpoint
+INSERT INTO webhook_endpoints (endpoint_id, url, team_id, event_types, description, secret)
+VALUES (%(endpoint_id)s, %(url)s, %(team_id)s, %(event_types)s::text[], %(description)s, %(secret)s)
+RETURNING endpoint_id, url, team_id, event_types, description, created_at, updated_at, previous_secret_expires_at;
+
+-- name: webhook_list_endpoints
+SELECT e.endpoint_id, e.url, e.team_id, e.event_types, e.description, e.created_at, e.updated_at,
+       e.previous_secret_expires_at,
+       count(d.*) FILTER (WHERE d.status = 'pending')::integer AS pending,
+       count(d.*) FILTER (WHERE d.status = 'dead')::integer AS dead,
+       count(d.*) FILTER (WHERE d.status = 'delivered')::integer AS delivered
+FROM webhook_endpoints e
+LEFT JOIN webhook_deliveries d ON d.endpoint_id = e.endpoint_id
+WHERE (%(endpoint_id)s::text IS NULL OR e.endpoint_id = %(endpoint_id)s)
+GROUP BY e.endpoint_id
+ORDER BY e.created_at, e.endpoint_id;
+
+-- name: webhook_delete_endpoint
+-- Its deliveries go with it (pending ones are never sent).
+DELETE FROM webhook_endpoints WHERE endpoint_id = %(endpoint_id)s RETURNING endpoint_id;
+
+-- name: webhook_rotate_secret
+-- The current secret becomes the previous one, still signed with until %(overlap_s)s from now.
+UPDATE webhook_endpoints SET
+    previous_secret = secret,
+    previous_secret_expires_at = now() + make_interval(secs => %(overlap_s)s),
+    secret = %(secret)s,
+    updated_at = now()
+WHERE endpoint_id = %(endpoint_id)s
+RETURNING endpoint_id, url, team_id, event_types, description, created_at, updated_at, previous_secret_expires_at;
+
+-- name: webhook_set_threshold
+INSERT INTO webhook_team_settings AS t (team_id, credits_low_threshold)
+VALUES (%(team_id)s, %(threshold)s)
+ON CONFLICT (team_id) DO UPDATE SET credits_low_threshold = EXCLUDED.credits_low_threshold, updated_at = now()
+RETURNING team_id, credits_low_threshold;
+
+-- name: webhook_get_threshold
+SELECT team_id, credits_low_threshold FROM webhook_team_settings WHERE team_id = %(team_id)s;
+
+-- name: webhook_put_allowance_defaults
+-- The operator's failure allowance, for the trigger that emits failure_allowance.exhausted.
+INSERT INTO webhook_allowance_defaults AS d (id, failure_allowance_usd, failure_window_s)
+VALUES (1, %(failure_allowance_usd)s, %(failure_window_s)s)
+ON CONFLICT (id) DO UPDATE SET
+    failure_allowance_usd = EXCLUDED.failure_allowance_usd,
+    failure_window_s = EXCLUDED.failure_window_s,
+    updated_at = now()
+WHERE (d.failure_allowance_usd, d.failure_window_s)
+      IS DISTINCT FROM (EXCLUDED.failure_allowance_usd, EXCLUDED.failure_window_s);
+
+-- name: webhook_claim
+-- Due deliveries, the first pending one of each (endpoint, order key) only (a job's or a team's
+-- events go out in order), leased for %(lease_s)s: a worker that dies mid-send leaves them due again.
+WITH due AS (
+    SELECT d.event_id, d.endpoint_id
+    FROM webhook_deliveries d
+    WHERE d.status = 'pending' AND d.next_attempt_at <= now()
+      AND NOT EXISTS (SELECT 1 FROM webhook_deliveries p
+                      WHERE p.endpoint_id = d.endpoint_id AND p.order_key = d.order_key
+                        AND p.status = 'pending' AND p.seq < d.seq)
+      AND NOT ((d.event_id || ' ' || d.endpoint_id) = ANY (%(busy)s::text[]))
+    ORDER BY d.seq
+    LIMIT %(limit)s
+    FOR UPDATE OF d SKIP LOCKED
+)
+UPDATE webhook_deliveries d SET
+    next_attempt_at = now() + make_interval(secs => %(lease_s)s),
+    last_attempt_at = now()
+FROM due, webhook_events e, webhook_endpoints w
+WHERE d.event_id = due.event_id AND d.endpoint_id = due.endpoint_id
+  AND e.event_id = d.event_id AND w.endpoint_id = d.endpoint_id
+RETURNING d.event_id, d.endpoint_id, d.attempts, d.seq, e.event_type, e.team_id, e.job_id, e.created_at,
+          e.snapshot::text AS snapshot, e.payload, w.url, w.secret, w.previous_secret,
+          w.previous_secret_expires_at > now() AS previous_secret_live;
+
+-- name: webhook_freeze_payload
+-- The body of an event as first sent: every endpoint and every retry gets these bytes.
+UPDATE webhook_events SET payload = coalesce(payload, %(payload)s)
+WHERE event_id = %(event_id)s
+RETURNING payload;
+
+-- name: webhook_delivered
+UPDATE webhook_deliveries SET
+    status = 'delivered', delivered_at = now(), attempts = attempts + 1,
+    last_status_code = %(status_code)s, last_error = NULL
+WHERE event_id = %(event_id)s AND endpoint_id = %(endpoint_id)s AND status = 'pending';
+
+-- name: webhook_attempt_failed
+-- A failed attempt: retried after %(delay_s)s, or dead once the delivery is older than %(max_age_s)s.
+UPDATE webhook_deliveries SET
+    attempts = attempts + 1,
+    last_status_code = %(status_code)s,
+    last_error = %(error)s,
+    status = CASE WHEN now() >= window_start + make_interval(secs => %(max_age_s)s) THEN 'dead' ELSE 'pending' END,
+    dead_at = CASE WHEN now() >= window_start + make_interval(secs => %(max_age_s)s) THEN now() END,
+    next_attempt_at = now() + make_interval(secs => %(delay_s)s)
+WHERE event_id = %(event_id)s AND endpoint_id = %(endpoint_id)s AND status = 'pending'
+RETURNING status;
+
+-- name: webhook_counts
+SELECT count(*) FILTER (WHERE status = 'pending')::integer AS backlog,
+       count(*) FILTER (WHERE status = 'dead')::integer AS dead,
+       extract(epoch FROM now() - min(created_at) FILTER (WHERE status = 'pending'))::float8 AS oldest_pending_s
+FROM webhook_deliveries;
+
+-- name: webhook_dead_letters
+SELECT d.event_id, d.endpoint_id, e.event_type, e.team_id, e.job_id, d.attempts, d.last_status_code,
+       d.last_error, e.created_at, d.dead_at, w.url
+FROM webhook_deliveries d
+JOIN webhook_events e ON e.event_id = d.event_id
+JOIN webhook_endpoints w ON w.endpoint_id = d.endpoint_id
+WHERE d.status = 'dead' AND (%(endpoint_id)s::text IS NULL OR d.endpoint_id = %(endpoint_id)s)
+ORDER BY d.dead_at DESC, d.seq DESC
+LIMIT %(limit)s;
+
+-- name: webhook_retry_dead
+-- Dead letters due again now, with a fresh maximum age (all of an endpoint's, or the events named).
+UPDATE webhook_deliveries SET
+    status = 'pending', dead_at = NULL, next_attempt_at = now(), window_start = now()
+WHERE status = 'dead'
+  AND (%(endpoint_id)s::text IS NULL OR endpoint_id = %(endpoint_id)s)
+  AND (%(event_ids)s::text[] IS NULL OR event_id = ANY (%(event_ids)s::text[]))
+RETURNING event_id, endpoint_id;
+
+-- name: webhook_prune_deliveries
+DELETE FROM webhook_deliveries
+WHERE status = 'delivered' AND delivered_at < now() - make_interval(secs => %(retention_s)s);
+
+-- name: webhook_prune_events
+-- Events past the retention that no delivery refers to any more.
+DELETE FROM webhook_events e
+WHERE e.created_at < now() - make_interval(secs => %(retention_s)s)
+  AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = e.event_id);
+
+-- name: webhook_lock
+SELECT pg_try_advisory_lock(%(key)s) AS locked;

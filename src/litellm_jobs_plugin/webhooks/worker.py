@@ -1,0 +1,293 @@
+"""The delivery worker: one at a time across replicas, sending the outbox's deliveries.
+
+Every proxy process starts one. It takes a session advisory lock on a PostgreSQL connection of its
+own; the process that holds it sends, the others stand by and try again every few seconds (the
+lock is released when its holder's connection ends: a killed replica's is taken over at once).
+
+Deliveries are claimed with a lease (``next_attempt_at`` moved past the request's timeout), so a
+worker killed mid-send leaves them due again: delivery is at least once, and receivers dedupe on
+``webhook-id``. Only the first pending delivery of each (endpoint, job) or (endpoint, team) is
+claimed, so a job's or a team's events reach an endpoint in the order they were written. A failed
+attempt is retried after an exponential backoff with jitter until the delivery is older than
+``JOBS_WEBHOOK_MAX_AGE_S``; then it is a dead letter, kept until retried by hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import psycopg
+from psycopg.rows import dict_row
+
+from ..store.postgres import PostgresStore
+from ..store.sql import query
+from .events import JOB_EVENTS, event_data, headers, parse_snapshot, render
+
+if TYPE_CHECKING:
+    from ..metrics import Metrics
+    from ..settings import Settings
+
+_log = logging.getLogger("litellm_jobs_plugin.webhooks")
+
+#: pg_advisory_lock key: the first 8 bytes of sha256("litellm_jobs_plugin.webhooks").
+WEBHOOK_LOCK_KEY = int.from_bytes(hashlib.sha256(b"litellm_jobs_plugin.webhooks").digest()[:8], "big", signed=True)
+_MAX_ERROR_CHARS = 500
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryPolicy:
+    """How deliveries are sent and retried (from the JOBS_WEBHOOK_* settings)."""
+
+    timeout_s: float = 10.0
+    concurrency: int = 8
+    max_age_s: float = 86_400.0
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 600.0
+    poll_s: float = 0.5
+    standby_s: float = 5.0
+    retention_s: float = 7 * 86_400.0
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> DeliveryPolicy:
+        return cls(
+            timeout_s=s.webhook_timeout_s,
+            concurrency=s.webhook_concurrency,
+            max_age_s=s.webhook_max_age_s,
+            backoff_base_s=s.webhook_backoff_base_s,
+            backoff_max_s=s.webhook_backoff_max_s,
+            poll_s=s.webhook_poll_s,
+            standby_s=s.webhook_standby_s,
+            retention_s=s.webhook_retention_s,
+        )
+
+    def backoff(self, attempts: int) -> float:
+        """Seconds before the next attempt after ``attempts`` failed ones: exponential, capped,
+        half of it random (equal jitter), so that many failing deliveries do not retry together."""
+        ceiling = min(self.backoff_max_s, self.backoff_base_s * float(2 ** min(attempts - 1, 30)))
+        return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+    @property
+    def lease_s(self) -> float:
+        return self.timeout_s + 5.0
+
+
+class WebhookWorker:
+    """Sends due deliveries while it holds the webhook lock (see the module docstring)."""
+
+    def __init__(
+        self,
+        store: PostgresStore,
+        policy: DeliveryPolicy,
+        *,
+        metrics: Metrics | None = None,
+        allowance: tuple[Any, float] | None = None,
+    ) -> None:
+        self.store = store
+        self.policy = policy
+        self.metrics = metrics
+        #: (the operator's failure allowance in USD or None, its window in seconds): written for the trigger.
+        self.allowance = allowance
+        self.active = False
+        self._task: asyncio.Task[None] | None = None
+        self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._client: httpx.AsyncClient | None = None
+
+    async def start(self) -> None:
+        if self.allowance is not None:
+            try:
+                limit, window = self.allowance
+                await self.store.fetch_all(
+                    "webhook_put_allowance_defaults", {"failure_allowance_usd": limit, "failure_window_s": window}
+                )
+            except Exception:
+                _log.warning("litellm-jobs: webhooks: could not record the failure allowance", exc_info=True)
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="litellm-jobs-webhooks")
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+            self._task = None
+
+    # -- the lock ----------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            conn: psycopg.AsyncConnection[dict[str, Any]] | None = None
+            try:
+                conn = await psycopg.AsyncConnection.connect(
+                    self.store.url,
+                    autocommit=True,
+                    row_factory=dict_row,
+                    options=f"-c search_path={self.store.schema}",
+                    connect_timeout=10,
+                )
+                await self._wait_for_lock(conn)
+                self.active = True
+                _log.info("litellm-jobs: webhooks: this process delivers (the others stand by)")
+                await self._deliver(conn)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                _log.warning("litellm-jobs: webhooks: delivery stopped; retrying", exc_info=True)
+                await asyncio.sleep(1.0)
+            finally:
+                self.active = False
+                await self._stop_sends()
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await conn.close()
+
+    async def _wait_for_lock(self, conn: psycopg.AsyncConnection[dict[str, Any]]) -> None:
+        """Returns once this process holds the lock (standing by until then)."""
+        locked = await self._try_lock(conn)
+        while not locked:
+            await asyncio.sleep(self.policy.standby_s)
+            locked = await self._try_lock(conn)
+
+    @staticmethod
+    async def _try_lock(conn: psycopg.AsyncConnection[dict[str, Any]]) -> bool:
+        cur = await conn.execute(query("webhook_lock"), {"key": WEBHOOK_LOCK_KEY})
+        row = await cur.fetchone()
+        return bool(row and row["locked"])
+
+    async def _stop_sends(self) -> None:
+        tasks = list(self._inflight.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        self._inflight.clear()
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                await self._client.aclose()
+            self._client = None
+
+    # -- delivering --------------------------------------------------------------------------
+
+    async def _deliver(self, conn: psycopg.AsyncConnection[dict[str, Any]]) -> None:
+        p = self.policy
+        self._client = httpx.AsyncClient(timeout=p.timeout_s, follow_redirects=False)
+        checked = counted = pruned = 0.0
+        while True:
+            now = time.monotonic()
+            if now - checked >= p.standby_s:  # the lock lives as long as this connection
+                await conn.execute(query("ping"))
+                checked = now
+            if now - counted >= 5.0:
+                await self._count()
+                counted = now
+            if now - pruned >= 600.0:
+                await self.store.fetch_all("webhook_prune_deliveries", {"retention_s": p.retention_s})
+                await self.store.fetch_all("webhook_prune_events", {"retention_s": p.retention_s})
+                pruned = now
+            free = p.concurrency - len(self._inflight)
+            claimed: list[dict[str, Any]] = []
+            if free > 0:
+                claimed = await self.store.fetch_all(
+                    "webhook_claim", {"limit": free, "lease_s": p.lease_s, "busy": list(self._inflight)}
+                )
+                for row in claimed:
+                    key = f"{row['event_id']} {row['endpoint_id']}"
+                    task = asyncio.get_running_loop().create_task(self._send(row), name="litellm-jobs-webhook-send")
+                    self._inflight[key] = task
+                    task.add_done_callback(self._forget(key))
+            if self._inflight:
+                await asyncio.wait(set(self._inflight.values()), timeout=p.poll_s, return_when=asyncio.FIRST_COMPLETED)
+            if not claimed or len(claimed) < free:
+                await asyncio.sleep(p.poll_s if not self._inflight else 0)
+
+    def _forget(self, key: str) -> Callable[[asyncio.Task[None]], None]:
+        def done(_: asyncio.Task[None]) -> None:
+            self._inflight.pop(key, None)
+
+        return done
+
+    async def _count(self) -> None:
+        if self.metrics is None:
+            return
+        row = await self.store.fetch_one("webhook_counts", {})
+        if row is not None:
+            self.metrics.webhook_backlog.set(row["backlog"])
+            self.metrics.webhook_dead_letters.set(row["dead"])
+
+    async def _payload(self, row: dict[str, Any]) -> str:
+        """The event's body, rendered and kept the first time it is sent."""
+        if row["payload"] is not None:
+            return str(row["payload"])
+        event_type, team_id = row["event_type"], row["team_id"]
+        job = None
+        if event_type in JOB_EVENTS and row["job_id"] is not None:
+            job = await self.store.get_job(team_id, row["job_id"])
+        data = event_data(event_type, team_id, parse_snapshot(row["snapshot"]), job)
+        body = render(row["event_id"], event_type, team_id, row["created_at"], data)
+        frozen = await self.store.fetch_one("webhook_freeze_payload", {"event_id": row["event_id"], "payload": body})
+        return str(frozen["payload"]) if frozen is not None else body
+
+    async def _send(self, row: dict[str, Any]) -> None:
+        key = {"event_id": row["event_id"], "endpoint_id": row["endpoint_id"]}
+        event_type = row["event_type"]
+        status_code: int | None = None
+        error: str | None = None
+        try:
+            payload = await self._payload(row)
+            secrets = [row["secret"]]
+            if row["previous_secret"] and row["previous_secret_live"]:
+                secrets.append(row["previous_secret"])
+            assert self._client is not None
+            async with self._client.stream(
+                "POST",
+                row["url"],
+                content=payload.encode(),
+                headers=headers(secrets, row["event_id"], datetime.now(UTC), payload),
+            ) as response:
+                status_code = response.status_code  # the body is never read
+            if not 200 <= status_code < 300:
+                error = f"HTTP {status_code}"
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"[:_MAX_ERROR_CHARS]
+        try:
+            if error is None:
+                await self.store.fetch_all("webhook_delivered", {**key, "status_code": status_code})
+                if self.metrics is not None:
+                    self.metrics.webhook_delivered.labels(event_type).inc()
+                return
+            after = await self.store.fetch_one(
+                "webhook_attempt_failed",
+                {
+                    **key,
+                    "status_code": status_code,
+                    "error": error,
+                    "delay_s": self.policy.backoff(row["attempts"] + 1),
+                    "max_age_s": self.policy.max_age_s,
+                },
+            )
+            if self.metrics is not None:
+                self.metrics.webhook_failed_attempts.labels(event_type).inc()
+                if after is not None and after["status"] == "dead":
+                    self.metrics.webhook_dead_lettered.labels(event_type).inc()
+            if after is not None and after["status"] == "dead":
+                _log.warning(
+                    "litellm-jobs: webhooks: %s to %s is a dead letter after %d attempts (%s)",
+                    row["event_id"],
+                    row["endpoint_id"],
+                    row["attempts"] + 1,
+                    error,
+                )
+        except Exception:
+            # PostgreSQL unreachable: the lease runs out and the delivery is tried again.
+            _log.warning("litellm-jobs: webhooks: could not record a delivery attempt", exc_info=True)
