@@ -721,6 +721,9 @@ def reconcile_command(
         raise typer.Exit(1)
 
 
+from . import cli_billing  # noqa: E402, F401  (registers `export` and `billing`)
+
+
 def main() -> None:
     app(prog_name="litellm-jobs")
 

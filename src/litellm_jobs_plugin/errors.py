@@ -140,6 +140,27 @@ class FailureAllowanceExhausted(JobsError):
     status = 402
 
 
+class InvalidWebhookSignature(JobsError):
+    """The webhook's signature does not verify (wrong secret, altered body, or signed too long ago)."""
+
+    type = "invalid_webhook_signature"
+    status = 400
+
+
+class BillingNotFound(JobsError):
+    """No such usage sink or Stripe event; check the name."""
+
+    type = "billing_not_found"
+    status = 404
+
+
+class BillingNotConfigured(JobsError):
+    """This billing integration is not configured on this proxy; see its settings."""
+
+    type = "billing_not_configured"
+    status = 503
+
+
 #: Every error type by its ``type`` name (the client maps error JSON back to these classes).
 ERRORS_BY_TYPE: dict[str, type[JobsError]] = {
     cls.type: cls
@@ -158,6 +179,9 @@ ERRORS_BY_TYPE: dict[str, type[JobsError]] = {
         UnknownJobType,
         JobTypeNotAllowed,
         FailureAllowanceExhausted,
+        InvalidWebhookSignature,
+        BillingNotFound,
+        BillingNotConfigured,
     )
 }
 

@@ -18,6 +18,7 @@ from litellm.integrations.custom_logger import CustomLogger
 
 from . import __version__
 from . import litellm_adapter as adapter
+from .billing.exporter import Exporter
 from .credits import CreditService, PostgresCredits, RedisCredits
 from .credits.base import CreditBackend
 from .credits.local import choose_backend, describe
@@ -52,6 +53,7 @@ class JobsPlugin(CustomLogger):
         self._watch: StoreWatch | None = None
         self._journal: RedisJournal | None = None
         self._drift_task: asyncio.Task[None] | None = None
+        self._exporter: Exporter | None = None
         self._webhooks: WebhookWorker | None = None
         self._start_task: asyncio.Task[PostgresStore] | None = None
         self._attached = False
@@ -164,6 +166,8 @@ class JobsPlugin(CustomLogger):
         self._drift_task = asyncio.get_running_loop().create_task(
             drift_check_forever(store, metrics, s.reconcile_interval_s), name="litellm-jobs-drift-check"
         )
+        self._exporter = Exporter(store, s)  # usage export (docs/usage-export.md)
+        self._exporter.start()
         if s.webhooks_enabled:
             self._webhooks = WebhookWorker(
                 store,
@@ -261,6 +265,9 @@ class JobsPlugin(CustomLogger):
         if self._webhooks is not None:
             await self._webhooks.aclose()
             self._webhooks = None
+        if self._exporter is not None:
+            await self._exporter.aclose()
+            self._exporter = None
         if self._drift_task is not None:
             self._drift_task.cancel()
             with contextlib.suppress(BaseException):

@@ -17,6 +17,7 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import Field, field_validator
 
 from .analytics import TeamSummary, analytics
+from .billing_routes import add_billing_routes
 from .call_routes import add_call_routes
 from .errors import Forbidden, InvalidJobMetadata, JobNotFound
 from .metadata import check_job_id, check_job_metadata, check_job_type, check_team_id
@@ -339,6 +340,7 @@ def build_router(plugin: JobsPlugin) -> APIRouter:
 
     add_call_routes(router, plugin)
     add_policy_routes(router, plugin)
+    add_billing_routes(router, plugin)
     add_webhook_routes(router, plugin)
     add_ui_routes(router)
     return router

@@ -12,7 +12,7 @@ from decimal import Decimal
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -178,6 +178,26 @@ class Settings(BaseSettings):
         default=300.0,
         ge=0,
         description="How often job totals and balances are checked against their source rows (0: off).",
+    )
+
+    # Usage export and Stripe top-ups (docs/usage-export.md, docs/stripe.md).
+    export_interval_s: float = Field(
+        default=10.0, ge=0, description="How often closed jobs are exported to the usage sinks (0: never)."
+    )
+    export_delay_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="A closed job is exported once closed this long (calls still running at its close are then "
+        "recorded).",
+    )
+    export_batch_size: int = Field(default=100, ge=1, le=1000, description="Closed jobs read per export page.")
+    export_timeout_s: float = Field(default=10.0, gt=0, description="Timeout of one request to a usage sink.")
+    stripe_webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="The signing secret (whsec_...) of the Stripe webhook endpoint; unset: the webhook answers 503.",
+    )
+    stripe_webhook_tolerance_s: int = Field(
+        default=300, ge=1, description="A Stripe webhook signed longer ago than this is refused (400)."
     )
 
     # Webhooks (docs/webhooks.md): one delivery worker at a time across replicas sends the outbox.

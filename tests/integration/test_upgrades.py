@@ -48,6 +48,16 @@ VALUES ('team-u', 'old-call-3', NULL, NULL, 'success', 'ChatAgent', 'openai/gpt-
 INSERT INTO team_policies (team_id, job_prices, allowed_job_types, failure_allowance_usd)
 VALUES ('team-u', '{"document_analysis": "2"}', '["document_analysis"]', 0.5);
 """,
+    8: """
+INSERT INTO export_sinks (name, kind, url, options) VALUES ('meter-u', 'stripe', 'http://127.0.0.1:9/', '{}');
+INSERT INTO export_cursors (sink, position_xid, position_seq) VALUES ('meter-u', 0, 0);
+INSERT INTO export_customers (sink, team_id, customer_id) VALUES ('meter-u', 'team-u', 'cus_U');
+""",
+    9: """
+INSERT INTO stripe_events (event_id, type, team_id, credits, status, payload)
+VALUES ('evt_u', 'checkout.session.completed', 'team-u', 5, 'granted', '{}');
+INSERT INTO stripe_prices (price_id, credits) VALUES ('price_u', 10);
+""",
 }
 
 
