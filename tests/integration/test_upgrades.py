@@ -48,6 +48,15 @@ VALUES ('team-u', 'old-call-3', NULL, NULL, 'success', 'ChatAgent', 'openai/gpt-
 INSERT INTO team_policies (team_id, job_prices, allowed_job_types, failure_allowance_usd)
 VALUES ('team-u', '{"document_analysis": "2"}', '["document_analysis"]', 0.5);
 """,
+    7: """
+INSERT INTO webhook_endpoints (endpoint_id, url, team_id, event_types, secret)
+VALUES ('we_old', 'http://127.0.0.1:9/hook', 'team-u', '{job.completed}', 'whsec_b2xkLXNlY3JldA==');
+INSERT INTO webhook_events (event_id, event_type, team_id, job_id, order_key, snapshot)
+VALUES ('evt_old', 'job.completed', 'team-u', 'old-job', 'job:6:team-u:old-job', '{}');
+INSERT INTO webhook_deliveries (event_id, endpoint_id, seq, order_key)
+SELECT 'evt_old', 'we_old', seq, order_key FROM webhook_events WHERE event_id = 'evt_old';
+INSERT INTO webhook_team_settings (team_id, credits_low_threshold) VALUES ('team-u', 2);
+""",
     8: """
 INSERT INTO export_sinks (name, kind, url, options) VALUES ('meter-u', 'stripe', 'http://127.0.0.1:9/', '{}');
 INSERT INTO export_cursors (sink, position_xid, position_seq) VALUES ('meter-u', 0, 0);
