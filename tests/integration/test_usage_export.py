@@ -59,7 +59,9 @@ def close_job(url: str, team: str, job: str, status: str = "completed", *, credi
             f"{job}-call-{i}",
             job,
         )
-    query(url, "UPDATE jobs SET status = %s, completed_at = now() WHERE team_id = %s AND job_id = %s", status, team, job)
+    query(
+        url, "UPDATE jobs SET status = %s, completed_at = now() WHERE team_id = %s AND job_id = %s", status, team, job
+    )
 
 
 async def test_each_sink_gets_the_documented_payload_with_deterministic_ids(
@@ -88,19 +90,22 @@ async def test_each_sink_gets_the_documented_payload_with_deterministic_ids(
     first = receiver.events[0]
     if receiver.kind == "cloudevents":
         assert (first["type"], first["source"], first["subject"]) == ("litellm.job", "litellm-jobs", "subject-a")
-        assert first["data"]["credits"] == "2.5" and first["data"]["job_id"] == "job-1"
+        assert first["data"]["credits"] == "2.5"
+        assert first["data"]["job_id"] == "job-1"
         assert receiver.events[1]["type"] == "litellm.call"
         # batch content mode: a page (2 jobs, export_batch_size) per request
         assert [len(r.events) for r in receiver.received] == [5, 1]
     elif receiver.kind == "lago":
-        assert first["external_subscription_id"] == "sub_lago_a" and first["code"] == "litellm_job"
-        assert first["properties"]["credits"] == "2.5" and first["properties"]["status"] == "completed"
+        assert first["external_subscription_id"] == "sub_lago_a"
+        assert first["code"] == "litellm_job"
+        assert first["properties"]["credits"] == "2.5"
+        assert first["properties"]["status"] == "completed"
         assert receiver.events[1]["code"] == "litellm_call"
     else:
         assert first["payload[stripe_customer_id]"] == "cus_TeamA"
         assert (first["event_name"], first["payload[value]"]) == ("litellm_job_credits", "2.5")
         assert receiver.events[1]["payload[value]"] == "15"  # a call's tokens
-    (sink, row) = (await load_sinks(store, "meter"))[0]
+    (_sink, row) = (await load_sinks(store, "meter"))[0]
     assert (row["exported"], row["last_error"]) == (6, None)
 
 
@@ -159,7 +164,8 @@ async def test_a_refused_delivery_keeps_the_cursor_and_the_next_round_resumes(
         exporter = Exporter(store, SETTINGS)
         assert await exporter.run_once() == {}
         _, row = (await load_sinks(store, "meter"))[0]
-        assert row["exported"] == 2 and "HTTP 500" in row["last_error"]
+        assert row["exported"] == 2
+        assert "HTTP 500" in row["last_error"]
         r.fail_after = None
         assert await exporter.run_once() == {"meter": 3}
         await exporter.aclose()

@@ -43,7 +43,8 @@ def check_cloudevent(e: Any) -> dict[str, Any]:
     assert isinstance(e, dict), e
     assert e["specversion"] == "1.0"
     for name in ("id", "source", "type", "subject"):
-        assert isinstance(e[name], str) and e[name], name
+        assert isinstance(e[name], str), name
+        assert e[name], name
     assert _uuid(e["id"]), e["id"]
     assert _RFC3339.match(e["time"]), e["time"]
     assert e.get("datacontenttype", "application/json") == "application/json"
@@ -54,11 +55,14 @@ def check_cloudevent(e: Any) -> dict[str, Any]:
 def check_lago(body: Any) -> dict[str, Any]:
     """Lago's POST /api/v1/events body: {"event": {transaction_id, external_subscription_id|external_customer_id,
     code, timestamp, properties}}."""
-    assert isinstance(body, dict) and set(body) == {"event"}, body
+    assert isinstance(body, dict), body
+    assert set(body) == {"event"}, body
     e = body["event"]
-    assert isinstance(e["transaction_id"], str) and _uuid(e["transaction_id"])
+    assert isinstance(e["transaction_id"], str)
+    assert _uuid(e["transaction_id"])
     assert isinstance(e.get("external_subscription_id") or e.get("external_customer_id"), str)
-    assert isinstance(e["code"], str) and e["code"]
+    assert isinstance(e["code"], str)
+    assert e["code"]
     assert isinstance(e["timestamp"], int | float | str)
     float(e["timestamp"])
     assert isinstance(e["properties"], dict)
@@ -75,7 +79,8 @@ def check_stripe(form: dict[str, str]) -> dict[str, str]:
         "payload[stripe_customer_id]",
         "payload[value]",
     }, form
-    assert form["event_name"] and len(form["event_name"]) <= 100
+    assert form["event_name"]
+    assert len(form["event_name"]) <= 100
     assert _uuid(form["identifier"])
     assert form["timestamp"].isdigit()
     datetime.fromtimestamp(int(form["timestamp"]))
@@ -119,14 +124,17 @@ class Receiver:
             assert path == "/api/v1/events"
             if ctype.startswith("application/cloudevents-batch+json"):
                 batch = json.loads(body)
-                assert isinstance(batch, list) and batch
+                assert isinstance(batch, list)
+                assert batch
                 return [check_cloudevent(e) for e in batch]
             assert ctype.startswith("application/cloudevents+json"), ctype
             return [check_cloudevent(json.loads(body))]
         if self.kind == "lago":
-            assert path == "/api/v1/events" and ctype.startswith("application/json")
+            assert path == "/api/v1/events"
+            assert ctype.startswith("application/json")
             return [check_lago(json.loads(body))]
-        assert path == "/v1/billing/meter_events" and ctype.startswith("application/x-www-form-urlencoded")
+        assert path == "/v1/billing/meter_events"
+        assert ctype.startswith("application/x-www-form-urlencoded")
         return [dict(check_stripe(dict(parse_qsl(body.decode(), strict_parsing=True))))]
 
     @contextlib.contextmanager
