@@ -224,6 +224,12 @@ class Settings(BaseSettings):
         gt=0,
         description="Delivered webhooks are deleted after this long (dead letters are kept).",
     )
+    webhook_job_settle_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="A job event is first sent this long after the job closed, so that calls finished before the "
+        "close (written off the request path) are in its totals.",
+    )
     webhook_rotation_overlap_s: float = Field(
         default=86_400.0,
         ge=0,

@@ -78,14 +78,17 @@ async def test_each_state_change_writes_one_event_whichever_path_made_it(
     await credits.close_job("team-w", "job-pg", JobStatus.COMPLETED)  # a repeated close
     # remaining 14 → 4 (below 5): credits.low, once
     await credits.open_job(opening("team-w", "job-low", "10"))
-    # The writer's record_batch: a job whose failed close carries a call costing more than the allowance.
+    # The writer's record_batch: a job closed as failed, then (as the writer often does with Redis or
+    # in-process credits) its call recorded after the closure, costing more than the allowance.
     ctx = context("team-w", "job-batch", "doc")
-    await store.write_batch([event("c1", ctx=ctx, cost="0.002")])
+    await store.write_batch([event("c0", ctx=ctx, cost="0")])
     entries = closure_entries(
         "team-w", "job-batch", "doc", Decimal(0), "", JobStatus.FAILED, single_call=False, closes_row=True
     )
     await store.write_batch(entries)
     await store.write_batch(entries)  # the journal's replay after a crash
+    await store.write_batch([event("c1", ctx=ctx, cost="0.002")])
+    await store.write_batch([event("c2", ctx=ctx, cost="0.002")])  # past the allowance already: nothing new
     # The last credits: remaining 4 → 0.
     await credits.open_job(opening("team-w", "job-zero", "4"))
 
@@ -99,9 +102,13 @@ async def test_each_state_change_writes_one_event_whichever_path_made_it(
         ("credits.exhausted", None),
     ]
     assert len({e["event_id"] for e in got}) == len(got)
-    # The failed job's event carries the batch's call (the trigger runs at commit).
+    # The failed job's event carries the call of its batch (the trigger runs at commit).
     snapshot = query(database_url, "SELECT snapshot FROM webhook_events WHERE event_type = 'job.failed'")[0]["snapshot"]
     assert (snapshot["status"], snapshot["total_calls"]) == ("failed", 1)
+    allowance = query(
+        database_url, "SELECT snapshot FROM webhook_events WHERE event_type = 'failure_allowance.exhausted'"
+    )[0]["snapshot"]
+    assert Decimal(str(allowance["used_usd"])) == Decimal("0.002")
     # one delivery per event for the one endpoint, all pending
     assert query(database_url, "SELECT count(*) AS n FROM webhook_deliveries WHERE status = 'pending'")[0]["n"] == 6
 

@@ -609,6 +609,9 @@ WITH due AS (
                       WHERE p.endpoint_id = d.endpoint_id AND p.order_key = d.order_key
                         AND p.status = 'pending' AND p.seq < d.seq)
       AND NOT ((d.event_id || ' ' || d.endpoint_id) = ANY (%(busy)s::text[]))
+      -- a job's event waits %(settle_s)s after its closure, for the calls that finished before it
+      -- (written off the request path with Redis or in-process credits) to be in its body
+      AND (d.order_key NOT LIKE 'job:%%' OR d.created_at <= now() - make_interval(secs => %(settle_s)s))
     ORDER BY d.seq
     LIMIT %(limit)s
     FOR UPDATE OF d SKIP LOCKED

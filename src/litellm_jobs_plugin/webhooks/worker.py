@@ -56,6 +56,7 @@ class DeliveryPolicy:
     poll_s: float = 0.5
     standby_s: float = 5.0
     retention_s: float = 7 * 86_400.0
+    job_settle_s: float = 1.0
 
     @classmethod
     def from_settings(cls, s: Settings) -> DeliveryPolicy:
@@ -68,6 +69,7 @@ class DeliveryPolicy:
             poll_s=s.webhook_poll_s,
             standby_s=s.webhook_standby_s,
             retention_s=s.webhook_retention_s,
+            job_settle_s=s.webhook_job_settle_s,
         )
 
     def backoff(self, attempts: int) -> float:
@@ -197,7 +199,8 @@ class WebhookWorker:
             claimed: list[dict[str, Any]] = []
             if free > 0:
                 claimed = await self.store.fetch_all(
-                    "webhook_claim", {"limit": free, "lease_s": p.lease_s, "busy": list(self._inflight)}
+                    "webhook_claim",
+                    {"limit": free, "lease_s": p.lease_s, "busy": list(self._inflight), "settle_s": p.job_settle_s},
                 )
                 for row in claimed:
                     key = f"{row['event_id']} {row['endpoint_id']}"

@@ -112,18 +112,52 @@ BEGIN
 END
 $$;
 
+-- failure_allowance.exhausted when ``delta`` (the cost a failed or expired job of the team just
+-- added to its uncharged cost in the window: its whole cost when it closes, a late call's after)
+-- took that cost from below the team's allowance to at least it. Once per job (its natural key).
+CREATE FUNCTION webhook_check_allowance(p_team text, p_job text, p_delta numeric) RETURNS void
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+DECLARE
+    v_limit  numeric;
+    v_window numeric;
+    v_used   numeric;
+    v_oldest timestamptz;
+BEGIN
+    SELECT coalesce(p.failure_allowance_usd, d.failure_allowance_usd), d.failure_window_s
+    INTO v_limit, v_window
+    FROM webhook_allowance_defaults d
+    LEFT JOIN team_policies p ON p.team_id = p_team
+    WHERE d.id = 1;
+    IF v_limit IS NULL OR NOT EXISTS (
+        SELECT 1 FROM webhook_endpoints e
+        WHERE (e.team_id IS NULL OR e.team_id = p_team) AND 'failure_allowance.exhausted' = ANY (e.event_types)) THEN
+        RETURN;
+    END IF;
+    -- One team's changes decide this one at a time, each seeing the ones committed before it.
+    PERFORM pg_advisory_xact_lock(1785686903, hashtext(p_team));
+    SELECT coalesce(sum(x.total_cost_usd), 0), min(x.completed_at) INTO v_used, v_oldest
+    FROM jobs x
+    WHERE x.team_id = p_team AND x.status IN ('failed', 'expired')
+      AND x.completed_at > now() - make_interval(secs => v_window::double precision);
+    IF v_used >= v_limit AND v_used - p_delta < v_limit THEN
+        PERFORM webhook_emit('failure_allowance.exhausted', p_team, p_job,
+                             'team:' || length(p_team) || ':' || p_team,
+                             'failure_allowance.exhausted:' || length(p_team) || ':' || p_team || ':' || p_job,
+                             jsonb_build_object('job_id', p_job, 'limit_usd', v_limit, 'used_usd', v_used,
+                                                'window_s', v_window, 'oldest_at', v_oldest,
+                                                'account', (SELECT to_jsonb(a) FROM credit_accounts a
+                                                            WHERE a.team_id = p_team)));
+    END IF;
+END
+$$;
+
 -- A job closed (completed, failed, expired), run at commit: the job as the transaction left it,
--- and failure_allowance.exhausted when this failed or expired job's cost takes the team's
--- uncharged cost in the window from below its allowance to at least it.
+-- and the failure allowance check for a failed or expired one.
 CREATE FUNCTION webhook_job_closed() RETURNS trigger
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 DECLARE
-    j          jobs;
-    v_key      text := length(NEW.team_id) || ':' || NEW.team_id || ':' || NEW.job_id;
-    v_limit    numeric;
-    v_window   numeric;
-    v_used     numeric;
-    v_oldest   timestamptz;
+    j     jobs;
+    v_key text := length(NEW.team_id) || ':' || NEW.team_id || ':' || NEW.job_id;
 BEGIN
     SELECT * INTO j FROM jobs WHERE team_id = NEW.team_id AND job_id = NEW.job_id;
     IF NOT FOUND THEN
@@ -131,37 +165,29 @@ BEGIN
     END IF;
     PERFORM webhook_emit('job.' || NEW.status, NEW.team_id, NEW.job_id, 'job:' || v_key,
                          'job.' || NEW.status || ':' || v_key, to_jsonb(j));
-    IF NEW.status NOT IN ('failed', 'expired') THEN
-        RETURN NULL;
-    END IF;
-    SELECT coalesce(p.failure_allowance_usd, d.failure_allowance_usd), d.failure_window_s
-    INTO v_limit, v_window
-    FROM webhook_allowance_defaults d
-    LEFT JOIN team_policies p ON p.team_id = NEW.team_id
-    WHERE d.id = 1;
-    IF v_limit IS NULL OR NOT EXISTS (
-        SELECT 1 FROM webhook_endpoints e
-        WHERE (e.team_id IS NULL OR e.team_id = NEW.team_id) AND 'failure_allowance.exhausted' = ANY (e.event_types)) THEN
-        RETURN NULL;
-    END IF;
-    -- One team's closures decide this one at a time, each seeing the ones committed before it.
-    PERFORM pg_advisory_xact_lock(1785686903, hashtext(NEW.team_id));
-    SELECT coalesce(sum(x.total_cost_usd), 0), min(x.completed_at) INTO v_used, v_oldest
-    FROM jobs x
-    WHERE x.team_id = NEW.team_id AND x.status IN ('failed', 'expired')
-      AND x.completed_at > now() - make_interval(secs => v_window::double precision);
-    IF v_used >= v_limit AND v_used - j.total_cost_usd < v_limit THEN
-        PERFORM webhook_emit('failure_allowance.exhausted', NEW.team_id, NEW.job_id,
-                             'team:' || length(NEW.team_id) || ':' || NEW.team_id,
-                             'failure_allowance.exhausted:' || v_key,
-                             jsonb_build_object('job_id', NEW.job_id, 'limit_usd', v_limit, 'used_usd', v_used,
-                                                'window_s', v_window, 'oldest_at', v_oldest,
-                                                'account', (SELECT to_jsonb(a) FROM credit_accounts a
-                                                            WHERE a.team_id = NEW.team_id)));
+    IF NEW.status IN ('failed', 'expired') THEN
+        PERFORM webhook_check_allowance(NEW.team_id, NEW.job_id, j.total_cost_usd);
     END IF;
     RETURN NULL;
 END
 $$;
+
+-- A call recorded after its job failed or expired (with Redis or in-process credits a job's
+-- calls are written off the request path, often after the closure): its cost counts too.
+CREATE FUNCTION webhook_late_cost() RETURNS trigger
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+BEGIN
+    PERFORM webhook_check_allowance(NEW.team_id, NEW.job_id, NEW.total_cost_usd - OLD.total_cost_usd);
+    RETURN NULL;
+END
+$$;
+
+CREATE CONSTRAINT TRIGGER jobs_webhook_late_cost
+    AFTER UPDATE OF total_cost_usd ON jobs
+    DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW
+    WHEN (OLD.status IN ('failed', 'expired') AND NEW.total_cost_usd > OLD.total_cost_usd)
+    EXECUTE FUNCTION webhook_late_cost();
 
 CREATE CONSTRAINT TRIGGER jobs_webhook_closed_on_update
     AFTER UPDATE OF status ON jobs
