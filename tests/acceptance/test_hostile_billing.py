@@ -200,6 +200,9 @@ def test_the_operator_sets_every_price_never_the_client(
         r = put_policy(proxy, "team-a", bad)
         assert r.status_code == 400, (bad, r.text)
     assert api(proxy, "/api/teams/team-a/policy").json()["job_prices"] == {"chat": "2"}
+    # Another team reads neither this team's policy nor its allowance.
+    assert api(proxy, "/api/teams/team-a/policy", "sk-team-b").status_code == 403
+    assert api(proxy, "/api/teams/team-b/policy", "sk-team-b").json()["job_prices"] == {}
 
 
 def test_failed_jobs_are_free_only_up_to_the_failure_allowance(

@@ -104,13 +104,20 @@ def test_nan_and_infinities_are_a_400_that_change_nothing(
     assert balance(proxy) == before
 
     # A tracked chat call whose metadata LiteLLM reads with Python's json: went through before.
-    for raw in (
-        b'{"model": "ChatAgent", "messages": [{"role": "user", "content": "hi"}], '
-        b'"metadata": {"job_id": "nan-chat", "job_type": "t", "anything": NaN}}',
-        b'{"model": "ChatAgent", "messages": [{"role": "user", "content": "hi"}], '
-        b'"metadata": {"job_id": "nan-chat", "job_type": "t", "job_metadata": {"deep": [1, -Infinity]}}}',
+    for raw, where in (
+        (
+            b'{"model": "ChatAgent", "messages": [{"role": "user", "content": "hi"}], '
+            b'"metadata": {"job_id": "nan-chat", "job_type": "t", "anything": NaN}}',
+            "metadata.anything",
+        ),
+        (
+            b'{"model": "ChatAgent", "messages": [{"role": "user", "content": "hi"}], '
+            b'"metadata": {"job_id": "nan-chat", "job_type": "t", "job_metadata": {"deep": [1, -Infinity]}}}',
+            "metadata.job_metadata.deep.1",
+        ),
     ):
-        error = refused(post_raw(proxy, "/v1/chat/completions", raw), 400, "invalid_job_metadata", "metadata")
+        # The error names where the bad number is.
+        error = refused(post_raw(proxy, "/v1/chat/completions", raw), 400, "invalid_job_metadata", where)
         assert "NaN or an infinity" in error["message"]
     assert upstream.stats().get("_total", 0) == upstream_calls  # no upstream call was made
     assert balance(proxy) == before
