@@ -53,6 +53,17 @@ def shot(element: object, path: Path) -> None:
     assert width > 100
     assert height > 10
     assert len(png) > 1500  # more than a blank box
+    keep_for_docs(path)
+
+
+#: The documentation shows the screenshots this test takes: JOBS_TEST_DOCS_SCREENSHOTS=1 refreshes them.
+DOCS_SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "img" / "dashboard"
+
+
+def keep_for_docs(path: Path) -> None:
+    if os.environ.get("JOBS_TEST_DOCS_SCREENSHOTS") == "1":
+        DOCS_SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, DOCS_SCREENSHOTS / path.name)
 
 
 def test_the_page_needs_no_cdn(shared_proxy: Proxy) -> None:
@@ -156,6 +167,7 @@ def test_log_in_see_a_job_open_its_detail(shared_proxy: Proxy, browser: object, 
 
     page = tmp_path / "jobs-ui.png"
     assert browser.save_screenshot(str(page))
+    keep_for_docs(page)
     assert page.stat().st_size > 10_000
 
 
