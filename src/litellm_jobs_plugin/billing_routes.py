@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from .hooks import JobsPlugin
     from .store.postgres import PostgresStore
 
+EVENT_STATUSES = ("granted", "unknown_team", "no_credits", "invalid", "unpaid", "received")
 #: Stripe's events are a few KiB; an invoice with many lines stays far below this.
 WEBHOOK_MAX_BYTES = 1024 * 1024
 
@@ -250,6 +251,8 @@ def add_billing_routes(router: APIRouter, plugin: JobsPlugin) -> None:
     ) -> JSONResponse:
         """Recorded Stripe events, newest first; ?status=unknown_team lists the top-ups waiting for the admin."""
         _admin(key)
+        if status is not None and status not in EVENT_STATUSES:
+            raise InvalidJobMetadata(f"status must be one of {', '.join(EVENT_STATUSES)}.", param="status")
         found = await rows(await plugin.ready(), "list_stripe_events", {"status": status, "limit": limit})
         return JSONResponse({"events": [stripe_event_json(r) for r in found]})
 

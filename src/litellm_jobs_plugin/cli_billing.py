@@ -21,6 +21,7 @@ from .billing.exporter import backfill
 from .billing.sql import rows
 from .billing.stripe_topups import EventNotFound, NotApplicable, apply_event
 from .billing_routes import (
+    EVENT_STATUSES,
     SinkBody,
     StripePriceBody,
     check_sink_name,
@@ -273,6 +274,10 @@ def stripe_events(
     as_json: JsonOption = False,
 ) -> None:
     """Stripe events received, newest first, with what became of each (unknown_team: waiting for you)."""
+
+    if status is not None and status not in EVENT_STATUSES:
+        err.print(f"[red]error:[/red] --status must be one of {', '.join(EVENT_STATUSES)}")
+        raise typer.Exit(1)
 
     async def work(settings: Settings) -> list[dict[str, Any]]:
         async with database(settings) as (store, _):
