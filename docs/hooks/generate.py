@@ -35,7 +35,12 @@ CITED_PATH = re.compile(r"`((?:src|tests|deploy|bench|scripts|docs|prisma)/[\w./
 ROUTE_ROW = re.compile(r"^\|\s*`(GET|POST|PUT|DELETE|PATCH) (/[^`]+)`", re.MULTILINE)
 ENV_VAR = re.compile(r"\bJOBS_[A-Z_]+[A-Z]\b")
 #: Variables that are not settings of the plugin but appear in the pages (the tests' own).
-NOT_SETTINGS = {"JOBS_TEST_DATABASE_URL", "JOBS_TEST_REDIS_URL", "JOBS_TEST_LITELLM_MATRIX"}
+NOT_SETTINGS = {
+    "JOBS_TEST_DATABASE_URL",
+    "JOBS_TEST_REDIS_URL",
+    "JOBS_TEST_LITELLM_MATRIX",
+    "JOBS_TEST_DOCS_SCREENSHOTS",
+}
 
 log = logging.getLogger("mkdocs.hooks.generate")
 
