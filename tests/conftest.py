@@ -102,6 +102,17 @@ def redis_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str |
 REDIS_TEST_PREFIX = f"ljp-test-{uuid.uuid4().hex[:10]}"
 
 
+@pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A three-master Redis Cluster of the session's own (its JOBS_REDIS_URL); skips without the binaries."""
+    from tests.support.redis_cluster import redis_cluster
+
+    with redis_cluster(tmp_path_factory.mktemp("redis-cluster")) as cluster:
+        if cluster is None:
+            pytest.skip("no redis-server/redis-cli binaries for a Redis Cluster")
+        yield cluster.url
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _clean_test_redis_keys(redis_server_url: str | None) -> Iterator[None]:
     yield

@@ -331,7 +331,9 @@ def credits_grant(
             writer.start()
             backend: CreditBackend
             if settings.redis_url:
-                redis_backend = RedisCredits(settings.redis_url, store, prefix=settings.redis_prefix)
+                redis_backend = RedisCredits(
+                    settings.redis_url, store, prefix=settings.redis_prefix, shards=settings.redis_shards
+                )
                 await redis_backend.load_accounts()
                 backend = redis_backend
             else:

@@ -135,7 +135,9 @@ class JobsPlugin(CustomLogger):
         redis_backend: RedisCredits | None = None
         if s.redis_url:
             # With Redis the writer's records go to the journal first (a Redis stream), holds included.
-            redis_backend = RedisCredits(s.redis_url, store, prefix=s.redis_prefix, closed_ttl_s=s.closed_job_ttl_s)
+            redis_backend = RedisCredits(
+                s.redis_url, store, prefix=s.redis_prefix, closed_ttl_s=s.closed_job_ttl_s, shards=s.redis_shards
+            )
             redis_backend.settle = self.writer.settle  # a rebuild of a Redis that lost its data waits for it
             self._journal = redis_backend.journal(claim_idle_s=s.journal_claim_idle_s)
             await self._journal.setup()

@@ -25,6 +25,8 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ClusterError, RedisClusterException
 
 from .errors import StoreUnavailable
 from .models import (
@@ -40,6 +42,16 @@ from .models import (
 )
 
 Item = CallEvent | LedgerEntry
+#: A single Redis or a Redis Cluster: the plugin uses the commands both have, one hash slot per command.
+Client = aioredis.Redis | RedisCluster
+#: What a Redis (or a cluster) that does not answer raises: the caller turns it into StoreUnavailable (503).
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    aioredis.ConnectionError,
+    aioredis.TimeoutError,
+    ClusterError,
+    RedisClusterException,
+)
+_UNAVAILABLE_OR_REFUSED: tuple[type[BaseException], ...] = (*UNAVAILABLE, aioredis.ResponseError)
 #: (stream, encoded call record, team_id, job_id, cost): appends the record and adds the cost in one script.
 AppendWithCost = Callable[[str, str, str, str, Decimal], Awaitable[object]]
 
@@ -153,8 +165,17 @@ def consumer_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
+def _team_of(item: Item) -> str:
+    return (item.context.team_id if isinstance(item, CallEvent) else item.team_id) or ""
+
+
 class RedisJournal:
-    """The writer's durable queue in one Redis stream, shared by every replica.
+    """The writer's durable queue in Redis streams (its shards), shared by every replica.
+
+    With several streams a record goes to the stream of its team's shard (``shard_of``), and the
+    writer reads each stream on its own (:attr:`shards`: one single-stream journal per stream; what
+    :meth:`read`, :meth:`claim` and :meth:`ack` of a journal act on is its first stream only).
+    ``retiring``: streams only read until they are empty, never appended to (an older layout's).
 
     Example::
 
@@ -168,19 +189,42 @@ class RedisJournal:
 
     def __init__(
         self,
-        client: aioredis.Redis,
-        stream: str,
+        client: Client,
+        stream: str | Sequence[str],
         *,
         consumer: str,
         claim_idle_s: float = 30.0,
         append_with_cost: AppendWithCost | None = None,
+        shard_of: Callable[[str], int] | None = None,
+        retiring: Sequence[str] = (),
     ) -> None:
         self.client = client
-        self.stream = stream
+        self.streams = [stream] if isinstance(stream, str) else list(stream)
+        self.stream = self.streams[0]
         self.consumer = consumer
         self.claim_idle_ms = max(1, int(claim_idle_s * 1000))
         self._claim_cursor = "0-0"
         self._append_with_cost = append_with_cost
+        self._shard_of = shard_of
+        #: This journal only drains its stream (a retiring one): the writer stops reading it once empty.
+        self.retiring = False
+        self._shards = [self] if len(self.streams) == 1 and not retiring else []
+        if not self._shards:
+            for name in [*self.streams, *retiring]:
+                shard = RedisJournal(client, name, consumer=consumer, claim_idle_s=claim_idle_s)
+                shard.retiring = name in retiring
+                self._shards.append(shard)
+
+    @property
+    def shards(self) -> list[RedisJournal]:
+        """One single-stream journal per stream, each read by its own task of the writer."""
+        return list(self._shards)
+
+    def stream_for(self, team_id: str) -> str:
+        """The stream a team's records go to."""
+        if self._shard_of is None or len(self.streams) == 1:
+            return self.stream
+        return self.streams[self._shard_of(team_id)]
 
     @property
     def claim_scan_done(self) -> bool:
@@ -188,19 +232,23 @@ class RedisJournal:
         return self._claim_cursor == "0-0"
 
     async def setup(self) -> None:
-        """Create the consumer group (from the stream's start: holds appended before it count too)."""
+        """Create the consumer groups (from the streams' start: holds appended before count too)."""
+        if self._shards != [self]:
+            for shard in self._shards:
+                await shard.setup()
+            return
         try:
-            await self.client.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
+            await self.client.xgroup_create(self.stream, GROUP, id="0", mkstream=not self.retiring)
         except aioredis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
+            if "BUSYGROUP" not in str(exc) and not self.retiring:
                 raise
-        except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
+        except UNAVAILABLE as exc:
             raise StoreUnavailable(f"Redis is unavailable ({type(exc).__name__}).") from exc
 
     async def append(self, item: Item) -> None:
         try:
-            await self.client.xadd(self.stream, {"v": encode(item)})
-        except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
+            await self.client.xadd(self.stream_for(_team_of(item)), {"v": encode(item)})
+        except UNAVAILABLE as exc:
             raise StoreUnavailable(f"Redis is unavailable ({type(exc).__name__}).") from exc
 
     @property
@@ -212,8 +260,8 @@ class RedisJournal:
         """Append a call of an open job and add its cost to the job, atomically (one round trip)."""
         assert self._append_with_cost is not None, "append_call needs Redis credits (adds_costs)"
         try:
-            await self._append_with_cost(self.stream, encode(event), team_id, job_id, event.cost_usd)
-        except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
+            await self._append_with_cost(self.stream_for(team_id), encode(event), team_id, job_id, event.cost_usd)
+        except UNAVAILABLE as exc:
             raise StoreUnavailable(f"Redis is unavailable ({type(exc).__name__}).") from exc
 
     async def append_many(self, items: Sequence[Item]) -> None:
@@ -224,9 +272,9 @@ class RedisJournal:
         try:
             async with self.client.pipeline(transaction=False) as pipe:
                 for item in items:
-                    pipe.xadd(self.stream, {"v": encode(item)})
+                    pipe.xadd(self.stream_for(_team_of(item)), {"v": encode(item)})
                 await pipe.execute()
-        except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
+        except UNAVAILABLE as exc:
             raise StoreUnavailable(f"Redis is unavailable ({type(exc).__name__}).") from exc
 
     async def read(
@@ -248,7 +296,7 @@ class RedisJournal:
                 answer = await self.client.xreadgroup(
                     GROUP, self.consumer, {self.stream: ">"}, count=count, block=block_ms
                 )
-        except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
+        except UNAVAILABLE as exc:
             raise StoreUnavailable(f"Redis is unavailable ({type(exc).__name__}).") from exc
         except aioredis.ResponseError as exc:
             if "NOGROUP" not in str(exc):
@@ -264,7 +312,7 @@ class RedisJournal:
             answer = await self.client.xautoclaim(
                 self.stream, GROUP, self.consumer, self.claim_idle_ms, start_id=self._claim_cursor, count=count
             )
-        except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
+        except UNAVAILABLE as exc:
             raise StoreUnavailable(f"Redis is unavailable ({type(exc).__name__}).") from exc
         except aioredis.ResponseError as exc:
             if "NOGROUP" not in str(exc):
@@ -284,25 +332,32 @@ class RedisJournal:
                 pipe.xack(self.stream, GROUP, *entry_ids)
                 pipe.xdel(self.stream, *entry_ids)
                 await pipe.execute()
-        except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
+        except UNAVAILABLE as exc:
             raise StoreUnavailable(f"Redis is unavailable ({type(exc).__name__}).") from exc
 
     async def backlog(self) -> tuple[int, float]:
-        """(entries not yet written, age in seconds of the oldest), for the health route."""
+        """(entries not yet written, age in seconds of the oldest), for the health route: over every stream."""
+        streams = [shard.stream for shard in self._shards]
         try:
             async with self.client.pipeline(transaction=False) as pipe:
-                pipe.xlen(self.stream)
-                pipe.xrange(self.stream, count=1)
-                length, first = await pipe.execute()
-        except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
+                for stream in streams:
+                    pipe.xlen(stream)
+                    pipe.xrange(stream, count=1)
+                answers = await pipe.execute()
+        except UNAVAILABLE as exc:
             raise StoreUnavailable(f"Redis is unavailable ({type(exc).__name__}).") from exc
-        if not first:
-            return int(length), 0.0
-        millis = int(_text(first[0][0]).split("-", 1)[0])
-        return int(length), max(0.0, time.time() - millis / 1000)
+        length, age = 0, 0.0
+        for n, first in zip(answers[::2], answers[1::2], strict=True):
+            length += int(n)
+            if first:
+                millis = int(_text(first[0][0]).split("-", 1)[0])
+                age = max(age, time.time() - millis / 1000)
+        return length, age
 
     async def forget_idle_consumers(self, idle_s: float = 3600.0) -> int:
         """Remove consumers of dead processes that hold nothing (their names only clutter XINFO)."""
+        if self._shards != [self]:
+            return sum([await shard.forget_idle_consumers(idle_s) for shard in self._shards])
         removed = 0
         try:
             for info in await self.client.xinfo_consumers(self.stream, GROUP):
@@ -310,7 +365,7 @@ class RedisJournal:
                 if name != self.consumer and pending == 0 and idle_ms > idle_s * 1000:
                     await self.client.xgroup_delconsumer(self.stream, GROUP, name)
                     removed += 1
-        except (aioredis.ConnectionError, aioredis.TimeoutError, aioredis.ResponseError):
+        except _UNAVAILABLE_OR_REFUSED:
             return removed
         return removed
 

@@ -96,7 +96,11 @@ class Settings(BaseSettings):
     )
     data_dir: Path = Field(default=Path("./.litellm-jobs"), description="Home of the embedded PostgreSQL.")
     db_schema: str = Field(default="litellm_jobs", description="PostgreSQL schema holding our tables.")
-    redis_url: str | None = Field(default=None, description="Redis for shared hot state; unset: one replica.")
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis for shared hot state (redis://, rediss://; a Redis Cluster: redis+cluster://host:port,"
+        "host:port); unset: one replica.",
+    )
     idle_timeout_s: float = Field(default=900.0, gt=0)
     untagged: UntaggedPolicy = UntaggedPolicy.SINGLE_CALL_JOB
     default_job_type: str = Field(default="default", pattern=r"^[A-Za-z0-9._-]{1,64}$")
@@ -161,6 +165,13 @@ class Settings(BaseSettings):
         description="Label the litellm_jobs_* series by team (any key that may read /metrics then reads every team's).",
     )
     redis_prefix: str = Field(default="ljp", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    redis_shards: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description="Shards of the Redis journal and open-jobs index (each team in one, by a hash of its id);"
+        " unset: 1 on a single Redis, 16 on a cluster. Change it only with every replica stopped.",
+    )
     closed_job_ttl_s: int = Field(default=7 * 24 * 3600, gt=0, description="Redis keeps closed jobs this long.")
     fail_mode: FailMode = Field(default=FailMode.CLOSED, description="New holds while PostgreSQL is down.")
     store_check_interval_s: float = Field(

@@ -125,7 +125,7 @@ class Writer:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="litellm-jobs-writer")
         if self.journal is not None and (self._journal_task is None or self._journal_task.done()):
             self._journal_task = asyncio.get_running_loop().create_task(
-                self._run_journal(), name="litellm-jobs-journal"
+                self._run_journals(), name="litellm-jobs-journal"
             )
             self._watch_task = asyncio.get_running_loop().create_task(
                 self._watch_journal(), name="litellm-jobs-journal-backlog"
@@ -273,10 +273,16 @@ class Writer:
                     self._queue.task_done()
                 self._report()
 
-    async def _run_journal(self) -> None:
-        """Read the journal (what dead replicas left pending first), write, then acknowledge."""
+    async def _run_journals(self) -> None:
+        """One reader per stream of the journal (its shards): each reads, writes and acknowledges its own."""
         assert self.journal is not None
-        journal = self.journal
+        await asyncio.gather(*(self._run_journal(shard) for shard in self.journal.shards))
+
+    async def _run_journal(self, journal: RedisJournal) -> None:
+        """Read one stream of the journal (what dead replicas left pending first), write, then acknowledge.
+
+        A retiring stream (an older key layout's) is read until it is empty, then deleted.
+        """
         delay = 0.05
         claim_every = max(0.5, journal.claim_idle_ms / 2000)
         next_claim = 0.0
@@ -311,6 +317,8 @@ class Writer:
                 continue
             delay = 0.05
             if not entries:
+                if journal.retiring and journal.claim_scan_done and not written and await self._drained(journal):
+                    return
                 continue
             ids: list[str] = []
             batch: list[Item] = []
@@ -330,7 +338,18 @@ class Writer:
                 self._journal_writing -= 1
             written = ids
             self._report()
-        await self._ack(written)
+        await self._ack(journal, written)
+
+    async def _drained(self, journal: RedisJournal) -> bool:
+        """A retiring stream is empty (every entry written and acknowledged): delete it. False if not."""
+        try:
+            if (await journal.backlog())[0]:
+                return False
+            await journal.client.delete(journal.stream)
+        except Exception:
+            return False
+        _log.info("litellm-jobs: the retired journal stream %s is drained and deleted", journal.stream)
+        return True
 
     async def _watch_journal(self) -> None:
         """Tell the journal observer (the Prometheus gauges) the backlog, every second, outages included."""
@@ -345,14 +364,13 @@ class Writer:
                     _log.exception("litellm-jobs: the journal's observer failed")
             await asyncio.sleep(1.0)
 
-    async def _ack(self, ids: list[str]) -> None:
-        assert self.journal is not None
+    async def _ack(self, journal: RedisJournal, ids: list[str]) -> None:
         if not ids:
             return
         delay = 0.05
         for _ in range(20):
             try:
-                await self.journal.ack(ids)
+                await journal.ack(ids)
                 return
             except Exception as exc:
                 self.stats.journal_errors += 1

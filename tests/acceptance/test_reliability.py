@@ -4,6 +4,7 @@ PostgreSQL and Redis stopped and started again. Billing data is money: nothing l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import signal
 import uuid
@@ -16,7 +17,9 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from redis.cluster import ClusterNode, RedisCluster
 
+from litellm_jobs_plugin.credits.redis import DEFAULT_SHARDS, RedisKeys
 from litellm_jobs_plugin.reconcile import Report, find_drift
 from litellm_jobs_plugin.store.postgres import PostgresStore
 from tests.conftest import query
@@ -122,23 +125,46 @@ async def reconcile_report(database_url: str) -> Report:
         await store.close()
 
 
+def redis_client(url: str) -> Any:
+    """A synchronous client of ``url``: one Redis, or a cluster (``redis+cluster://host:port,...``)."""
+    if url.startswith("redis+cluster://"):
+        nodes = [ClusterNode(h, int(p)) for h, p in (n.split(":") for n in url.split("://", 1)[1].split(","))]
+        return RedisCluster(startup_nodes=nodes)
+    return redis.Redis.from_url(url)
+
+
 def journal_state(url: str, prefix: str) -> tuple[int, int]:
-    """(entries in the journal, entries delivered and not acknowledged) in Redis."""
-    client = redis.Redis.from_url(url)
+    """(entries in the journal, entries delivered and not acknowledged) in Redis: over every stream
+    (each shard's, and the unsharded layout's that an upgrade drains)."""
+    keys = RedisKeys(prefix, DEFAULT_SHARDS[url.startswith("redis+cluster://")])
+    client = redis_client(url)
     try:
-        stream = f"{prefix}:journal"
-        pending = sum(int(c["pending"]) for c in client.xinfo_consumers(stream, "writers"))
-        return int(client.xlen(stream)), pending
+        length = pending = 0
+        for stream in [*keys.journals, keys.legacy_journal]:
+            if not client.exists(stream):
+                continue
+            length += int(client.xlen(stream))
+            with contextlib.suppress(redis.ResponseError):  # a stream without the group yet
+                pending += sum(int(c["pending"]) for c in client.xinfo_consumers(stream, "writers"))
+        return length, pending
     finally:
         client.close()
 
 
-def test_kill_9_of_one_replica_mid_load_loses_no_answered_call(
-    start_proxy: Callable[..., Proxy], database_url: str, redis_server_url: str | None, redis_prefix: str
-) -> None:
+@pytest.fixture(params=["redis", "cluster"])
+def redis_target(request: pytest.FixtureRequest, redis_server_url: str | None) -> str:
+    """The replicas' JOBS_REDIS_URL: one Redis, or the session's three-master Redis Cluster."""
+    if request.param == "cluster":
+        return str(request.getfixturevalue("redis_cluster_url"))
     if redis_server_url is None:
         pytest.skip("no Redis server")
-    env = {"JOBS_REDIS_URL": redis_server_url, "JOBS_REDIS_PREFIX": redis_prefix, "JOBS_JOURNAL_CLAIM_IDLE_S": "2"}
+    return redis_server_url
+
+
+def test_kill_9_of_one_replica_mid_load_loses_no_answered_call(
+    start_proxy: Callable[..., Proxy], database_url: str, redis_target: str, redis_prefix: str
+) -> None:
+    env = {"JOBS_REDIS_URL": redis_target, "JOBS_REDIS_PREFIX": redis_prefix, "JOBS_JOURNAL_CLAIM_IDLE_S": "2"}
     a, b = start_proxy(database_url, env=env), start_proxy(database_url, env=env)
     a.grant(TEAM, 100_000)
     live = [a, b]
@@ -160,7 +186,7 @@ def test_kill_9_of_one_replica_mid_load_loses_no_answered_call(
     assert a.proc.returncode == -signal.SIGKILL
     # The killed replica's successor starts; between it and the survivor, the journal drains.
     start_proxy(database_url, env=env)
-    wait_for(lambda: journal_state(redis_server_url, redis_prefix) == (0, 0), timeout=60, what="the journal to drain")
+    wait_for(lambda: journal_state(redis_target, redis_prefix) == (0, 0), timeout=60, what="the journal to drain")
     wait_for(
         lambda: len(query(database_url, "SELECT 1 FROM calls WHERE call_id = ANY(%s)", list(load.ok))) == len(load.ok),
         timeout=30,
@@ -174,7 +200,11 @@ def test_kill_9_of_one_replica_mid_load_loses_no_answered_call(
 def test_a_replica_takes_over_what_a_killed_replica_left_in_the_journal(
     start_proxy: Callable[..., Proxy], database_url: str, redis_server_url: str | None, redis_prefix: str
 ) -> None:
-    """Deterministic take-over: entries a dead consumer read and never acknowledged are claimed."""
+    """Deterministic take-over: entries a dead consumer read and never acknowledged are claimed.
+
+    The entries are in the unsharded layout's stream (``<prefix>:journal``), as a replica of a version
+    before the sharded layout left them: an upgraded replica drains that stream before it loads the
+    credit state, then deletes it."""
     if redis_server_url is None:
         pytest.skip("no Redis server")
     client = redis.Redis.from_url(redis_server_url)
@@ -191,6 +221,7 @@ def test_a_replica_takes_over_what_a_killed_replica_left_in_the_journal(
     wait_for(lambda: journal_state(redis_server_url, redis_prefix) == (0, 0), timeout=60, what="the take-over")
     holds = query(database_url, "SELECT job_id, amount FROM credit_ledger WHERE kind = 'hold' ORDER BY job_id")
     assert [(h["job_id"], h["amount"]) for h in holds] == [(f"orphan-{n}", Decimal(1)) for n in range(3)]
+    wait_for(lambda: not client.exists(stream), timeout=30, what="the drained stream to be deleted")
     client.close()
 
 
@@ -340,7 +371,7 @@ def test_with_redis_every_answer_is_in_the_journal_before_the_client_gets_it(
     proxy = start_proxy(database_url, env={"JOBS_REDIS_URL": redis_server_url, "JOBS_REDIS_PREFIX": redis_prefix})
     proxy.grant(TEAM, 100)
     client = redis.Redis.from_url(redis_server_url, decode_responses=True)
-    stream = f"{redis_prefix}:journal"
+    stream = RedisKeys(redis_prefix).journal_for(TEAM)
 
     def journaled_call_ids() -> set[str]:
         return {json.loads(f["v"]).get("call_id") for _, f in client.xrange(stream) if "v" in f}  # type: ignore[union-attr]

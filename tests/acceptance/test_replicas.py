@@ -12,11 +12,12 @@ import httpx
 import openai
 import pytest
 
+from tests.acceptance.test_reliability import reconcile_report
 from tests.conftest import query
 from tests.support.services import FakeUpstream, Proxy, wait_for
 
 
-@pytest.fixture(params=["redis", "postgres"])
+@pytest.fixture(params=["redis", "cluster", "postgres"])
 def replicas(
     request: pytest.FixtureRequest,
     start_proxy: Callable[..., Proxy],
@@ -24,13 +25,16 @@ def replicas(
     redis_server_url: str | None,
     redis_prefix: str,
 ) -> list[Proxy]:
-    """Two replicas on one database: holds in Redis, or (no Redis) in PostgreSQL — the first replica
-    starts alone and decides in memory, and hands over to PostgreSQL when the second one arrives."""
+    """Two replicas on one database: holds in Redis (one Redis, or a three-master Redis Cluster), or
+    (no Redis) in PostgreSQL — the first replica starts alone and decides in memory, and hands over to
+    PostgreSQL when the second one arrives."""
     env = {"JOBS_IDLE_TIMEOUT_S": "10", "JOBS_REAPER_INTERVAL_S": "0.2"}
     if request.param == "redis":
         if redis_server_url is None:
             pytest.skip("no Redis server (JOBS_TEST_REDIS_URL unset and no redis-server binary)")
         env |= {"JOBS_REDIS_URL": redis_server_url, "JOBS_REDIS_PREFIX": redis_prefix}
+    if request.param == "cluster":
+        env |= {"JOBS_REDIS_URL": request.getfixturevalue("redis_cluster_url"), "JOBS_REDIS_PREFIX": redis_prefix}
     first = start_proxy(database_url, env=env)
     second = start_proxy(database_url, env=env)
     if request.param == "postgres":
@@ -110,6 +114,7 @@ def test_ten_credits_buy_exactly_ten_jobs_across_two_replicas(
     assert (account["credits_remaining"], account["credits_held"], account["credits_charged"]) == (0, 0, 10)
     jobs = query(database_url, "SELECT status, count(*) AS n FROM jobs WHERE team_id = 'team-c' GROUP BY status")
     assert jobs == [{"status": "completed", "n": 10}]
+    assert asyncio.run(reconcile_report(database_url)).clean  # what `litellm-jobs reconcile` checks
 
 
 def test_failing_jobs_release_their_holds_and_cost_nothing(

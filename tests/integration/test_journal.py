@@ -177,7 +177,7 @@ async def test_a_call_of_an_open_job_is_journaled_with_its_cost_in_one_script(
     await asyncio.wait_for(writer.flush(), timeout=30)
     (job,) = query(database_url, "SELECT total_calls, total_cost_usd FROM jobs WHERE job_id = 'costly'")
     assert (job["total_calls"], job["total_cost_usd"]) == (3, Decimal("0.75"))
-    assert await backend.client.xlen(backend.keys.journal) == 0  # acknowledged and deleted
+    assert await backend.client.xlen(backend.keys.journal_for("team-a")) == 0  # acknowledged and deleted
     # A journal without Redis credits (a plain stream) records the call and leaves the cost to the caller.
     plain = Writer(store, journal=journal(backend.client, redis_prefix + "-plain", "w"))
     await plain.journal.setup()  # type: ignore[union-attr]
@@ -215,7 +215,7 @@ async def test_a_single_call_jobs_closure_and_its_record_are_journaled_by_the_cl
     )
     assert closure is not None
     assert not closure.repeated
-    rows = await backend.client.xrange(backend.keys.journal)
+    rows = await backend.client.xrange(backend.keys.journal_for("team-a"))
     assert [f.get(b"k", b"v").decode() for _, f in rows] == ["hold", "v", "close"]  # admission, record, closure
     assert writer.stats.journaled == 0  # nothing went through the writer's own append
     writer.start()

@@ -1,11 +1,15 @@
 """A Redis that forgets (a restart without persistence, a FLUSHDB): the credit state is rebuilt from
 PostgreSQL before anything is decided again — open jobs stay open with their one hold, new holds
-respect the balance, and PostgreSQL's books stay exact. Each test flushes a redis-server of its own."""
+respect the balance, and PostgreSQL's books stay exact. On one Redis each test flushes a redis-server
+of its own; on the session's Redis Cluster it deletes every key of its own prefix (a cluster that lost
+its data, as far as this plugin can tell)."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
@@ -19,8 +23,9 @@ from litellm_jobs_plugin.reconcile import find_drift
 from litellm_jobs_plugin.settings import Settings
 from litellm_jobs_plugin.store.postgres import PostgresStore
 from litellm_jobs_plugin.writer import Writer
+from tests.acceptance.test_reliability import redis_client
 from tests.conftest import query
-from tests.support.outages import OwnRedis, own_redis
+from tests.support.outages import own_redis
 
 PRICES = {"cheap": Decimal(1)}
 TEAM = "team-r"
@@ -39,16 +44,41 @@ def ctx(job: str) -> CallContext:
     )
 
 
-@pytest.fixture
-def own(tmp_path: Path) -> Iterator[OwnRedis]:
+@dataclass
+class Target:
+    url: str
+    prefix: str
+
+    def forget(self) -> None:
+        """Redis loses its data."""
+        if self.url.startswith("redis+cluster://"):
+            client = redis_client(self.url)
+            try:
+                for key in list(client.scan_iter(match=f"{{{self.prefix}:*", count=1000)):
+                    client.delete(key)
+            finally:
+                client.close()
+            return
+        client = redis.Redis.from_url(self.url)
+        try:
+            client.flushdb()  # the test's own redis-server, never the machine's
+        finally:
+            client.close()
+
+
+@pytest.fixture(params=["redis", "cluster"])
+def own(request: pytest.FixtureRequest, tmp_path: Path, redis_prefix: str) -> Iterator[Target]:
+    if request.param == "cluster":
+        yield Target(str(request.getfixturevalue("redis_cluster_url")), redis_prefix)
+        return
     with own_redis(tmp_path / "redis") as server:
-        yield server
+        yield Target(server.url, "ljp")
 
 
 class Replica:
-    def __init__(self, store: PostgresStore, url: str) -> None:
+    def __init__(self, store: PostgresStore, target: Target) -> None:
         self.writer = Writer(store)
-        self.backend = RedisCredits(url, store, prefix="ljp")
+        self.backend = RedisCredits(target.url, store, prefix=target.prefix)
         self.backend.settle = self.writer.settle
         self.service = CreditService(Settings(job_prices=PRICES), store, self.writer, self.backend)
 
@@ -65,21 +95,13 @@ class Replica:
 
 
 @pytest.fixture
-async def replicas(store: PostgresStore, own: OwnRedis) -> AsyncIterator[list[Replica]]:
-    started = [Replica(store, own.url), Replica(store, own.url)]
+async def replicas(store: PostgresStore, own: Target) -> AsyncIterator[list[Replica]]:
+    started = [Replica(store, own), Replica(store, own)]
     for r in started:
         await r.start()
     yield started
     for r in started:
         await r.aclose()
-
-
-def flushdb(url: str) -> None:
-    client = redis.Redis.from_url(url)
-    try:
-        client.flushdb()  # the test's own redis-server, never the machine's
-    finally:
-        client.close()
 
 
 def holds(url: str, job: str) -> int:
@@ -90,7 +112,7 @@ def holds(url: str, job: str) -> int:
 
 
 async def test_open_jobs_survive_a_flushdb_with_one_hold_and_new_holds_respect_the_balance(
-    replicas: list[Replica], store: PostgresStore, database_url: str, own: OwnRedis
+    replicas: list[Replica], store: PostgresStore, database_url: str, own: Target
 ) -> None:
     a, b = replicas
     await a.service.grant(TEAM, Decimal(3), kind="grant", idempotency_key="g1")
@@ -98,7 +120,7 @@ async def test_open_jobs_survive_a_flushdb_with_one_hold_and_new_holds_respect_t
     assert (await b.service.admit_call(ctx("old-2"))).created
     await a.writer.flush()  # PostgreSQL has both holds: 1 credit left, 2 held
 
-    flushdb(own.url)
+    own.forget()
 
     # Both replicas at once: one rebuilds, the other waits for it; neither decides without the state.
     again = await asyncio.gather(a.service.admit_call(ctx("old-1")), b.service.admit_call(ctx("old-1")))
@@ -138,13 +160,11 @@ async def test_open_jobs_survive_a_flushdb_with_one_hold_and_new_holds_respect_t
     assert (await find_drift(store)).clean
 
 
-async def test_a_call_waits_for_another_replicas_rebuild_then_gets_a_503(
-    replicas: list[Replica], own: OwnRedis
-) -> None:
+async def test_a_call_waits_for_another_replicas_rebuild_then_gets_a_503(replicas: list[Replica], own: Target) -> None:
     a, _ = replicas
     await a.service.grant(TEAM, Decimal(3), kind="grant", idempotency_key="g1")
-    flushdb(own.url)
-    client = redis.Redis.from_url(own.url)
+    own.forget()
+    client = redis_client(own.url)
     try:
         client.set(a.backend.keys.rebuild_lock, "someone-else", px=60_000)  # another replica is rebuilding
         a.backend.rebuild_wait_s = 0.3
@@ -155,3 +175,32 @@ async def test_a_call_waits_for_another_replicas_rebuild_then_gets_a_503(
         client.close()
     assert (await a.service.admit_call(ctx("j"))).created
     assert a.backend.rebuilds == 1
+
+
+async def test_on_a_cluster_teams_spread_over_shards_and_the_writers_and_reaper_read_every_shard(
+    store: PostgresStore, redis_cluster_url: str, redis_prefix: str
+) -> None:
+    replica = Replica(store, Target(redis_cluster_url, redis_prefix))
+    await replica.start()
+    try:
+        teams = [f"team-{n}" for n in range(12)]
+        for team in teams:
+            await replica.service.grant(team, Decimal(1), kind="grant", idempotency_key=f"g-{team}")
+            assert (await replica.service.admit_call(dataclasses.replace(ctx("j"), team_id=team))).created
+        keys = replica.backend.keys
+        assert keys.shards == 16
+        assert len({keys.shard(t) for t in teams}) > 4  # the journal and the index are not one hot key
+        client = redis_client(redis_cluster_url)
+        try:
+            slots = {client.keyslot(k) for k in client.scan_iter(match=f"{{{redis_prefix}:*", count=1000)}
+            nodes = {client.get_node_from_key(f"{{{redis_prefix}:{keys.shard(t)}}}").name for t in teams}
+        finally:
+            client.close()
+        assert len(slots) == keys.shards  # one hash slot per shard: every script's keys share one
+        assert len(nodes) > 1  # spread over the masters
+        await asyncio.wait_for(replica.writer.flush(), timeout=30)
+        assert len(query(store.url, "SELECT 1 FROM credit_ledger WHERE kind = 'hold'")) == len(teams)  # each once
+        assert {team for team, _ in await replica.backend.idle_jobs(0, 100)} == set(teams)
+        assert (await find_drift(store)).clean
+    finally:
+        await replica.aclose()

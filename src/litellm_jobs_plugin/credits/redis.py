@@ -18,15 +18,18 @@ import contextlib
 import logging
 import time
 import uuid
+import zlib
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from decimal import Decimal
 from importlib import resources
 from typing import Any
+from urllib.parse import unquote
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from ..errors import StoreUnavailable
-from ..journal import RedisJournal, consumer_name
+from ..journal import UNAVAILABLE, Client, RedisJournal, consumer_name
 from ..models import Balance, JobStatus, from_micro, to_micro
 from ..store.postgres import PostgresStore
 from . import rules
@@ -52,55 +55,79 @@ REBUILD_LOCK_MS = 10_000
 REBUILD_SETTLE_S = 5.0
 #: ... and, for other replicas' writers (which it cannot observe), a grace period.
 REBUILD_GRACE_S = 0.5
+#: How long a rebuild waits for the previous layout's journal to be written (after an upgrade).
+LEGACY_DRAIN_S = 120.0
 _RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 
 
 class RedisKeys:
-    """Every Redis key the plugin uses, in one place. Ids are length-prefixed: they may hold ':'."""
+    """Every Redis key the plugin uses, in one place. Ids are length-prefixed: they may hold ':'.
 
-    def __init__(self, prefix: str) -> None:
+    Each team belongs to one of ``shards`` shards (a stable hash of its id), and every key of the
+    team carries its shard's hash tag, ``{<prefix>:<shard>}``: the account, its grants, its jobs, and
+    the shard's open-jobs index, journal stream and sentinel. Every script touches the keys of one
+    team, so of one hash slot: what a Redis Cluster requires, and harmless on a single Redis.
+    """
+
+    def __init__(self, prefix: str, shards: int = 1) -> None:
+        if shards < 1:
+            raise ValueError("shards must be at least 1")
         self.prefix = prefix
+        self.shards = shards
+
+    def shard(self, team_id: str) -> int:
+        """The team's shard: a stable hash (every replica, every version agrees)."""
+        return zlib.crc32(team_id.encode()) % self.shards
+
+    def tag(self, shard: int) -> str:
+        return f"{{{self.prefix}:{shard}}}"
+
+    def _of(self, team_id: str) -> str:
+        return self.tag(self.shard(team_id))
 
     def account(self, team_id: str) -> str:
-        return f"{self.prefix}:acct:{team_id}"
+        return f"{self._of(team_id)}:acct:{team_id}"
 
     def grants(self, team_id: str) -> str:
-        return f"{self.prefix}:grants:{team_id}"
+        return f"{self._of(team_id)}:grants:{team_id}"
 
     def job(self, team_id: str, job_id: str) -> str:
-        return f"{self.prefix}:job:{self.member(team_id, job_id)}"
-
-    @property
-    def open_jobs(self) -> str:
-        return f"{self.prefix}:open"
+        return f"{self._of(team_id)}:job:{self.member(team_id, job_id)}"
 
     def open_jobs_for(self, team_id: str) -> str:
-        """The open-jobs index the team's jobs are in (the reaper's)."""
-        return self.open_jobs
+        """The open-jobs index (the reaper's) the team's jobs are in: its shard's."""
+        return f"{self._of(team_id)}:open"
 
     def journal_for(self, team_id: str) -> str:
-        """The journal stream the team's records go to."""
-        return self.journal
+        """The journal stream the team's records go to: its shard's."""
+        return f"{self._of(team_id)}:journal"
 
     def loaded(self, team_id: str) -> str:
-        """The sentinel of the team's state: present once it is loaded from PostgreSQL."""
-        return f"{self.prefix}:loaded"
+        """The sentinel of the team's shard: present once the shard's state is loaded from PostgreSQL."""
+        return f"{self._of(team_id)}:loaded"
+
+    covered_by = loaded
+
+    @property
+    def open_sets(self) -> list[str]:
+        return [f"{self.tag(n)}:open" for n in range(self.shards)]
+
+    @property
+    def journals(self) -> list[str]:
+        return [f"{self.tag(n)}:journal" for n in range(self.shards)]
 
     @property
     def sentinels(self) -> list[str]:
-        """Every sentinel key (each covers its part of the state)."""
-        return [f"{self.prefix}:loaded"]
-
-    def covered_by(self, team_id: str) -> str:
-        """The sentinel covering the team (the same key as :meth:`loaded`)."""
-        return self.loaded(team_id)
+        """Every shard's sentinel."""
+        return [f"{self.tag(n)}:loaded" for n in range(self.shards)]
 
     @property
     def rebuild_lock(self) -> str:
         return f"{self.prefix}:rebuild"
 
     @property
-    def journal(self) -> str:
+    def legacy_journal(self) -> str:
+        """The journal stream of versions before the sharded layout: read until empty after an upgrade."""
         return f"{self.prefix}:journal"
 
     @staticmethod
@@ -112,6 +139,52 @@ class RedisKeys:
         length, rest = member.split(":", 1)
         n = int(length)
         return rest[:n], rest[n + 1 :]
+
+
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+#: Shards when JOBS_REDIS_SHARDS is unset: one on a single Redis, 16 on a cluster (spread over its masters).
+DEFAULT_SHARDS = {False: 1, True: 16}
+
+
+def is_cluster_url(url: str) -> bool:
+    return url.split("://", 1)[0].lower() in CLUSTER_SCHEMES
+
+
+def connect(url: str, *, max_connections: int = 50) -> Client:
+    """A client for ``redis://``/``rediss://`` (one Redis) or ``redis+cluster://[user:password@]host:port,host:port``
+    (a Redis Cluster: any of its nodes; ``rediss+cluster://`` for TLS)."""
+    if not is_cluster_url(url):
+        # A blocking pool: under a burst, calls wait for a connection instead of failing. Short socket
+        # timeouts: an unreachable Redis fails a call in seconds (503), never hangs it.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=10,
+            socket_connect_timeout=2,
+            socket_timeout=5,
+            retry_on_timeout=False,
+        )
+        return aioredis.Redis(connection_pool=pool)
+    scheme, rest = url.split("://", 1)
+    rest = rest.split("/", 1)[0].split("?", 1)[0]
+    credentials, _, hosts = rest.rpartition("@")
+    username, _, password = credentials.partition(":")
+    nodes = []
+    for host in hosts.split(","):
+        name, _, port = host.strip().rpartition(":")
+        if not name or not port.isdigit():
+            raise ValueError(f"JOBS_REDIS_URL: {host!r} is not host:port")
+        nodes.append(ClusterNode(name.strip("[]"), int(port)))
+    return RedisCluster(
+        startup_nodes=nodes,
+        username=unquote(username) or None,
+        password=unquote(password) or None,
+        ssl=scheme.lower().startswith("rediss"),
+        # A connection limit per node; past it a command fails (503) instead of waiting: generous.
+        max_connections=max(max_connections * 8, 512),
+        socket_connect_timeout=2,
+        socket_timeout=5,
+    )
 
 
 class RedisCredits:
@@ -127,20 +200,12 @@ class RedisCredits:
         prefix: str = "ljp",
         closed_ttl_s: int = 7 * 24 * 3600,
         max_connections: int = 50,
+        shards: int | None = None,
     ) -> None:
-        # A blocking pool: under a burst, calls wait for a connection instead of failing. Short socket
-        # timeouts: an unreachable Redis fails a call in seconds (503), never hangs it.
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=10,
-            socket_connect_timeout=2,
-            socket_timeout=5,
-            retry_on_timeout=False,
-        )
-        self.client: aioredis.Redis = aioredis.Redis(connection_pool=pool)
+        self.cluster = is_cluster_url(url)
+        self.client: Client = connect(url, max_connections=max_connections)
         self.store = store
-        self.keys = RedisKeys(prefix)
+        self.keys = RedisKeys(prefix, DEFAULT_SHARDS[self.cluster] if shards is None else shards)
         self.closed_ttl_s = closed_ttl_s
         self._open = self.client.register_script(_script("open_job"))
         self._close = self.client.register_script(_script("close_job"))
@@ -159,10 +224,12 @@ class RedisCredits:
         """The writer's journal on this Redis (the stream open_job.lua appends holds to)."""
         return RedisJournal(
             self.client,
-            self.keys.journal,
+            self.keys.journals,
             consumer=consumer_name(),
             claim_idle_s=claim_idle_s,
             append_with_cost=self._append_with_cost,
+            shard_of=self.keys.shard,
+            retiring=[self.keys.legacy_journal],
         )
 
     async def _append_with_cost(self, stream: str, record: str, team_id: str, job_id: str, cost_usd: Decimal) -> None:
@@ -172,7 +239,7 @@ class RedisCredits:
 
     def _cost_update(self, team_id: str, job_id: str, cost_usd: Decimal) -> tuple[list[str], list[Any]]:
         """add_cost.lua's keys and arguments for one call's cost."""
-        keys = [self.keys.job(team_id, job_id), self.keys.open_jobs, self.keys.loaded(team_id)]
+        keys = [self.keys.job(team_id, job_id), self.keys.open_jobs_for(team_id), self.keys.loaded(team_id)]
         return keys, [str(cost_usd), int(time.time() * 1000), self.keys.member(team_id, job_id)]
 
     async def _decide(self, team_id: str, script: Any, keys: list[str], args: list[Any]) -> list[str]:
@@ -188,7 +255,7 @@ class RedisCredits:
     async def _call(self, script: Any, keys: list[str], args: list[Any]) -> list[str]:
         try:
             result = await script(keys=keys, args=args)
-        except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
+        except UNAVAILABLE as exc:
             raise StoreUnavailable(f"Redis is unavailable ({type(exc).__name__}); retry shortly.") from exc
         if not isinstance(result, list):
             return [] if result is None else [_text(result)]
@@ -220,7 +287,7 @@ class RedisCredits:
                 for key in wanted:
                     pipe.exists(key)
                 found = await pipe.execute()
-        except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
+        except UNAVAILABLE as exc:
             raise StoreUnavailable(f"Redis is unavailable ({type(exc).__name__}); retry shortly.") from exc
         return [key for key, n in zip(wanted, found, strict=True) if not n]
 
@@ -243,7 +310,7 @@ class RedisCredits:
                 token = uuid.uuid4().hex
                 try:
                     locked = await self.client.set(self.keys.rebuild_lock, token, nx=True, px=REBUILD_LOCK_MS)
-                except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
+                except UNAVAILABLE as exc:
                     raise StoreUnavailable(f"Redis is unavailable ({type(exc).__name__}); retry shortly.") from exc
                 if locked:
                     try:
@@ -276,10 +343,12 @@ class RedisCredits:
         started = time.monotonic()
         try:
             _log.warning(
-                "litellm-jobs: the credit state is not in Redis (%s: a first start, or Redis lost its data);"
-                " loading it from PostgreSQL",
-                ", ".join(sentinels),
+                "litellm-jobs: the credit state is not in Redis (%d of %d shards: a first start, or Redis lost"
+                " its data); loading it from PostgreSQL",
+                len(sentinels),
+                self.keys.shards,
             )
+            await self._legacy_drained()
             if self.settle is not None:
                 await self.settle(REBUILD_SETTLE_S)
             await asyncio.sleep(REBUILD_GRACE_S)
@@ -322,7 +391,7 @@ class RedisCredits:
                     for key in sentinels:
                         pipe.set(key, str(int(time.time() * 1000)))
                     await pipe.execute()
-            except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
+            except UNAVAILABLE as exc:
                 raise StoreUnavailable(f"Redis is unavailable ({type(exc).__name__}); retry shortly.") from exc
             self.rebuilds += 1
             _log.warning(
@@ -335,6 +404,15 @@ class RedisCredits:
             renew.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renew
+
+    async def _legacy_drained(self) -> None:
+        """After an upgrade from the unsharded layout: the old journal stream (holds and closures
+        PostgreSQL may not have yet) must be written first; the writers read it until it is empty."""
+        deadline = time.monotonic() + LEGACY_DRAIN_S
+        while await self.client.xlen(self.keys.legacy_journal):
+            if time.monotonic() >= deadline:
+                raise StoreUnavailable("The previous version's journal is not written yet; retry shortly.")
+            await asyncio.sleep(0.1)
 
     async def _snapshot(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Every account and open job, as one consistent view of PostgreSQL."""
@@ -459,7 +537,7 @@ class RedisCredits:
     async def balance(self, team_id: str) -> Balance:
         try:
             avail, held = await self.client.hmget(self.keys.account(team_id), ["avail", "held"])
-        except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
+        except UNAVAILABLE as exc:
             raise StoreUnavailable("Redis is unavailable; retry shortly.") from exc
         durable = await self.store.balance(team_id)
         if avail is None:
@@ -477,8 +555,15 @@ class RedisCredits:
         # The reaper runs on every replica: it also notices a Redis that lost its data when no call does.
         await self.ensure_loaded()
         cutoff = int((time.time() - idle_s) * 1000)
-        members = await self.client.zrangebyscore(self.keys.open_jobs, "-inf", cutoff, start=0, num=limit)
-        return [RedisKeys.parse_member(_text(m)) for m in members]
+        try:  # every shard's index, in one round trip
+            async with self.client.pipeline(transaction=False) as pipe:
+                for key in self.keys.open_sets:
+                    pipe.zrangebyscore(key, "-inf", cutoff, start=0, num=limit)
+                found = await pipe.execute()
+        except UNAVAILABLE as exc:
+            raise StoreUnavailable(f"Redis is unavailable ({type(exc).__name__}); retry shortly.") from exc
+        members = [m for shard in found for m in shard]
+        return [RedisKeys.parse_member(_text(m)) for m in members[:limit]]
 
     async def add_cost(self, team_id: str, job_id: str, cost_usd: Decimal) -> None:
         await self._decide(team_id, self._add_cost, *self._cost_update(team_id, job_id, cost_usd))
@@ -486,14 +571,14 @@ class RedisCredits:
     async def admitted_calls(self, team_id: str, job_id: str) -> int | None:
         try:
             calls = await self.client.hget(self.keys.job(team_id, job_id), "calls")
-        except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
+        except UNAVAILABLE as exc:
             raise StoreUnavailable("Redis is unavailable; retry shortly.") from exc
         return None if calls is None else int(calls)
 
     async def knows(self, team_id: str, job_id: str) -> bool:
         try:
             return bool(await self.client.exists(self.keys.job(team_id, job_id)))
-        except (aioredis.ConnectionError, aioredis.TimeoutError):
+        except UNAVAILABLE:
             return False
 
     def closing(self) -> contextlib.AbstractAsyncContextManager[None]:
