@@ -180,13 +180,16 @@ class JobsPlugin(CustomLogger):
             await self._webhooks.start()
         self._store = store
         _log.info(
-            "litellm-jobs %s: ready on %s (database: %s, schema %s; credits: %s; Redis: %s)",
+            "litellm-jobs %s: ready on %s (database: %s, schema %s; credits: %s; Redis: %s). Next: grant a team "
+            "credits (POST /api/teams/<team>/credits with the master key, or `litellm-jobs credits grant`), tag calls "
+            "with metadata.job_id; dashboard at %s/jobs/ui",
             __version__,
             _listen_url(),
             _describe_database(url, s.data_dir if self._embedded is not None else None),
             s.db_schema,
             describe(backend),
             "on" if s.redis_url else "off",
+            _listen_url(),
         )
         return store
 
