@@ -47,6 +47,9 @@ class Variant:
     #: A callback module loaded instead of the plugin (``null_plugin``: the hooks' floor); the
     #: proxy is then treated as a bare one (no database, no grants).
     callback: str | None = None
+    #: Webhooks and usage export on: an endpoint for every event and a CloudEvents sink, both on the
+    #: fake upstream's receiver (registered by :meth:`ProxyProc.turn_on_billing`).
+    billing: bool = False
 
 
 @dataclass
@@ -97,6 +100,23 @@ class ProxyProc:
             headers={"Authorization": f"Bearer {MASTER_KEY}"},
             json={"amount": amount, "idempotency_key": f"bench-{uuid.uuid4().hex}"},
             timeout=120,
+        )
+        r.raise_for_status()
+
+    def turn_on_billing(self, receiver: str) -> None:
+        """Register a webhook endpoint for every event and a CloudEvents usage sink at ``receiver``."""
+        if not self.variant.billing:
+            return
+        headers = {"Authorization": f"Bearer {MASTER_KEY}"}
+        r = httpx.post(
+            f"{self.url}/api/webhooks/endpoints", headers=headers, json={"url": f"{receiver}/_sink/webhooks"}, timeout=60
+        )
+        r.raise_for_status()
+        r = httpx.put(
+            f"{self.url}/api/billing/sinks/bench",
+            headers=headers,
+            json={"kind": "cloudevents", "url": f"{receiver}/_sink/usage"},
+            timeout=60,
         )
         r.raise_for_status()
 

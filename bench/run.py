@@ -59,7 +59,15 @@ PLUGIN_REDIS = Variant("plugin-redis", plugin=True, redis=True)
 PLUGIN_REDIS_ALLOW = Variant("plugin-redis-allow", plugin=True, redis=True, untagged="allow")
 #: The floor: the plugin's hooks, each returning at once (what LiteLLM spends on calling them).
 NULL = Variant("null", plugin=False, callback="null_plugin")
-VARIANTS = {v.name: v for v in (BARE, NULL, PLUGIN, PLUGIN_ALLOW, PLUGIN_REDIS, PLUGIN_REDIS_ALLOW)}
+#: The plugin with webhooks (an endpoint for every event) and usage export (a CloudEvents sink) on:
+#: what billing integrations cost per call, against PLUGIN in the same run.
+PLUGIN_BILLING = Variant(
+    "plugin-billing",
+    plugin=True,
+    billing=True,
+    extra_env=(("JOBS_WEBHOOK_JOB_SETTLE_S", "0"), ("JOBS_EXPORT_INTERVAL_S", "0.5"), ("JOBS_EXPORT_DELAY_S", "0")),
+)
+VARIANTS = {v.name: v for v in (BARE, NULL, PLUGIN, PLUGIN_ALLOW, PLUGIN_REDIS, PLUGIN_REDIS_ALLOW, PLUGIN_BILLING)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,6 +178,7 @@ def proxies(
         for p in started.values():
             p.wait_ready(timeout=900 if cg else 180)
             p.grant()
+            p.turn_on_billing(upstream.url)
         yield started
     finally:
         for p in started.values():

@@ -161,6 +161,13 @@ async def chat(request: Request) -> Response:
     return StreamingResponse(events(), media_type="text/event-stream")
 
 
+async def sink(request: Request) -> Response:
+    """A receiver of webhooks and usage events (the bench's billing variant): counted, answered 204."""
+    await request.body()
+    _counts[f"sink:{request.path_params['name']}"] += 1
+    return Response(status_code=204)
+
+
 async def stats(request: Request) -> Response:
     return JSONResponse(dict(_counts))
 
@@ -174,6 +181,7 @@ app = Starlette(
     routes=[
         Route("/{scenario}/v1/chat/completions", chat, methods=["POST"]),
         Route("/{scenario}/chat/completions", chat, methods=["POST"]),
+        Route("/_sink/{name}", sink, methods=["POST"]),
         Route("/_stats", stats, methods=["GET"]),
         Route("/_reset", reset, methods=["POST"]),
     ]
