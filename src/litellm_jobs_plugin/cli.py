@@ -730,7 +730,7 @@ def main() -> None:
     app(prog_name="litellm-jobs")
 
 
-from . import cli_webhooks  # noqa: E402, F401  (registers `litellm-jobs webhooks`)
+from . import cli_webhooks, cli_worker  # noqa: E402, F401  (register `litellm-jobs webhooks` and `worker`)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

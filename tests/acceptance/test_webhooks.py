@@ -253,3 +253,41 @@ def test_hostile_input_to_the_webhook_routes_is_a_4xx_in_openai_error_json(start
     assert call(proxy, "GET", "/api/webhooks/status").json()["dead_letters"] == 0
     assert call(proxy, "DELETE", f"/api/webhooks/endpoints/{endpoint['endpoint_id']}").status_code == 200
     assert call(proxy, "DELETE", f"/api/webhooks/endpoints/{endpoint['endpoint_id']}").status_code == 404
+
+
+def test_the_worker_command_delivers_for_proxies_that_do_not(
+    start_proxy: Any, database_url: str, tmp_path: Any
+) -> None:
+    """Proxies with delivery and export off spend nothing on them; `litellm-jobs worker` delivers instead."""
+    import subprocess
+    import sys
+
+    from tests.support.services import ROOT, clean_env, stop_process
+
+    receiver = Receiver([], lambda _r, _n: (200, 0.0))
+    quiet = {**FAST, "JOBS_WEBHOOKS_ENABLED": "false", "JOBS_EXPORT_INTERVAL_S": "0"}
+    with receiver.running():
+        proxy = start_proxy(database_url, env=quiet)
+        register(proxy, receiver, event_types=["credits.granted"])
+        proxy.grant(TEAM, 3)
+        # Written with the grant, and waiting: no proxy delivers.
+        assert len(query(database_url, "SELECT event_id FROM webhook_events")) == 1
+        assert receiver.events() == []
+        log = (tmp_path / "worker.log").open("wb")
+        worker = subprocess.Popen(
+            [str(ROOT / ".venv" / "bin" / "litellm-jobs"), "worker"]
+            if (ROOT / ".venv" / "bin" / "litellm-jobs").exists()
+            else [sys.executable, "-m", "litellm_jobs_plugin.cli", "worker"],
+            env={**clean_env(), **FAST, "JOBS_DATABASE_URL": database_url},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            got = settled(receiver, 1, timeout=60)
+        finally:
+            code = stop_process(worker, timeout=30)
+            log.close()
+    assert [e["type"] for e in got] == ["credits.granted"]
+    assert code == 0, (tmp_path / "worker.log").read_text()
+    assert "litellm-jobs worker: stopped" in (tmp_path / "worker.log").read_text()
