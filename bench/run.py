@@ -67,7 +67,27 @@ PLUGIN_BILLING = Variant(
     billing=True,
     extra_env=(("JOBS_WEBHOOK_JOB_SETTLE_S", "0"), ("JOBS_EXPORT_INTERVAL_S", "0.5"), ("JOBS_EXPORT_DELAY_S", "0")),
 )
-VARIANTS = {v.name: v for v in (BARE, NULL, PLUGIN, PLUGIN_ALLOW, PLUGIN_REDIS, PLUGIN_REDIS_ALLOW, PLUGIN_BILLING)}
+#: The same, with delivery and export moved out of the proxy (`litellm-jobs worker` runs them): the
+#: proxy's share. The database triggers still write every event's outbox row.
+PLUGIN_BILLING_OFFLOADED = Variant(
+    "plugin-billing-offloaded",
+    plugin=True,
+    billing=True,
+    extra_env=(("JOBS_WEBHOOKS_ENABLED", "false"), ("JOBS_EXPORT_INTERVAL_S", "0")),
+)
+VARIANTS = {
+    v.name: v
+    for v in (
+        BARE,
+        NULL,
+        PLUGIN,
+        PLUGIN_ALLOW,
+        PLUGIN_REDIS,
+        PLUGIN_REDIS_ALLOW,
+        PLUGIN_BILLING,
+        PLUGIN_BILLING_OFFLOADED,
+    )
+}
 
 
 @dataclasses.dataclass(frozen=True)
