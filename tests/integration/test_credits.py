@@ -22,10 +22,12 @@ from litellm_jobs_plugin.credits.policies import TeamPolicies
 from litellm_jobs_plugin.errors import (
     FailureAllowanceExhausted,
     InsufficientCredits,
+    InvalidJobMetadata,
     JobClosed,
     JobsError,
     UnknownJobType,
 )
+from litellm_jobs_plugin.metadata import parse_job_tag
 from litellm_jobs_plugin.models import CallContext, CallStatus, JobStatus
 from litellm_jobs_plugin.settings import Settings
 from litellm_jobs_plugin.store.postgres import PostgresStore
@@ -121,7 +123,12 @@ async def run_workload(database_url: str, make_backend: Backend, ops: list[tuple
             ops = [("grant", 0, 0, 50, 99), ("grant", 1, 0, 50, 99), *ops]
         for op in ops:
             kind, t, j = op[0], teams[op[1]], f"job-{op[2]}"
-            if kind == "open_hostile":
+            if kind == "open_nan":
+                # A NaN or an infinity in a tracked call's metadata never reaches a decision.
+                bad = {"job_id": j, "job_type": "cheap", "x": [float("nan"), float("inf"), float("-inf")][op[3]]}
+                with pytest.raises(InvalidJobMetadata):
+                    parse_job_tag(bad, {})
+            elif kind == "open_hostile":
                 # A job type the operator never priced, or a priced one spelled otherwise: refused, nothing held.
                 with pytest.raises(UnknownJobType):
                     await credits.admit_call(ctx(t, f"hostile-{op[2]}", ["Cheap", "zzz", "BIG"][op[3]]))
@@ -250,6 +257,7 @@ OPS = st.lists(
         # Hostile: unpriced and wrong-case job types; calls that reuse one client call id (and cost the
         # operator money, so that jobs failed over and over run into the failure allowance).
         st.tuples(st.just("open_hostile"), st.integers(0, 1), st.integers(0, 5), st.integers(0, 2)),
+        st.tuples(st.just("open_nan"), st.integers(0, 1), st.integers(0, 5), st.integers(0, 2)),
         st.tuples(st.just("call"), st.integers(0, 1), st.integers(0, 5), st.integers(0, 1)),
         st.tuples(st.just("cycle"), st.integers(0, 1), st.integers(0, 5)),
     ),
