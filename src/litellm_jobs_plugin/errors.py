@@ -155,10 +155,13 @@ class BillingNotFound(JobsError):
 
 
 class BillingNotConfigured(JobsError):
-    """This billing integration is not configured on this proxy; see its settings."""
+    """This billing integration is not configured on this proxy; see its settings.
+
+    A 404, not a 5xx: the route is off, as if it did not exist, whatever a caller sends (the sender, Stripe,
+    retries it and is served once the integration is configured)."""
 
     type = "billing_not_configured"
-    status = 503
+    status = 404
 
 
 #: Every error type by its ``type`` name (the client maps error JSON back to these classes).
