@@ -47,8 +47,12 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeUpstream]
 
 
 @pytest.fixture
-def start_proxy(tmp_path: Path, upstream: FakeUpstream) -> Iterator[Callable[..., Proxy]]:
-    """Start real ``litellm`` proxies for one test; all are stopped by PID at its end."""
+def start_proxy(tmp_path: Path, upstream: FakeUpstream, database_url: str) -> Iterator[Callable[..., Proxy]]:
+    """Start real ``litellm`` proxies for one test; all are stopped by PID at its end.
+
+    It depends on ``database_url`` so that its proxies stop before the test's database is dropped (a proxy
+    whose database vanished under it spends its whole shutdown timeout retrying its last records).
+    """
     started: list[Proxy] = []
 
     def start(
