@@ -64,6 +64,7 @@ class JobsPlugin(CustomLogger):
         #: Non-streamed calls whose answer waits until their record is in the journal (with Redis):
         #: call id → resolved by the logging event once the record is appended.
         self._durable: dict[str, asyncio.Future[None]] = {}
+        self._deferral_noted = False
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -482,6 +483,17 @@ class JobsPlugin(CustomLogger):
             return None
         call_id = _record_id_of(data)
         if call_id is None or (future := self._durable.get(call_id)) is None:
+            return None
+        if adapter.success_logging_deferred(data):
+            # LiteLLM (1.109 and later) logs a non-streamed call's success only after this hook returns:
+            # waiting here would only delay every answer by the timeout. The record is journaled right after.
+            self._durable.pop(call_id, None)
+            if not self._deferral_noted:
+                self._deferral_noted = True
+                _log.warning(
+                    "litellm-jobs: this LiteLLM logs a call's success after its answer is ready, so an answer "
+                    "no longer waits for its record to be journaled (its record follows it at once)"
+                )
             return None
         try:
             # the future is this call's alone: cancelled on timeout, a late record then finds it done

@@ -105,6 +105,17 @@ def record_call_id(data: Mapping[str, Any], call_id: str) -> str | None:
     return f"{call_id}~{secrets.token_hex(8)}"
 
 
+def success_logging_deferred(data: Mapping[str, Any]) -> bool:
+    """LiteLLM will log this non-streamed call's success only after the post-call hooks have run.
+
+    LiteLLM 1.109 and later store the success logging of a non-streamed call on its logging object
+    (``enqueue_deferred_logging``) and fire it once the post-call success hooks are done; earlier
+    releases log it as soon as the call returns, before those hooks.
+    """
+    logging_obj = data.get("litellm_logging_obj")
+    return callable(getattr(logging_obj, "enqueue_deferred_logging", None))
+
+
 def pop_stash(data: dict[str, Any]) -> None:
     for key in _METADATA_KEYS:
         meta = data.get(key)
