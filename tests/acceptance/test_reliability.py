@@ -363,17 +363,18 @@ def test_with_redis_every_answer_is_in_the_journal_before_the_client_gets_it(
     """A 200 means recorded: with PostgreSQL writes held back, each answered call (a cache hit
     included) is already in the journal when its answer arrives; released, all are written.
 
-    LiteLLM 1.109 and later log a non-streamed call's success only after the post-call hooks (its
-    ``_flush_deferred_async_logging``): there the answer cannot wait for its record, and must not wait
-    in vain either; the record follows the answer into the journal at once."""
+    Newer LiteLLM releases (1.110 here) log a non-streamed call's success only after the post-call
+    hooks: there the answer cannot wait for its record, and must not wait in vain either; the plugin
+    says so once in its log, and the record follows the answer into the journal at once."""
     if redis_server_url is None:
         pytest.skip("no Redis server")
     import json
+    from importlib.metadata import version
 
     import psycopg
-    from litellm.proxy.common_request_processing import ProxyBaseLLMRequestProcessing
 
-    deferred = hasattr(ProxyBaseLLMRequestProcessing, "_flush_deferred_async_logging")
+    litellm_version = tuple(int(part) for part in version("litellm").split(".")[:2])
+    deferred: bool | None = None  # whether this LiteLLM logs after the post-call hooks: told by the first answer
 
     proxy = start_proxy(database_url, env={"JOBS_REDIS_URL": redis_server_url, "JOBS_REDIS_PREFIX": redis_prefix})
     proxy.grant(TEAM, 100)
@@ -399,6 +400,13 @@ def test_with_redis_every_answer_is_in_the_journal_before_the_client_gets_it(
             )
             assert r.status_code == 200, r.text
             call_id = r.headers["x-litellm-call-id"]
+            if deferred is None:
+                log_so_far = proxy.log_path.read_text(errors="replace")
+                deferred = "no longer waits for its record to be journaled" in log_so_far
+                if litellm_version <= (1, 108):
+                    assert not deferred  # the releases that log before the post-call hooks
+                if litellm_version >= (1, 110):
+                    assert deferred  # the releases that log after them
             if deferred:
                 wait_for(lambda: call_id in journaled_call_ids(), timeout=10, what=f"answer {n}'s record")  # noqa: B023
             else:
