@@ -12,7 +12,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, TypeVar
 
@@ -27,7 +27,7 @@ from .analytics import analytics as compute_analytics
 from .credits import decide
 from .credits.base import CreditBackend
 from .credits.local import LocalCredits, SharedPostgresCredits, choose_backend
-from .credits.policies import TeamPolicies, policy_json
+from .credits.policies import TeamPolicies, allowance_json, policy_json
 from .credits.redis import RedisCredits
 from .errors import JobsError
 from .metadata import check_job_id, check_team_id
@@ -208,22 +208,6 @@ def ledger_key(team: str, kind: str, key: str) -> str:
     return f"{kind}:{len(team)}:{team}:{key}"
 
 
-def allowance(settings: Settings, policy: decide.TeamPolicy, use: decide.FailureUse) -> dict[str, Any]:
-    """A team's failure allowance, as ``GET /api/teams/{team}`` gives it (policy_routes.allowance_json)."""
-    limit = decide.failure_allowance(settings, policy)
-    window = settings.failure_window_s
-    frees_at = None
-    if use.oldest_at is not None and limit is not None and use.spent_usd >= limit:
-        frees_at = (use.oldest_at + timedelta(seconds=window)).isoformat()
-    return {
-        "limit_usd": None if limit is None else money_.exact(limit),
-        "used_usd": money_.exact(use.spent_usd),
-        "window_s": window,
-        "exhausted": decide.allowance_exhausted(settings, policy, use),
-        "frees_at": frees_at,
-    }
-
-
 def duration(seconds: float) -> str:
     if seconds % 86_400 == 0:
         return f"{int(seconds // 86_400)} d"
@@ -278,7 +262,7 @@ def credits_show(
             seen = bool(await store.fetch_all("team_summaries", {"team_id": team_id, "since": None, "until": None}))
             policies = TeamPolicies(store, refresh_s=settings.policy_refresh_s, window_s=settings.failure_window_s)
             policy, use = await policies.reload(team_id)
-            return await store.balance(team_id), allowance(settings, policy, use), seen
+            return await store.balance(team_id), allowance_json(settings, policy, use), seen
 
     balance, failure_allowance, seen = run(work)
     if not seen:
@@ -538,7 +522,7 @@ async def _read_policy(
 def _shown_policy(
     settings: Settings, team_id: str, policy: decide.TeamPolicy, use: decide.FailureUse
 ) -> dict[str, Any]:
-    return {**policy_json(team_id, policy), "failure_allowance": allowance(settings, policy, use)}
+    return {**policy_json(team_id, policy), "failure_allowance": allowance_json(settings, policy, use)}
 
 
 @policy_app.command("show")

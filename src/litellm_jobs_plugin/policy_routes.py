@@ -6,7 +6,6 @@ types and the allowance never come from anything a team's client sends on a call
 
 from __future__ import annotations
 
-from datetime import timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +13,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from pydantic import Field, field_validator
 
-from .credits import decide
+from .credits import decide, policies
 from .credits.policies import policy_json
 from .errors import Forbidden
 from .metadata import check_job_type, check_team_id
@@ -65,19 +64,8 @@ class PolicyBody(Body):
 
 
 def allowance_json(credits: CreditService, policy: decide.TeamPolicy, use: decide.FailureUse) -> dict[str, Any]:
-    """A team's failure allowance: its limit, what it used in the window, and when the oldest use leaves it."""
-    limit = decide.failure_allowance(credits.settings, policy)
-    window = credits.settings.failure_window_s
-    frees_at = None
-    if use.oldest_at is not None and limit is not None and use.spent_usd >= limit:
-        frees_at = (use.oldest_at + timedelta(seconds=window)).isoformat()
-    return {
-        "limit_usd": None if limit is None else f"{limit.normalize():f}",
-        "used_usd": f"{use.spent_usd.normalize():f}",
-        "window_s": window,
-        "exhausted": decide.allowance_exhausted(credits.settings, policy, use),
-        "frees_at": frees_at,
-    }
+    """A team's failure allowance (:func:`~litellm_jobs_plugin.credits.policies.allowance_json`)."""
+    return policies.allowance_json(credits.settings, policy, use)
 
 
 def add_policy_routes(router: APIRouter, plugin: JobsPlugin) -> None:

@@ -17,10 +17,14 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
+from .. import money
+from ..settings import Settings
 from ..store.postgres import PostgresStore
+from . import decide
 from .decide import FailureUse, TeamPolicy
 
 _log = logging.getLogger(__name__)
@@ -60,6 +64,23 @@ def policy_json(team_id: str, policy: TeamPolicy) -> dict[str, Any]:
         "failure_allowance_usd": None
         if policy.failure_allowance_usd is None
         else f"{policy.failure_allowance_usd.normalize():f}",
+    }
+
+
+def allowance_json(settings: Settings, policy: TeamPolicy, use: FailureUse) -> dict[str, Any]:
+    """A team's failure allowance as the routes and the CLI show it: its limit, what it used in the
+    window, and (once used up) when the oldest use leaves the window."""
+    limit = decide.failure_allowance(settings, policy)
+    window = settings.failure_window_s
+    frees_at = None
+    if use.oldest_at is not None and limit is not None and use.spent_usd >= limit:
+        frees_at = (use.oldest_at + timedelta(seconds=window)).isoformat()
+    return {
+        "limit_usd": None if limit is None else money.exact(limit),
+        "used_usd": money.exact(use.spent_usd),
+        "window_s": window,
+        "exhausted": decide.allowance_exhausted(settings, policy, use),
+        "frees_at": frees_at,
     }
 
 
