@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import sys
 from decimal import Decimal
@@ -61,10 +62,9 @@ class JobsPlugin(CustomLogger):
         #: shutdown waits for them before flushing.
         self.background: set[asyncio.Task[Any]] = set()
         self._awaited_calls: dict[str, asyncio.Future[CallEvent]] = {}
-        #: Non-streamed calls whose answer waits until their record is in the journal (with Redis):
-        #: call id → resolved by the logging event once the record is appended.
-        self._durable: dict[str, asyncio.Future[None]] = {}
-        self._deferral_noted = False
+        #: Non-streamed calls whose success record one side (the answer or LiteLLM's success event) has
+        #: handed over or is handing over, until the other side has seen it: each is recorded once.
+        self._handovers: dict[str, _Handover] = {}
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -376,8 +376,6 @@ class JobsPlugin(CustomLogger):
         except JobsError as exc:
             raise to_proxy_exception(exc) from exc
         adapter.put_stash(data, context, credits_remaining=remaining)
-        if self._journal is not None and self.settings.durable_ack_timeout_s > 0 and not data.get("stream"):
-            self._expect_durable(record_id or call_id)
         if context.job_type is not None and self.settings.tag_job_type:
             adapter.add_request_tag(data, f"job_type:{context.job_type}")
         return data
@@ -393,32 +391,47 @@ class JobsPlugin(CustomLogger):
         await self._record(kwargs, start_time, end_time, CallStatus.FAILURE)
 
     async def _record(self, kwargs: dict[str, Any], start_time: Any, end_time: Any, status: CallStatus) -> None:
+        if status is CallStatus.SUCCESS and self._handovers:
+            handover = self._handovers.get(adapter.logged_record_id(kwargs) or "")
+            if handover is not None and handover.by_answer:
+                del self._handovers[handover.call_id]  # recorded from its answer already
+                return
         try:
             event = adapter.call_event(kwargs, start_time, end_time, status)
         except Exception:
             _log.exception("litellm-jobs: could not read a LiteLLM %s event", status.value)
-            self._durable_done(kwargs.get("litellm_call_id"), status)
             return
         if event is None:
-            self._durable_done(kwargs.get("litellm_call_id"), status)
             return
         if status is CallStatus.SUCCESS and self._awaited_calls:
             awaited = self._awaited_calls.get(str(kwargs.get("litellm_call_id")))
             if awaited is not None and not awaited.done():
                 awaited.get_loop().call_soon_threadsafe(_resolve, awaited, event)
+        if status is not CallStatus.SUCCESS or event.stream:
+            await self._hand_over(event)
+            return
+        # A non-streamed success logged before its answer left (LiteLLM 1.108 and before may): the answer
+        # (post-call hook) waits for this record rather than recording it again.
+        handover = self._handovers.get(event.call_id)
+        if handover is None:
+            handover = self._new_handover(event.call_id, by_answer=False)
+        try:
+            await self._hand_over(event)
+        finally:
+            if not handover.done.done():
+                handover.done.set_result(None)
+
+    async def _hand_over(self, event: CallEvent) -> None:
+        """Record ``event`` and settle its job: the record with the job's cost, or the single-call job's closure."""
         key = event.context.job_key
-        if key is not None and event.context.single_call and status is CallStatus.SUCCESS:
+        if key is not None and event.context.single_call and event.status is CallStatus.SUCCESS:
             await self._record_single_call(event, key)
             return
-        settled = False
-        try:
-            if key is None:
-                await self.writer.put(event)
-            else:  # with Redis credits, the record and the job's cost go in one script
-                settled = await self.writer.put_call(event, key[0], key[1])
-        finally:
-            self._durable_done(event.call_id, status)
-        if key is None or settled:
+        if key is None:
+            await self.writer.put(event)
+            return
+        # with Redis credits, the record and the job's cost go in one script
+        if await self.writer.put_call(event, key[0], key[1]):
             return
         try:
             await (await self.credits()).add_cost(key[0], key[1], event.cost_usd)
@@ -448,61 +461,67 @@ class JobsPlugin(CustomLogger):
         except JobsError as exc:
             _log.warning("litellm-jobs: could not settle job %s after its call: %s", key[1], exc.message)
         finally:
-            try:
-                if not recorded:
-                    await self.writer.put(event)
-            finally:
-                self._durable_done(event.call_id, CallStatus.SUCCESS)
+            if not recorded:
+                await self.writer.put(event)
 
-    # -- a 200 means recorded (with Redis): the answer waits until its record is in the journal --
+    # -- a 200 means recorded: a non-streamed answer's record is handed over before the answer leaves --
 
-    #: Bound on calls awaiting their record (calls LiteLLM never logs must not grow the map).
-    _MAX_DURABLE = 100_000
+    #: Bound on handovers awaiting their other side (calls LiteLLM never logs must not grow the map).
+    _MAX_HANDOVERS = 100_000
 
-    def _expect_durable(self, call_id: str) -> None:
-        if len(self._durable) >= self._MAX_DURABLE:
-            oldest = self._durable.pop(next(iter(self._durable)))
-            if not oldest.done():
-                oldest.set_result(None)  # its answer stops waiting (never a CancelledError in the hook)
-        self._durable[call_id] = asyncio.get_running_loop().create_future()
-
-    def _durable_done(self, call_id: Any, status: CallStatus) -> None:
-        """The success event of ``call_id`` is recorded (failed attempts of a fallback are not the answer)."""
-        if status is CallStatus.SUCCESS and isinstance(call_id, str):
-            future = self._durable.get(call_id)
-            if future is not None and not future.done():
-                future.set_result(None)
+    def _new_handover(self, call_id: str, *, by_answer: bool) -> _Handover:
+        if len(self._handovers) >= self._MAX_HANDOVERS:
+            oldest = self._handovers.pop(next(iter(self._handovers)))
+            if not oldest.done.done():
+                oldest.done.set_result(None)  # whoever waits stops waiting (never a CancelledError in a hook)
+        handover = _Handover(call_id, asyncio.get_running_loop().create_future(), by_answer)
+        self._handovers[call_id] = handover
+        return handover
 
     async def async_post_call_success_hook(self, data: dict[str, Any], user_api_key_dict: Any, response: Any) -> Any:
-        """Before a non-streamed answer leaves: its success event is in the journal (bounded wait).
+        """Record a non-streamed answer before it leaves, from the answer itself.
 
-        LiteLLM logs a call's success in a background worker right after the call returns; without
-        this wait a crash in between would lose a call whose client got its 200.
+        LiteLLM logs a call's success in a background worker, before or (1.109 and later) after this hook;
+        recording here puts neither its logging on the answer's path nor the answer before its record:
+        with Redis a 200 means the record is in the journal. The success event that follows finds the
+        record handed over and does nothing. An answer this cannot read (not a chat completion) is
+        recorded by its success event, which the answer waits for (bounded) when LiteLLM logs first.
         """
-        if not self._durable:
+        context = adapter.stash_of_request(data)
+        if context is None:
+            return None  # not a call of ours
+        call_id = context.call_id or data.get("litellm_call_id")
+        if not isinstance(call_id, str):
             return None
-        call_id = _record_id_of(data)
-        if call_id is None or (future := self._durable.get(call_id)) is None:
+        handover = self._handovers.get(call_id)
+        if handover is None:
+            try:
+                event = adapter.answer_event(data, response, context)
+            except Exception:
+                _log.exception("litellm-jobs: could not read the answer of call %s", call_id)
+                event = None
+            if event is not None:
+                handover = self._new_handover(call_id, by_answer=True)
+                try:
+                    await self._hand_over(event)
+                finally:
+                    if not handover.done.done():
+                        handover.done.set_result(None)
+                return None
+            if self._journal is None or adapter.success_logging_deferred(data):
+                return None  # nothing to wait for (in process), or its success event comes after this hook
+            handover = self._new_handover(call_id, by_answer=False)
+        elif handover.by_answer:
             return None
-        if adapter.success_logging_deferred(data):
-            # LiteLLM (1.109 and later) logs a non-streamed call's success only after this hook returns:
-            # waiting here would only delay every answer by the timeout. The record is journaled right after.
-            self._durable.pop(call_id, None)
-            if not self._deferral_noted:
-                self._deferral_noted = True
-                _log.warning(
-                    "litellm-jobs: this LiteLLM logs a call's success after its answer is ready, so an answer "
-                    "no longer waits for its record to be journaled (its record follows it at once)"
-                )
+        # its success event records it: with Redis, the answer waits (bounded) until it is in the journal
+        self._handovers.pop(call_id, None)
+        if self._journal is None or handover.done.done() or self.settings.durable_ack_timeout_s <= 0:
             return None
         try:
-            # the future is this call's alone: cancelled on timeout, a late record then finds it done
             async with asyncio.timeout(self.settings.durable_ack_timeout_s):
-                await future
+                await asyncio.shield(handover.done)
         except TimeoutError:
             _log.warning("litellm-jobs: call %s answered before its record was journaled", call_id)
-        finally:
-            self._durable.pop(call_id, None)
         return None
 
     async def async_post_call_failure_hook(
@@ -518,7 +537,7 @@ class JobsPlugin(CustomLogger):
             return None  # rejected before admission (by us or by LiteLLM's auth): nothing was held
         call_id = context.call_id or request_data.get("litellm_call_id")
         if isinstance(call_id, str):
-            self._durable.pop(call_id, None)
+            self._handovers.pop(call_id, None)
         if context.single_call and context.job_key is not None:
             try:
                 await (await self.credits()).close_job(
@@ -550,11 +569,13 @@ class JobsPlugin(CustomLogger):
         return headers
 
 
-def _record_id_of(data: dict[str, Any]) -> str | None:
-    """The id of the request's call record: ours when the client chose LiteLLM's call id."""
-    context = adapter.stash_of_request(data)
-    call_id = context.call_id if context is not None and context.call_id else data.get("litellm_call_id")
-    return call_id if isinstance(call_id, str) else None
+@dataclasses.dataclass(slots=True)
+class _Handover:
+    """One non-streamed call's success record, handed over by its answer or by its success event."""
+
+    call_id: str
+    done: asyncio.Future[None]
+    by_answer: bool
 
 
 def _resolve(future: asyncio.Future[CallEvent], event: CallEvent) -> None:

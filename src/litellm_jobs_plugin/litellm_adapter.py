@@ -14,7 +14,7 @@ import secrets
 import sys
 import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -202,6 +202,13 @@ def _stash_of(kwargs: Mapping[str, Any]) -> CallContext | None:
     return None
 
 
+def logged_record_id(kwargs: Mapping[str, Any]) -> str | None:
+    """The record id of a logging event's call (ours when the client chose LiteLLM's), reading nothing else."""
+    context = _stash_of(kwargs)
+    call_id = context.call_id if context is not None and context.call_id else kwargs.get("litellm_call_id")
+    return call_id if isinstance(call_id, str) else None
+
+
 def event_id_of(team_id: str | None, call_id: str, status: CallStatus, attempt: str = "") -> str:
     """The idempotency key of one logging event, scoped to the team (clients may choose call ids).
 
@@ -290,6 +297,68 @@ def call_event(kwargs: Mapping[str, Any], start_time: object, end_time: object, 
     )
 
 
+def answer_event(data: dict[str, Any], response: object, context: CallContext) -> CallEvent | None:
+    """The success record of a non-streamed answer, built from the answer itself (post-call hook).
+
+    LiteLLM fills a response's ``_hidden_params`` before any post-call hook runs: the deployment that
+    answered (``model_id``), the provider and the cost; the cost LiteLLM later logs is that one, or 0
+    for a cache hit (``Logging._process_hidden_params_and_response_cost``). So the record a success
+    event would carry can be made here, before the answer leaves, without waiting for LiteLLM's
+    logging. ``context`` is the request's stash. None when the answer is not such a response (then
+    the success event records it).
+    Covered by ``tests/contract/test_answer_record.py``, which compares both records field by field.
+    """
+    hidden = getattr(response, "_hidden_params", None)
+    usage = getattr(response, "usage", None)
+    if not isinstance(hidden, dict) or usage is None or getattr(response, "object", None) != "chat.completion":
+        return None
+    call_id = context.call_id or _text(data.get("litellm_call_id"))
+    model_id = _text(hidden.get("model_id"))
+    cost = hidden.get("response_cost")
+    if call_id is None or model_id is None or cost is None:
+        return None
+    deployment = deployment_of(model_id)
+    if deployment is None:
+        return None
+    cache_hit = hidden.get("cache_hit") is True
+    ended = datetime.now(tz=UTC)
+    elapsed = hidden.get("_response_ms")
+    latency_ms = round(elapsed) if isinstance(elapsed, int | float) and elapsed >= 0 else 0
+    return CallEvent(
+        event_id=event_id_of(context.team_id, call_id, CallStatus.SUCCESS),
+        call_id=call_id,
+        context=_known_request(context),
+        status=CallStatus.SUCCESS,
+        call_type=_call_type_of(data),
+        model_group=deployment[0],
+        model=deployment[1],
+        model_id=model_id,
+        provider=_text(hidden.get("custom_llm_provider")) or _provider_of(data),
+        prompt_tokens=_int(getattr(usage, "prompt_tokens", 0)),
+        completion_tokens=_int(getattr(usage, "completion_tokens", 0)),
+        cost_usd=Decimal(0) if cache_hit else _cost(cost),
+        cache_hit=cache_hit,
+        stream=False,
+        started_at=ended - timedelta(milliseconds=latency_ms),
+        ended_at=ended,
+        latency_ms=latency_ms,
+        error_type=None,
+        error_code=None,
+    )
+
+
+def _provider_of(data: Mapping[str, Any]) -> str | None:
+    """The provider LiteLLM's logging object names (a cache hit's answer does not carry it)."""
+    details = getattr(data.get("litellm_logging_obj"), "model_call_details", None)
+    return _text(details.get("custom_llm_provider")) if isinstance(details, dict) else None
+
+
+def _call_type_of(data: Mapping[str, Any]) -> str | None:
+    logging_obj = data.get("litellm_logging_obj")
+    call_type = getattr(logging_obj, "call_type", None)
+    return _text(getattr(call_type, "value", call_type))
+
+
 def proxy_model_groups() -> list[str]:
     """The model groups of the running proxy, in config order ([] outside a proxy)."""
     proxy_server = sys.modules.get("litellm.proxy.proxy_server")
@@ -307,6 +376,43 @@ MAX_MODEL_NAME = 256
 _KNOWN_REBUILD_S = 1.0
 #: (the router and its model list the names were built from, the names, when they were built)
 _known: tuple[tuple[int, int, int], frozenset[str], float] = ((0, 0, -1), frozenset(), 0.0)
+#: (the router and its model list the map was built from, deployment id → (model group, model))
+_deployments: tuple[tuple[int, int, int], dict[str, tuple[str | None, str | None]]] = ((0, 0, -1), {})
+
+
+def _router_shape(router: Any) -> tuple[tuple[int, int, int], Any]:
+    model_list = getattr(router, "model_list", None) or ()
+    return (id(router), id(model_list), len(model_list)), model_list
+
+
+def deployment_of(model_id: str) -> tuple[str | None, str | None] | None:
+    """(model group, model) of the router's deployment ``model_id``, as a success event logs them; None if unknown.
+
+    A dict lookup; the map is rebuilt when the router's model list changes (as :func:`known_model`'s names are).
+    """
+    global _deployments
+    proxy_server = sys.modules.get("litellm.proxy.proxy_server")
+    router = getattr(proxy_server, "llm_router", None)
+    if router is None:
+        return None
+    shape, model_list = _router_shape(router)
+    built_shape, found = _deployments
+    if shape != built_shape:
+        found = {}
+        for deployment in model_list:
+            if not isinstance(deployment, Mapping):
+                continue
+            info, params = deployment.get("model_info"), deployment.get("litellm_params")
+            key = info.get("id") if isinstance(info, Mapping) else None
+            if isinstance(key, str):
+                model = params.get("model") if isinstance(params, Mapping) else None
+                group = deployment.get("model_name")
+                found[key] = (
+                    group[:MAX_MODEL_NAME] if isinstance(group, str) else None,
+                    model[:MAX_MODEL_NAME] if isinstance(model, str) else None,
+                )
+        _deployments = (shape, found)
+    return found.get(model_id)
 
 
 def _router_names(router: Any) -> frozenset[str]:
