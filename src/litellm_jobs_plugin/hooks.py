@@ -157,7 +157,8 @@ class JobsPlugin(CustomLogger):
         )
         self.writer.observer = metrics.writer_progress
         self.writer.journal_observer = metrics.journal_progress
-        self._watch = StoreWatch(url, interval_s=s.store_check_interval_s)
+        writer = self.writer
+        self._watch = StoreWatch(url, interval_s=s.store_check_interval_s, answered_at=lambda: writer.last_written_at)
         self._watch.start()
         policies = TeamPolicies(
             store, refresh_s=s.policy_refresh_s, window_s=s.failure_window_s, observer=metrics.failure_use

@@ -196,7 +196,7 @@ class Metrics:
         self.rejections.labels(reason, *self._team(team)).inc()
 
     def journal_progress(self, backlog: int, oldest_age_s: float) -> None:
-        """Called by the writer's journal reader about once a second."""
+        """Called by the writer's journal reader every few seconds."""
         self.journal_backlog.set(backlog)
         self.journal_oldest_age.set(oldest_age_s)
 

@@ -226,7 +226,12 @@ class Settings(BaseSettings):
         default=1.0, gt=0, description="Delay after a webhook's first failed attempt; doubled after each next one."
     )
     webhook_backoff_max_s: float = Field(default=600.0, gt=0, description="Longest delay between two attempts.")
-    webhook_poll_s: float = Field(default=0.5, gt=0, description="How often the worker looks for due deliveries.")
+    webhook_poll_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="The worker looks for due deliveries at least this often (it is woken at once by each new "
+        "event, and when a retry falls due).",
+    )
     webhook_standby_s: float = Field(
         default=5.0, gt=0, description="How often a standing-by process tries to become the delivering one."
     )

@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from .errors import StoreUnavailable
 from .journal import RedisJournal, decode_entry
@@ -28,6 +28,11 @@ _log = logging.getLogger(__name__)
 
 
 Item = CallEvent | LedgerEntry
+#: How long a journal reader's read waits for new entries (it returns as soon as one arrives): well
+#: under the Redis client's 5 s socket timeout, which a blocking read's wait counts against.
+JOURNAL_BLOCK_MS = 2000
+#: How often the journal's backlog is read for the Prometheus gauges.
+JOURNAL_GAUGE_INTERVAL_S = 5.0
 
 
 class EventSink(Protocol):
@@ -75,7 +80,7 @@ class Writer:
     ) -> None:
         #: After a batch's first record, wait this long for more (one transaction for many calls).
         self.linger_s = linger_s
-        #: Told the journal's backlog and the age of its oldest entry about once a second.
+        #: Told the journal's backlog and the age of its oldest entry every few seconds (JOURNAL_GAUGE_INTERVAL_S).
         self.journal_observer = journal_observer
         self.sink = sink
         #: The durable queue (Redis); None: the in-memory buffer only.
@@ -95,6 +100,10 @@ class Writer:
         self._closing = False
         self._mem_pending = 0
         self._journal_writing = 0  # journal batches read and being written to the store
+        #: time.monotonic() of the last batch PostgreSQL committed (the store watch needs no ping then).
+        self.last_written_at = 0.0
+        #: Journal readers waiting in a blocking read (holding nothing): shutdown cancels them.
+        self._reading: set[asyncio.Task[Any]] = set()
         self._give_up_at: float | None = None
         self._oldest_pending: float | None = None
         # Enqueue times, in queue order (the queue is FIFO): the health route's "oldest unwritten".
@@ -229,6 +238,8 @@ class Writer:
         """
         self._closing = True
         self._give_up_at = time.monotonic() + timeout_s
+        for reader in self._reading:
+            reader.cancel()  # only waiting for new entries: nothing in hand
         if self._journal_task is not None and not self._journal_task.done():
             try:
                 await asyncio.wait_for(asyncio.shield(self._journal_task), timeout=timeout_s)
@@ -276,7 +287,13 @@ class Writer:
     async def _run_journals(self) -> None:
         """One reader per stream of the journal (its shards): each reads, writes and acknowledges its own."""
         assert self.journal is not None
-        await asyncio.gather(*(self._run_journal(shard) for shard in self.journal.shards))
+        loop = asyncio.get_running_loop()
+        readers = [
+            loop.create_task(self._run_journal(shard), name="litellm-jobs-journal-reader")
+            for shard in self.journal.shards
+        ]
+        # A reader cancelled at shutdown while it waited is done; the others end after their batch.
+        await asyncio.gather(*readers, return_exceptions=True)
 
     async def _run_journal(self, journal: RedisJournal) -> None:
         """Read one stream of the journal (what dead replicas left pending first), write, then acknowledge.
@@ -304,7 +321,9 @@ class Writer:
                     if journal.claim_scan_done:
                         next_claim = time.monotonic() + claim_every
                 if not entries:
-                    entries = await journal.read(self.batch_size, block_ms=500, ack=written)
+                    if self._closing:
+                        break
+                    entries = await self._wait_for_entries(journal, written)
                     written = []
                     if entries and len(entries) < self.batch_size and self.linger_s:
                         await asyncio.sleep(self.linger_s)
@@ -340,6 +359,17 @@ class Writer:
             self._report()
         await self._ack(journal, written)
 
+    async def _wait_for_entries(self, journal: RedisJournal, written: list[str]) -> list[tuple[str, dict[str, str]]]:
+        """New entries (acknowledging ``written`` in the same round trip), waiting for them up to
+        :data:`JOURNAL_BLOCK_MS`: an idle replica asks Redis every 2 s, not twice a second."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._reading.add(task)
+        try:
+            return await journal.read(self.batch_size, block_ms=JOURNAL_BLOCK_MS, ack=written)
+        finally:
+            self._reading.discard(task)
+
     async def _drained(self, journal: RedisJournal) -> bool:
         """A retiring stream is empty (every entry written and acknowledged): delete it. False if not."""
         try:
@@ -352,7 +382,7 @@ class Writer:
         return True
 
     async def _watch_journal(self) -> None:
-        """Tell the journal observer (the Prometheus gauges) the backlog, every second, outages included."""
+        """Tell the journal observer (the Prometheus gauges) the backlog every few seconds, outages included."""
         assert self.journal is not None
         while True:
             if self.journal_observer is not None:
@@ -362,7 +392,7 @@ class Writer:
                     pass
                 except Exception:
                     _log.exception("litellm-jobs: the journal's observer failed")
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(JOURNAL_GAUGE_INTERVAL_S)
 
     async def _ack(self, journal: RedisJournal, ids: list[str]) -> None:
         if not ids:
@@ -424,6 +454,7 @@ class Writer:
                         return False
                 return True
             self.stats.batches += 1
+            self.last_written_at = time.monotonic()
             self.stats.written += new
             self.stats.duplicates += len(batch) - new
             return True

@@ -67,6 +67,7 @@ INSERT INTO stripe_events (event_id, type, team_id, credits, status, payload)
 VALUES ('evt_u', 'checkout.session.completed', 'team-u', 5, 'granted', '{}');
 INSERT INTO stripe_prices (price_id, credits) VALUES ('price_u', 10);
 """,
+    10: "",  # functions only (the webhook worker's wake-up)
 }
 
 

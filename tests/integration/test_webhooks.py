@@ -262,3 +262,40 @@ async def test_one_worker_delivers_the_others_stand_by(store: PostgresStore, dat
             await wait_for_async(took_over, within=10, what="the standby to take over")
     finally:
         await second.close()
+
+
+async def test_an_idle_worker_is_woken_by_a_new_event_and_by_a_retry_falling_due(
+    store: PostgresStore, database_url: str
+) -> None:
+    """The worker does not poll the outbox while idle: a new event's NOTIFY wakes it, and it sleeps
+    only until the next retry is due. With a 60 s poll, both happen within seconds."""
+    registry = Registry(store)
+    created = await registry.add(
+        "http://127.0.0.1:1/x", team_id="team-n", event_types=["credits.granted"], description=None
+    )
+
+    def first_fails(r: Received, before: int) -> tuple[int, float]:
+        return (500, 0.0) if before == 0 else (200, 0.0)
+
+    idle = DeliveryPolicy(timeout_s=1.0, backoff_base_s=1.0, backoff_max_s=1.0, poll_s=60.0, standby_s=60.0)
+    receiver = Receiver([created["secret"]], first_fails)
+    with receiver.running():
+        query(database_url, "UPDATE webhook_endpoints SET url = %s", receiver.url)
+        async with worker(store, idle) as w:
+            await wait_for_async(lambda: _true(w.active), within=10, what="the worker to hold the lock")
+
+            async def delivered() -> bool:
+                rows = query(database_url, "SELECT status FROM webhook_deliveries")
+                return bool(rows) and all(r["status"] == "delivered" for r in rows)
+
+            await store.grant("team-n", Decimal(1), kind="grant", idempotency_key="n1", note=None)
+            # first attempt (woken by NOTIFY), a 500, then the retry 0.5-1 s later (woken by its due time)
+            await wait_for_async(delivered, within=10, what="the event, retried once, delivered")
+            assert len(receiver.received) == 2
+            await store.grant("team-n", Decimal(1), kind="grant", idempotency_key="n2", note=None)
+            await wait_for_async(delivered, within=10, what="a second event woken by its NOTIFY")
+            assert len(receiver.received) == 4  # it too failed once (a 500 per event id), then was retried
+
+
+async def _true(value: object) -> bool:
+    return bool(value)

@@ -650,6 +650,19 @@ UPDATE webhook_deliveries SET
 WHERE event_id = %(event_id)s AND endpoint_id = %(endpoint_id)s AND status = 'pending'
 RETURNING status;
 
+-- name: webhook_next_due
+-- Seconds until the earliest pending delivery may be claimed (NULL: none pending; <= 0: due now).
+SELECT extract(epoch FROM min(greatest(
+           d.next_attempt_at,
+           CASE WHEN d.order_key LIKE 'job:%%' THEN d.created_at + make_interval(secs => %(settle_s)s)
+                ELSE d.next_attempt_at END)) - now())::float8 AS due_in_s
+FROM webhook_deliveries d
+WHERE d.status = 'pending';
+
+-- name: webhook_wake
+-- Wakes the delivering process (dead letters sent again); the channel of migration 0010.
+SELECT pg_notify('ljp_webhooks_' || md5(current_schema()), '');
+
 -- name: webhook_counts
 SELECT count(*) FILTER (WHERE status = 'pending')::integer AS backlog,
        count(*) FILTER (WHERE status = 'dead')::integer AS dead,

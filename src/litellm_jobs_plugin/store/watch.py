@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -16,6 +18,9 @@ _log = logging.getLogger(__name__)
 
 class StoreWatch:
     """Pings PostgreSQL every ``interval_s`` on a connection of its own; :attr:`available` is the verdict.
+
+    No ping while the writer's batches show PostgreSQL answering (``answered_at``): under load the
+    watch costs nothing, and an outage stops those answers, so the next round pings.
 
     Not through the store's pool: at saturation the pool's connections are all busy and a ping
     waiting for one is no sign of an outage. A refused or broken connection is one at once; a ping
@@ -29,8 +34,19 @@ class StoreWatch:
         await watch.aclose()
     """
 
-    def __init__(self, url: str, *, interval_s: float = 1.0, timeout_s: float = 5.0, failures_to_down: int = 2) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        interval_s: float = 1.0,
+        timeout_s: float = 5.0,
+        failures_to_down: int = 2,
+        answered_at: Callable[[], float] | None = None,
+    ) -> None:
         self.url = url
+        #: time.monotonic() of the last time PostgreSQL answered someone else (the writer): no ping is
+        #: needed while that is recent and the verdict is "available".
+        self.answered_at = answered_at
         self.interval_s = interval_s
         self.timeout_s = timeout_s
         self.failures_to_down = failures_to_down
@@ -58,7 +74,10 @@ class StoreWatch:
             if self._timeouts >= self.failures_to_down:
                 self._down(f"no answer in {self.timeout_s:.1f}s, {self._timeouts} times")
         except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as exc:
+            reused = self._conn is not None
             await self._drop_connection()
+            if reused:  # a connection left from before a restart is no verdict: ask on a fresh one
+                return await self.check()
             self._down(str(exc).strip() or type(exc).__name__)
         else:
             self._timeouts = 0
@@ -80,7 +99,9 @@ class StoreWatch:
 
     async def _run(self) -> None:
         while True:
-            await self.check()
+            recent = self.answered_at is not None and time.monotonic() - self.answered_at() < self.interval_s
+            if not (recent and self.available):
+                await self.check()
             await asyncio.sleep(self.interval_s)
 
     async def aclose(self) -> None:

@@ -186,6 +186,8 @@ class Registry:
             "webhook_retry_dead",
             {"endpoint_id": None if endpoint_id is None else check_endpoint_id(endpoint_id), "event_ids": event_ids},
         )
+        if rows:
+            await self.store.fetch_all("webhook_wake", {})
         return len(rows)
 
     async def counts(self) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
 
 from ..store.postgres import PostgresStore
@@ -42,6 +43,16 @@ _log = logging.getLogger("litellm_jobs_plugin.webhooks")
 #: pg_advisory_lock key: the first 8 bytes of sha256("litellm_jobs_plugin.webhooks").
 WEBHOOK_LOCK_KEY = int.from_bytes(hashlib.sha256(b"litellm_jobs_plugin.webhooks").digest()[:8], "big", signed=True)
 _MAX_ERROR_CHARS = 500
+#: A pending delivery that is due but not claimable (behind an earlier one of its job or team) is
+#: looked at again after this long, not in a busy loop.
+_MIN_WAIT_S = 0.25
+#: While sends are in flight, new due deliveries are looked for at least this often.
+_BUSY_POLL_S = 0.5
+
+
+def wakeup_channel(schema: str) -> str:
+    """The NOTIFY channel an event with deliveries wakes the worker on (migration 0010: per schema)."""
+    return "ljp_webhooks_" + hashlib.md5(schema.encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +64,7 @@ class DeliveryPolicy:
     max_age_s: float = 86_400.0
     backoff_base_s: float = 1.0
     backoff_max_s: float = 600.0
-    poll_s: float = 0.5
+    poll_s: float = 30.0
     standby_s: float = 5.0
     retention_s: float = 7 * 86_400.0
     job_settle_s: float = 1.0
@@ -182,6 +193,7 @@ class WebhookWorker:
     async def _deliver(self, conn: psycopg.AsyncConnection[dict[str, Any]]) -> None:
         p = self.policy
         self._client = httpx.AsyncClient(timeout=p.timeout_s, follow_redirects=False)
+        await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(wakeup_channel(self.store.schema))))
         checked = counted = pruned = 0.0
         while True:
             now = time.monotonic()
@@ -207,10 +219,23 @@ class WebhookWorker:
                     task = asyncio.get_running_loop().create_task(self._send(row), name="litellm-jobs-webhook-send")
                     self._inflight[key] = task
                     task.add_done_callback(self._forget(key))
-            if self._inflight:
-                await asyncio.wait(set(self._inflight.values()), timeout=p.poll_s, return_when=asyncio.FIRST_COMPLETED)
-            if not claimed or len(claimed) < free:
-                await asyncio.sleep(p.poll_s if not self._inflight else 0)
+            if self._inflight:  # busy: look again when a send ends, or soon
+                busy = set(self._inflight.values())
+                await asyncio.wait(busy, timeout=min(p.poll_s, _BUSY_POLL_S), return_when=asyncio.FIRST_COMPLETED)
+            elif len(claimed) < free:
+                # Nothing more due: sleep until a new event's NOTIFY, the next retry's time, or the next ping.
+                until_ping = p.standby_s - (time.monotonic() - checked)
+                await self._wait_for_work(conn, min(p.poll_s, max(until_ping, 0.0)))
+
+    async def _wait_for_work(self, conn: psycopg.AsyncConnection[dict[str, Any]], longest_s: float) -> None:
+        """Return on a new event's NOTIFY, when the earliest pending delivery is due, or after ``longest_s``."""
+        row = await self.store.fetch_one("webhook_next_due", {"settle_s": self.policy.job_settle_s})
+        due_in = row["due_in_s"] if row is not None else None
+        timeout = longest_s if due_in is None else min(longest_s, max(float(due_in), _MIN_WAIT_S))
+        if timeout <= 0:
+            return
+        async for _ in conn.notifies(timeout=timeout, stop_after=1):
+            pass
 
     def _forget(self, key: str) -> Callable[[asyncio.Task[None]], None]:
         def done(_: asyncio.Task[None]) -> None:
