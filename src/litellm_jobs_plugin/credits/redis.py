@@ -27,6 +27,7 @@ from urllib.parse import unquote
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.exceptions import NoScriptError
 
 from ..errors import StoreUnavailable
 from ..journal import UNAVAILABLE, Client, RedisJournal, consumer_name
@@ -254,7 +255,11 @@ class RedisCredits:
 
     async def _call(self, script: Any, keys: list[str], args: list[Any]) -> list[str]:
         try:
-            result = await script(keys=keys, args=args)
+            try:
+                # EVALSHA straight away (redis-py's Script object re-checks its SHA on every call)
+                result = await self.client.evalsha(script.sha, len(keys), *keys, *args)
+            except NoScriptError:  # a Redis that restarted or flushed its scripts: load it, run it
+                result = await script(keys=keys, args=args)
         except UNAVAILABLE as exc:
             raise StoreUnavailable(f"Redis is unavailable ({type(exc).__name__}); retry shortly.") from exc
         if not isinstance(result, list):
