@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from tests.support.services import FakeUpstream, PostgresServer, Proxy, proxy_config
+from tests.support.services import FakeUpstream, Fleet, PostgresServer, Proxy, proxy_config, start_proxies
 
 # The plugin's settings come from JOBS_* variables: tests set them explicitly, never inherit them.
 for _name in [n for n in os.environ if n.startswith("JOBS_") and not n.startswith("JOBS_TEST_")]:
@@ -46,22 +46,109 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeUpstream]
         yield server
 
 
+#: The three places credit decisions are made: this process's memory (one replica alone on its
+#: database), PostgreSQL (row locks; what a replica decides once it shares the database) and Redis.
+CREDIT_MODES = ("in_process", "postgres", "redis")
+DEFAULT_CREDIT_MODE = "in_process"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--credit-mode",
+        choices=CREDIT_MODES,
+        default=None,
+        help="the credit mode of the proxies start_proxy and shared_proxy start: in_process (one proxy, the "
+        "default), postgres or redis (two replicas on one database behind a round-robin front); "
+        "default: $JOBS_TEST_CREDIT_MODE, else in_process",
+    )
+
+
+def suite_credit_mode(config: pytest.Config) -> str:
+    """The run's credit mode: --credit-mode, else JOBS_TEST_CREDIT_MODE, else in_process."""
+    mode = config.getoption("credit_mode") or os.environ.get("JOBS_TEST_CREDIT_MODE") or DEFAULT_CREDIT_MODE
+    if mode not in CREDIT_MODES:
+        raise pytest.UsageError(f"JOBS_TEST_CREDIT_MODE={mode!r}: not one of {', '.join(CREDIT_MODES)}")
+    return str(mode)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    suite_credit_mode(config)  # a bad JOBS_TEST_CREDIT_MODE fails the run at once
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"credit mode: {suite_credit_mode(config)}"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """In the postgres and redis modes, the tests that run once skip: those marked ``single_mode`` and
+    those that take the ``credit_mode`` fixture (they run in every mode already, from the default run)."""
+    mode = suite_credit_mode(config)
+    if mode == DEFAULT_CREDIT_MODE:
+        return
+    for item in items:
+        marker = item.get_closest_marker("single_mode")
+        if marker is not None:
+            why = marker.args[0] if marker.args else marker.kwargs.get("reason", "")
+            item.add_marker(pytest.mark.skip(reason=f"single mode, runs in {DEFAULT_CREDIT_MODE}: {why}"))
+        elif "credit_mode" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.skip(reason="parametrized over the credit modes itself"))
+
+
+@pytest.fixture(scope="session")
+def start_in_mode(request: pytest.FixtureRequest, redis_server_url: str | None) -> Callable[..., Proxy | Fleet]:
+    """Starts "the proxy" of a test in the run's credit mode: one process (in_process), or two replicas
+    on the same database and Redis prefix behind a round-robin front (postgres, redis). The caller stops it."""
+    mode = suite_credit_mode(request.config)
+
+    def start(
+        tmp: Path,
+        config: dict[str, Any],
+        *,
+        env: dict[str, str],
+        redis_prefix: str | None = None,
+        wait: bool = True,
+        support_files: tuple[str, ...] = (),
+        args: tuple[str, ...] = (),
+    ) -> Proxy | Fleet:
+        mode_env = credit_mode_env(mode, redis_server_url, redis_prefix or new_redis_prefix())
+        return start_proxies(
+            tmp,
+            config,
+            env={**mode_env, **env},
+            replicas=1 if mode == DEFAULT_CREDIT_MODE else 2,
+            wait=wait,
+            support_files=support_files,
+            args=args,
+        )
+
+    return start
+
+
 @pytest.fixture
-def start_proxy(tmp_path: Path, upstream: FakeUpstream, database_url: str) -> Iterator[Callable[..., Proxy]]:
-    """Start real ``litellm`` proxies for one test; all are stopped by PID at its end.
+def start_proxy(
+    tmp_path: Path,
+    upstream: FakeUpstream,
+    database_url: str,
+    redis_prefix: str,
+    start_in_mode: Callable[..., Proxy | Fleet],
+) -> Iterator[Callable[..., Proxy | Fleet]]:
+    """Start real ``litellm`` proxies for one test, in the run's credit mode; all are stopped by PID at its end.
 
     It depends on ``database_url`` so that its proxies stop before the test's database is dropped (a proxy
-    whose database vanished under it spends its whole shutdown timeout retrying its last records).
+    whose database vanished under it spends its whole shutdown timeout retrying its last records). The
+    proxies of one database share the test's Redis prefix (a proxy started again finds its Redis state).
     """
-    started: list[Proxy] = []
+    started: list[Proxy | Fleet] = []
+    prefixes: dict[str, str] = {database_url: redis_prefix}
 
     def start(
         database_url: str, *, env: dict[str, str] | None = None, wait: bool = True, **config_overrides: Any
-    ) -> Proxy:
-        proxy = Proxy.start(
+    ) -> Proxy | Fleet:
+        proxy = start_in_mode(
             tmp_path,
             proxy_config(upstream, **config_overrides),
             env={"JOBS_DATABASE_URL": database_url, **(env or {})},
+            redis_prefix=prefixes.setdefault(database_url, new_redis_prefix()),
             wait=wait,
         )
         started.append(proxy)
@@ -74,10 +161,14 @@ def start_proxy(tmp_path: Path, upstream: FakeUpstream, database_url: str) -> It
 
 @pytest.fixture(scope="module")
 def shared_proxy(
-    tmp_path_factory: pytest.TempPathFactory, upstream: FakeUpstream, module_database_url: str
-) -> Iterator[Proxy]:
-    """One proxy for the tests of a module that only add data (each test uses its own job ids)."""
-    proxy = Proxy.start(
+    tmp_path_factory: pytest.TempPathFactory,
+    upstream: FakeUpstream,
+    module_database_url: str,
+    start_in_mode: Callable[..., Proxy | Fleet],
+) -> Iterator[Proxy | Fleet]:
+    """One proxy (in the run's credit mode) for the tests of a module that only add data (each test
+    uses its own job ids)."""
+    proxy = start_in_mode(
         tmp_path_factory.mktemp("proxy"), proxy_config(upstream), env={"JOBS_DATABASE_URL": module_database_url}
     )
     for team in ("team-a", "team-b", "team-c"):
@@ -129,15 +220,15 @@ def _clean_test_redis_keys(redis_server_url: str | None) -> Iterator[None]:
         client.close()
 
 
-@pytest.fixture
-def redis_prefix() -> str:
-    """A key prefix of this test's own."""
+def new_redis_prefix() -> str:
+    """A Redis key prefix of its own, under the run's (whose keys the run deletes at its end)."""
     return f"{REDIS_TEST_PREFIX}-{uuid.uuid4().hex[:8]}"
 
 
-#: The three places credit decisions are made: this process's memory (one replica alone on its
-#: database), PostgreSQL (row locks; what a replica decides once it shares the database) and Redis.
-CREDIT_MODES = ("in_process", "postgres", "redis")
+@pytest.fixture
+def redis_prefix() -> str:
+    """A key prefix of this test's own."""
+    return new_redis_prefix()
 
 
 def credit_mode_env(mode: str, redis_url: str | None, prefix: str) -> dict[str, str]:

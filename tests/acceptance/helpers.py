@@ -5,8 +5,12 @@ from typing import Any
 
 import httpx
 import openai
+from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.services import Proxy, wait_for
+from tests.support.services import Fleet, Proxy, wait_for
+
+#: A sample of /metrics: its name and its labels, sorted.
+SampleKey = tuple[str, tuple[tuple[str, str], ...]]
 
 TEAM_A, TEAM_B = "sk-team-a", "sk-team-b"
 
@@ -39,12 +43,30 @@ def wait_for_job(
     return job
 
 
-def wait_writer_idle(proxy: Proxy, timeout: float = 30) -> None:
+def wait_writer_idle(proxy: Proxy | Fleet, timeout: float = 30) -> None:
+    """Until every replica's writer has written what it buffered."""
     wait_for(
-        lambda: proxy.health().json()["writer"]["buffer_depth"] == 0,
+        lambda: all(p.health().json()["writer"]["buffer_depth"] == 0 for p in proxy.replicas),
         timeout=timeout,
         what="the writer's buffer to drain",
     )
+
+
+def metric_samples(
+    proxy: Proxy | Fleet, key: str = "sk-master", prefix: str = "litellm_jobs_"
+) -> dict[SampleKey, float]:
+    """The samples of ``/metrics/`` named ``prefix...`` as ``key`` reads them, summed over the replicas:
+    each replica counts what it served, a fleet's figure is their sum (as a Prometheus ``sum`` would)."""
+    values: dict[SampleKey, float] = {}
+    for replica in proxy.replicas:
+        r = httpx.get(f"{replica.url}/metrics/", headers={"Authorization": f"Bearer {key}"}, timeout=30)
+        assert r.status_code == 200, r.text
+        for family in text_string_to_metric_families(r.text):
+            for sample in family.samples:
+                if sample.name.startswith(prefix):
+                    name = (sample.name, tuple(sorted(sample.labels.items())))
+                    values[name] = values.get(name, 0.0) + sample.value
+    return values
 
 
 def cost_header(headers: httpx.Headers) -> Decimal:

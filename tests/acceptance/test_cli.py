@@ -16,13 +16,17 @@ import pytest
 
 from tests.acceptance.helpers import tag, wait_for_job
 from tests.conftest import query
-from tests.support.services import Proxy, clean_env
+from tests.support.services import Fleet, Proxy, clean_env
 
 CLI = Path(sys.executable).with_name("litellm-jobs")
 
 
-def cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+def cli(database_url: str, *args: str, proxy: Proxy | Fleet | None = None) -> subprocess.CompletedProcess[str]:
+    """The command on ``database_url``; with the settings that say where ``proxy`` decides credits, as
+    docs/cli.md asks (its JOBS_REDIS_URL and JOBS_REDIS_PREFIX, when it decides in Redis)."""
     env = {**clean_env(), "JOBS_DATABASE_URL": database_url, "COLUMNS": "200"}
+    if proxy is not None:
+        env |= {k: v for k, v in proxy.replicas[0].env.items() if k.startswith("JOBS_REDIS_")}
     return subprocess.run([str(CLI), *args], capture_output=True, text=True, env=env, timeout=120)
 
 
@@ -33,9 +37,9 @@ def cli80(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(CLI), *args], capture_output=True, text=True, env=env, timeout=120)
 
 
-def cli_json(database_url: str, *args: str) -> Any:
+def cli_json(database_url: str, *args: str, proxy: Proxy | Fleet | None = None) -> Any:
     split = args.index("--") if "--" in args else len(args)  # options go before "--"
-    done = cli(database_url, *args[:split], "--json", *args[split:])
+    done = cli(database_url, *args[:split], "--json", *args[split:], proxy=proxy)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
@@ -108,8 +112,9 @@ def test_a_grant_reaches_a_running_proxy_and_its_jobs_are_listed(
             model="ChatAgent", messages=[{"role": "user", "content": "x"}], extra_body=tag(job_id)
         )
     assert no_credits.value.status_code == 402
-    # The proxy decides credits in memory (alone, no Redis): the command joins, the proxy hands over.
-    assert cli_json(database_url, "credits", "grant", "team-d", "3")["credits_remaining"] == "3"
+    # A proxy alone without Redis decides credits in memory: the command joins, the proxy hands over. Proxies
+    # that decide in PostgreSQL read it there; in Redis, the command applies the grant there too.
+    assert cli_json(database_url, "credits", "grant", "team-d", "3", proxy=proxy)["credits_remaining"] == "3"
     for purpose in ("extract", "summarise"):
         oai.chat.completions.create(
             model="ChatAgent", messages=[{"role": "user", "content": "x"}], extra_body=tag(job_id, purpose=purpose)
@@ -124,7 +129,7 @@ def test_a_grant_reaches_a_running_proxy_and_its_jobs_are_listed(
     table = cli(database_url, "jobs", "list", "--team", "team-d")
     assert job_id in table.stdout
     assert "document_analysis" in table.stdout
-    balance = cli_json(database_url, "credits", "show", "team-d")
+    balance = cli_json(database_url, "credits", "show", "team-d", proxy=proxy)
     assert balance["credits_held"] == "1"
 
 
@@ -273,7 +278,7 @@ def test_team_policy_set_and_show(database_url: str) -> None:
 
 def test_a_policy_set_by_the_cli_reaches_a_running_proxy(database_url: str, start_proxy: Callable[..., Proxy]) -> None:
     proxy = start_proxy(database_url, env={"JOBS_POLICY_REFRESH_S": "1"})
-    cli_json(database_url, "credits", "grant", "team-d", "5")
+    cli_json(database_url, "credits", "grant", "team-d", "5", proxy=proxy)
     oai = openai.OpenAI(base_url=proxy.url, api_key="sk-team-d", max_retries=0)
     oai.chat.completions.create(
         model="ChatAgent", messages=[{"role": "user", "content": "x"}], extra_body=tag(f"p-{uuid.uuid4().hex[:8]}")

@@ -7,7 +7,7 @@ import asyncio
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -45,9 +45,12 @@ class Person(pydantic.BaseModel):
 
 @pytest.fixture(scope="module")
 def proxy(
-    tmp_path_factory: pytest.TempPathFactory, upstream: FakeUpstream, module_database_url: str
+    tmp_path_factory: pytest.TempPathFactory,
+    upstream: FakeUpstream,
+    module_database_url: str,
+    start_in_mode: Callable[..., Proxy],
 ) -> Iterator[Proxy]:
-    proxy = Proxy.start(
+    proxy = start_in_mode(
         tmp_path_factory.mktemp("proxy"),
         proxy_config(upstream),
         env={"JOBS_DATABASE_URL": module_database_url, "JOBS_DEFAULT_MODEL": "Summarizer"},

@@ -266,6 +266,7 @@ def send_lying_length(proxy: Proxy, declared: int) -> bytes:
     return answer
 
 
+@pytest.mark.single_mode("one proxy process's memory, on its own socket (a front would hold the body, not it)")
 def test_huge_bodies_are_refused_without_being_held_in_memory(proxy: Proxy) -> None:
     pid = proxy.proc.pid
     url = f"{proxy.url}/api/jobs/create"

@@ -17,9 +17,8 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.acceptance.helpers import TEAM_A, TEAM_B, api, client, tag, wait_for_job
+from tests.acceptance.helpers import TEAM_A, TEAM_B, api, client, metric_samples, tag, wait_for_job
 from tests.support.services import ROOT, FakeUpstream, Proxy, proxy_config
 
 MASTER = "sk-master"
@@ -30,9 +29,12 @@ MESSAGES = [{"role": "user", "content": "hello"}]
 
 @pytest.fixture(scope="module")
 def proxy(
-    tmp_path_factory: pytest.TempPathFactory, upstream: FakeUpstream, module_database_url: str
+    tmp_path_factory: pytest.TempPathFactory,
+    upstream: FakeUpstream,
+    module_database_url: str,
+    start_in_mode: Callable[..., Proxy],
 ) -> Iterator[Proxy]:
-    server = Proxy.start(
+    server = start_in_mode(
         tmp_path_factory.mktemp("hostile"),
         proxy_config(upstream, litellm_settings=CALLBACKS),
         env={"JOBS_DATABASE_URL": module_database_url},
@@ -62,15 +64,8 @@ def completed_job_of_team_a(proxy: Proxy, what: str) -> str:
 
 
 def jobs_samples(proxy: Proxy, key: str) -> list[tuple[str, dict[str, str], float]]:
-    """The ``litellm_jobs_*`` samples of ``/metrics/`` as ``key`` reads them."""
-    r = httpx.get(f"{proxy.url}/metrics/", headers={"Authorization": f"Bearer {key}"}, timeout=30)
-    assert r.status_code == 200, r.text
-    return [
-        (s.name, dict(s.labels), s.value)
-        for family in text_string_to_metric_families(r.text)
-        for s in family.samples
-        if s.name.startswith("litellm_jobs_")
-    ]
+    """The ``litellm_jobs_*`` samples of ``/metrics/`` as ``key`` reads them (summed over the replicas)."""
+    return [(name, dict(labels), v) for (name, labels), v in metric_samples(proxy, key).items()]
 
 
 def value(samples: list[tuple[str, dict[str, str], float]], name: str, **labels: str) -> float:
@@ -171,6 +166,7 @@ def test_a_team_key_never_reads_another_teams_figures(proxy: Proxy) -> None:
     assert {t["team_id"] for t in own["teams"]} == {"team-a"}
 
 
+@pytest.mark.single_mode("the shipped litellm_config.yaml as a user starts it: one proxy, credits in process")
 def test_the_shipped_configuration_keeps_teams_apart(tmp_path: Path, database_url: str) -> None:
     """litellm_config.yaml with demo_auth.py: /metrics refuses team keys, the series are fleet totals."""
     team_a, team_b, master = "sk-demo-team-a", "sk-demo-team-b", "sk-local-master"

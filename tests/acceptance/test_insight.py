@@ -10,7 +10,7 @@ import json
 import random
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
@@ -18,9 +18,8 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.acceptance.helpers import api
+from tests.acceptance.helpers import api, metric_samples
 from tests.conftest import query
 from tests.support.services import FakeUpstream, Proxy, proxy_config, wait_for
 
@@ -50,7 +49,10 @@ def call(proxy: Proxy, job_id: str, text: str = "go", model: str = "ChatAgent") 
 
 @pytest.fixture(scope="module")
 def proxy(
-    tmp_path_factory: pytest.TempPathFactory, upstream: FakeUpstream, module_database_url: str
+    tmp_path_factory: pytest.TempPathFactory,
+    upstream: FakeUpstream,
+    module_database_url: str,
+    start_in_mode: Callable[..., Proxy],
 ) -> Iterator[tuple[Proxy, Workload]]:
     tmp = tmp_path_factory.mktemp("insight")
     tags_file = tmp / "tags.jsonl"
@@ -58,7 +60,7 @@ def proxy(
         upstream,
         litellm_settings={"callbacks": ["litellm_jobs_plugin.plugin", "prometheus", "tag_probe.probe"]},
     )
-    proxy = Proxy.start(
+    proxy = start_in_mode(
         tmp,
         config,
         env={
@@ -250,14 +252,8 @@ def test_the_team_summary_and_usage(proxy: tuple[Proxy, Workload]) -> None:
 
 
 def metric_values(server: Proxy) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    r = httpx.get(f"{server.url}/metrics/", headers={"Authorization": "Bearer sk-master"}, timeout=30)
-    assert r.status_code == 200, r.text
-    values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
-    for family in text_string_to_metric_families(r.text):
-        for sample in family.samples:
-            if sample.name.startswith("litellm_jobs_"):
-                values[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return values
+    """The ``litellm_jobs_*`` series, summed over the replicas (one proxy's or a fleet's)."""
+    return metric_samples(server)
 
 
 def test_prometheus_series_count_the_workload(proxy: tuple[Proxy, Workload]) -> None:
@@ -306,6 +302,7 @@ def test_job_types_reach_litellms_request_tags(proxy: tuple[Proxy, Workload], mo
         assert f"job_type:{row['job_type']}" in tags_by_call[row["call_id"]]
 
 
+@pytest.mark.single_mode("LiteLLM's own workers (--num_workers) inside one proxy, on its own database")
 def test_series_add_up_across_proxy_workers(tmp_path: Path, upstream: FakeUpstream, database_url: str) -> None:
     """``litellm --num_workers 2`` with PROMETHEUS_MULTIPROC_DIR: /metrics sums every worker's series."""
     from concurrent.futures import ThreadPoolExecutor

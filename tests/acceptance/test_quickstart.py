@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import openai
+import pytest
 
 from litellm_jobs_plugin import __version__
 from tests.support.services import ROOT, Proxy, wait_for
@@ -33,6 +34,7 @@ def test_the_readme_quickstart_is_the_docs_quickstart() -> None:
         assert quickstart_block(readme, name) == quickstart_block(page, name), name
 
 
+@pytest.mark.single_mode("the quickstart: one proxy with its embedded PostgreSQL, credits in process")
 def test_repository_config_runs_with_an_embedded_database(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     proxy = Proxy.launch(ROOT / "litellm_config.yaml", tmp_path, env={"JOBS_DATA_DIR": str(data_dir)})

@@ -17,6 +17,8 @@ from tests.conftest import query
 from tests.support.outages import OwnRedis, own_redis
 from tests.support.services import Proxy, wait_for
 
+pytestmark = pytest.mark.single_mode("one proxy on a Redis of the test's own, which it empties (FLUSHDB)")
+
 
 @pytest.fixture
 def own(tmp_path: Path) -> Iterator[OwnRedis]:

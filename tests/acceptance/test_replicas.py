@@ -16,6 +16,10 @@ from tests.acceptance.test_reliability import reconcile_report
 from tests.conftest import query
 from tests.support.services import FakeUpstream, Proxy, wait_for
 
+pytestmark = pytest.mark.single_mode(
+    "starts its own two replicas in each of its modes (Redis, Redis Cluster, PostgreSQL)",
+)
+
 
 @pytest.fixture(params=["redis", "cluster", "postgres"])
 def replicas(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -24,9 +24,12 @@ ACME = "sk-acme"  # test_auth maps it to team acme-corp
 
 @pytest.fixture(scope="module")
 def proxy(
-    tmp_path_factory: pytest.TempPathFactory, upstream: FakeUpstream, module_database_url: str
+    tmp_path_factory: pytest.TempPathFactory,
+    upstream: FakeUpstream,
+    module_database_url: str,
+    start_in_mode: Callable[..., Proxy],
 ) -> Iterator[Proxy]:
-    proxy = Proxy.start(
+    proxy = start_in_mode(
         tmp_path_factory.mktemp("proxy"), proxy_config(upstream), env={"JOBS_DATABASE_URL": module_database_url}
     )
     for team in ("acme-corp", "team-a", "team-b"):

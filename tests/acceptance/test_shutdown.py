@@ -11,7 +11,7 @@ import openai
 import psycopg
 
 from tests.conftest import query
-from tests.support.services import Proxy, wait_for
+from tests.support.services import Fleet, Proxy, wait_for
 
 
 async def _fire(proxy: Proxy, n_calls: int, n_jobs: int) -> list[str]:
@@ -33,30 +33,40 @@ async def _fire(proxy: Proxy, n_calls: int, n_jobs: int) -> list[str]:
 
 
 def test_sigterm_right_after_500_concurrent_calls_loses_nothing(
-    start_proxy: Callable[..., Proxy], database_url: str
+    start_proxy: Callable[..., Proxy | Fleet], database_url: str
 ) -> None:
     proxy = start_proxy(database_url)
     proxy.grant("team-a", 1000)
     # Hold the writer back: while this lock is held, no call event can be inserted. Calls must
     # still be answered (the request path never waits for PostgreSQL), and at SIGTERM every
     # event is still buffered, so only the shutdown flush can save them.
+    # With credits in PostgreSQL the request path does use it: a call is admitted under its job's row
+    # lock, which the held-back writer keeps (it locks a batch's jobs before inserting its events), so
+    # the lock would hold the calls back too. There SIGTERM follows the last answer at once, unblocked.
+    hold_writer_back = proxy.replicas[0].env.get("JOBS_LOCAL_CREDITS") != "false"
     blocker = psycopg.connect(database_url)
-    blocker.execute("LOCK TABLE litellm_jobs.call_events IN SHARE MODE")
+    if hold_writer_back:
+        blocker.execute("LOCK TABLE litellm_jobs.call_events IN SHARE MODE")
     try:
         call_ids = asyncio.run(_fire(proxy, 500, 50))
         assert len(set(call_ids)) == 500
-        assert query(database_url, "SELECT count(*) AS n FROM calls") == [{"n": 0}]
-        os.killpg(proxy.proc.pid, signal.SIGTERM)
-        wait_for(
-            lambda: "Waiting for application shutdown" in proxy.log_path.read_text(errors="replace"),
-            timeout=60,
-            what="the proxy to begin its shutdown",
-        )
-        assert proxy.proc.poll() is None, "the proxy exited without waiting for its buffer"
+        if hold_writer_back:
+            assert query(database_url, "SELECT count(*) AS n FROM calls") == [{"n": 0}]
+        for replica in proxy.replicas:  # one proxy, or each replica of a fleet
+            os.killpg(replica.proc.pid, signal.SIGTERM)
+        for replica in proxy.replicas:
+            wait_for(
+                lambda replica=replica: "Waiting for application shutdown" in replica.log_text(),  # type: ignore[misc]
+                timeout=60,
+                what="the proxy to begin its shutdown",
+            )
+            if hold_writer_back:
+                assert replica.proc.poll() is None, "the proxy exited without waiting for its buffer"
     finally:
         blocker.rollback()
         blocker.close()
-    proxy.proc.wait(timeout=120)
+    for replica in proxy.replicas:
+        replica.proc.wait(timeout=120)
 
     rows = query(database_url, "SELECT call_id FROM calls")
     assert sorted(r["call_id"] for r in rows) == sorted(call_ids)

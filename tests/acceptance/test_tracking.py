@@ -192,8 +192,9 @@ def test_an_untagged_call_is_its_own_job(shared_proxy: Proxy) -> None:
 def test_a_cache_hit_is_recorded_with_the_cost_litellm_reports(shared_proxy: Proxy) -> None:
     job_id = new_id("cache")
     messages = [{"role": "user", "content": f"cache me {job_id}"}]
+    # The test config's cache is LiteLLM's local one, each process's own: both calls to one replica.
     raws = [
-        client(shared_proxy).chat.completions.with_raw_response.create(
+        client(shared_proxy.replicas[0]).chat.completions.with_raw_response.create(
             model="ChatAgent", messages=messages, extra_body={**tag(job_id), "cache": {"use-cache": True}}
         )
         for _ in range(2)

@@ -15,6 +15,8 @@ import pytest
 from tests.acceptance.helpers import tag, wait_for_job
 from tests.support.services import Proxy
 
+pytestmark = pytest.mark.single_mode("the dashboard's page and browser test: the same routes in every credit mode")
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 

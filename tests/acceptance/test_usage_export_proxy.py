@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 
 import httpx
+import pytest
 
 from litellm_jobs_plugin.billing.events import job_event_id
 from tests.conftest import query
@@ -18,6 +19,8 @@ from tests.support.services import Proxy, wait_for
 ADMIN = {"Authorization": "Bearer sk-master"}
 TEAM_A = {"Authorization": "Bearer sk-team-a"}
 EXPORT_ENV = {"JOBS_EXPORT_INTERVAL_S": "0.2", "JOBS_EXPORT_DELAY_S": "0"}
+
+pytestmark = pytest.mark.single_mode("kills one proxy with SIGKILL mid-export and starts the next one")
 
 
 def close_jobs(proxy: Proxy, ids: list[str]) -> None:

@@ -12,6 +12,7 @@ from collections import Counter
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.acceptance.helpers import client
 from tests.conftest import query
@@ -147,6 +148,7 @@ def test_every_state_change_arrives_once_signed_through_500s_and_timeouts(
         assert by_type["credits.granted"]["data"]["grant"]["amount"] == "5"
 
 
+@pytest.mark.single_mode("kills one proxy with SIGKILL mid-delivery and starts the next one")
 def test_a_delivery_cut_by_kill_9_is_sent_again_by_the_next_proxy(start_proxy: Any, database_url: str) -> None:
     in_flight = threading.Event()
 

@@ -165,6 +165,21 @@ def proxy_config(upstream: FakeUpstream, **overrides: Any) -> dict[str, Any]:
     return config
 
 
+def grant_credits(
+    url: str, team_id: str, amount: float | str, *, key: str | None = None, admin_key: str = "sk-master"
+) -> dict[str, Any]:
+    """Grant credits through the admin route of the proxy at ``url``, as an operator would."""
+    r = httpx.post(
+        f"{url}/api/teams/{team_id}/credits",
+        headers={"Authorization": f"Bearer {admin_key}"},
+        json={"amount": str(amount), "idempotency_key": key or f"grant-{uuid.uuid4().hex}"},
+        timeout=30,
+    )
+    r.raise_for_status()
+    body: dict[str, Any] = r.json()
+    return body
+
+
 @dataclass
 class Proxy:
     proc: subprocess.Popen[bytes]
@@ -201,18 +216,19 @@ class Proxy:
         self, team_id: str, amount: float | str, *, key: str | None = None, admin_key: str = "sk-master"
     ) -> dict[str, Any]:
         """Grant credits through the admin route, as an operator would."""
-        r = httpx.post(
-            f"{self.url}/api/teams/{team_id}/credits",
-            headers={"Authorization": f"Bearer {admin_key}"},
-            json={"amount": str(amount), "idempotency_key": key or f"grant-{uuid.uuid4().hex}"},
-            timeout=30,
-        )
-        r.raise_for_status()
-        body: dict[str, Any] = r.json()
-        return body
+        return grant_credits(self.url, team_id, amount, key=key, admin_key=admin_key)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
         return stop_process(self.proc, sig=sig, timeout=timeout)
+
+    @property
+    def replicas(self) -> list[Proxy]:
+        """The processes behind :attr:`url`: this one (a :class:`Fleet` has several)."""
+        return [self]
+
+    def log_text(self) -> str:
+        """The whole log so far."""
+        return self.log_path.read_text(errors="replace")
 
     @classmethod
     def start(
@@ -261,6 +277,129 @@ class Proxy:
                 proxy.stop(timeout=10)
                 raise
         return proxy
+
+
+@dataclass
+class Front:
+    """The round-robin HTTP front of a :class:`Fleet` (``tests/support/front.py``), in its own process."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @classmethod
+    def start(cls, workdir: Path, backends: list[str]) -> Front:
+        port_file = workdir / f"front-{uuid.uuid4().hex[:6]}.port"
+        with (workdir / "front.log").open("ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "tests.support.front", "--port-file", str(port_file), *backends],
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+
+            def port() -> int | None:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"the front exited with {proc.returncode}")
+                return int(port_file.read_text()) if port_file.exists() else None
+
+            return cls(proc, int(wait_for(port, timeout=30, what="the front's port")))
+        except BaseException:
+            stop_process(proc, timeout=10)
+            raise
+
+    def stop(self) -> None:
+        stop_process(self.proc, timeout=10)
+
+
+class Fleet:
+    """Proxy replicas on one database (and Redis prefix) behind one round-robin :class:`Front`.
+
+    What a test gets as "the proxy" in the postgres and redis credit modes: :attr:`url` alternates
+    between the replicas request by request; :attr:`replicas` reaches each one (its log, its
+    /metrics, its process)."""
+
+    def __init__(self, replicas: list[Proxy], front: Front) -> None:
+        self.replicas = replicas
+        self.front = front
+
+    @property
+    def url(self) -> str:
+        return self.front.url
+
+    @property
+    def port(self) -> int:
+        return self.front.port
+
+    @property
+    def env(self) -> dict[str, str]:
+        return self.replicas[0].env
+
+    def log_tail(self, n: int = 80) -> str:
+        return "\n".join(f"--- replica {i} ({p.url}) ---\n{p.log_tail(n)}" for i, p in enumerate(self.replicas))
+
+    def log_text(self) -> str:
+        """Every replica's log, one after the other."""
+        return "\n".join(p.log_text() for p in self.replicas)
+
+    def health(self) -> httpx.Response:
+        """The first replica's answer that is not a 200, else the last replica's: the fleet is
+        healthy when every replica is."""
+        answers = [p.health() for p in self.replicas]
+        return next((a for a in answers if a.status_code != 200), answers[-1])
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        for proxy in self.replicas:
+            proxy.wait_ready(timeout)
+
+    def grant(
+        self, team_id: str, amount: float | str, *, key: str | None = None, admin_key: str = "sk-master"
+    ) -> dict[str, Any]:
+        """One grant, through the front (whichever replica takes it, every replica sees it)."""
+        return grant_credits(self.url, team_id, amount, key=key, admin_key=admin_key)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+        """Signal every replica at once, wait for each (SIGKILL after ``timeout``), then stop the front;
+        the first replica's exit code."""
+        for proxy in self.replicas:
+            if proxy.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proxy.proc.pid, sig)
+        codes = [proxy.stop(sig=sig, timeout=timeout) for proxy in self.replicas]
+        self.front.stop()
+        return codes[0]
+
+
+def start_proxies(
+    tmp: Path,
+    config: Mapping[str, Any],
+    *,
+    env: Mapping[str, str],
+    replicas: int = 1,
+    wait: bool = True,
+    support_files: tuple[str, ...] = (),
+    args: tuple[str, ...] = (),
+) -> Proxy | Fleet:
+    """One proxy, or ``replicas`` of them (each in its own folder, started together) behind a :class:`Front`."""
+    if replicas == 1:
+        return Proxy.start(tmp, config, env=env, wait=wait, support_files=support_files, args=args)
+    started: list[Proxy] = []
+    try:
+        for _ in range(replicas):
+            started.append(Proxy.start(tmp, config, env=env, wait=False, support_files=support_files, args=args))
+        if wait:
+            for proxy in started:
+                proxy.wait_ready()
+        return Fleet(started, Front.start(started[0].workdir, [p.url for p in started]))
+    except BaseException:
+        for proxy in started:
+            proxy.stop(timeout=10)
+        raise
 
 
 def clean_env() -> dict[str, str]:
