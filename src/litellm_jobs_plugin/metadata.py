@@ -98,6 +98,24 @@ def json_depth(value: object, *, limit: int) -> int:
     return deepest
 
 
+def _holds_non_finite(value: object) -> bool:
+    stack: list[Any] = [value]
+    pop, extend = stack.pop, stack.extend
+    while stack:
+        item = pop()
+        kind = type(item)
+        if kind is str or kind is int or kind is bool or item is None:
+            continue
+        if kind is float or isinstance(item, float):
+            if not math.isfinite(item):
+                return True
+        elif kind is dict or isinstance(item, Mapping):
+            extend(item.values())
+        elif kind is list or kind is tuple or isinstance(item, (list, tuple)):
+            extend(item)
+    return False
+
+
 def non_finite_at(value: object) -> str | None:
     """Where ``value`` holds a NaN or an infinity (``"a.b.0"``; ``""`` for ``value`` itself), or None.
 
@@ -105,6 +123,8 @@ def non_finite_at(value: object) -> str | None:
     ``NaN``, ``Infinity`` and ``-Infinity``; no JSON encoder downstream writes them back faithfully
     (orjson writes ``null``, Starlette's responses refuse them). Walked without recursion.
     """
+    if not _holds_non_finite(value):
+        return None  # the usual answer, found without building a path for every value
     stack: list[tuple[object, str]] = [(value, "")]
     while stack:
         item, path = stack.pop()

@@ -183,7 +183,8 @@ class Settings(BaseSettings):
     durable_ack_timeout_s: float = Field(
         default=2.0,
         ge=0,
-        description="With Redis: a non-streamed answer waits at most this long for its record to be in the journal.",
+        description="With Redis: how long a non-streamed answer that is not a chat completion (recorded by its "
+        "success event, not from the answer) waits at most for its record to be in the journal.",
     )
     reconcile_interval_s: float = Field(
         default=300.0,
