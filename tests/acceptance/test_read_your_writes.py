@@ -1,8 +1,10 @@
-"""What a client just wrote is what it reads next, in every credit mode.
+"""What a client just wrote is what it reads next, in every credit mode and from any replica.
 
 With Redis, a job's hold reaches PostgreSQL through the journal, whose reader may write it before
 the route that created the job writes its row: the row must still be the route's (pending, with its
-caps and metadata), and be visible the moment create answers.
+caps and metadata), and be visible the moment create answers. In the postgres and redis credit modes
+"the proxy" is two replicas behind a round-robin front (tests/conftest.py): requests alternate between
+them, so the read right after a write goes to the other replica.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from tests.support.services import Proxy, wait_for
 
 
 def test_a_created_job_is_pending_with_its_caps_and_listed_at_once(
-    start_proxy: Callable[..., Proxy], database_url: str, credit_mode: dict[str, str]
+    start_proxy: Callable[..., Proxy], database_url: str
 ) -> None:
-    proxy = start_proxy(database_url, env=credit_mode)
+    proxy = start_proxy(database_url)
     proxy.grant("team-a", 100)
     prefix = f"ryw-{uuid.uuid4().hex[:6]}"
     for n in range(20):
@@ -39,9 +41,9 @@ def test_a_created_job_is_pending_with_its_caps_and_listed_at_once(
 
 
 def test_a_job_opened_by_a_call_is_readable_right_after_the_answer(
-    start_proxy: Callable[..., Proxy], database_url: str, credit_mode: dict[str, str]
+    start_proxy: Callable[..., Proxy], database_url: str
 ) -> None:
-    proxy = start_proxy(database_url, env=credit_mode)
+    proxy = start_proxy(database_url)
     proxy.grant("team-a", 100)
     oai = client(proxy)
     for n in range(10):
