@@ -80,18 +80,22 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """In the postgres and redis modes, the tests that run once skip: those marked ``single_mode`` and
-    those that take the ``credit_mode`` fixture (they run in every mode already, from the default run)."""
+    """In the postgres and redis modes, the tests that run once skip: those marked ``single_mode``, those
+    that take the ``credit_mode`` fixture (they run in every mode already, from the default run) and those
+    that start no proxy in the run's mode (no ``start_in_mode`` among their fixtures: the same in every mode)."""
     mode = suite_credit_mode(config)
     if mode == DEFAULT_CREDIT_MODE:
         return
     for item in items:
+        fixtures = getattr(item, "fixturenames", ())
         marker = item.get_closest_marker("single_mode")
         if marker is not None:
             why = marker.args[0] if marker.args else marker.kwargs.get("reason", "")
             item.add_marker(pytest.mark.skip(reason=f"single mode, runs in {DEFAULT_CREDIT_MODE}: {why}"))
-        elif "credit_mode" in getattr(item, "fixturenames", ()):
+        elif "credit_mode" in fixtures:
             item.add_marker(pytest.mark.skip(reason="parametrized over the credit modes itself"))
+        elif "start_in_mode" not in fixtures:
+            item.add_marker(pytest.mark.skip(reason="starts no proxy in the run's credit mode: the same in every mode"))
 
 
 @pytest.fixture(scope="session")
