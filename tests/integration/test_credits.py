@@ -414,7 +414,8 @@ def test_an_in_process_replica_hands_over_when_a_second_process_arrives(database
         writers = [Writer(s) for s in stores]
         for w in writers:
             w.start()
-        first = await choose_backend(stores[0], writers[0], database_url)
+        # A minute between its own checks: the hand-over below comes from the second process's knock (a NOTIFY).
+        first = await choose_backend(stores[0], writers[0], database_url, watch_s=60.0)
         assert isinstance(first, LocalCredits)
         one = CreditService(Settings(), stores[0], writers[0], first)
         try:

@@ -26,6 +26,7 @@ import psycopg
 
 from ..errors import StoreUnavailable
 from ..models import Balance, JobStatus, LedgerEntry, LedgerKind, ledger_key
+from ..store.notify import listen, notify, wait_for_notify
 from ..store.postgres import PostgresStore
 from ..store.sql import query
 from ..writer import Writer
@@ -37,6 +38,8 @@ _log = logging.getLogger(__name__)
 _OPEN = (JobStatus.PENDING, JobStatus.IN_PROGRESS)
 #: The advisory lock key of "who decides credits" (positive, so pg_locks shows it as classid<<32|objid).
 AUTHORITY_LOCK_KEY = 0x2F1C_8E0B_6A41_93D7
+#: NOTIFY channel of a process about to wait for the lock (notifications stay within one database).
+AUTHORITY_CHANNEL = "ljp_credits_authority"
 
 
 @dataclass(slots=True)
@@ -94,6 +97,21 @@ class Authority:
     async def waiters(self) -> int:
         return int(await self._one("authority_waiters") or 0)
 
+    async def listen(self) -> None:
+        """Be told (:meth:`wait_for_knock`) when another process :meth:`knock` s before waiting for the lock."""
+        await listen(await self._connection(), AUTHORITY_CHANNEL)
+
+    async def knock(self) -> None:
+        """Tell the exclusive holder this process is about to wait for the lock (it then hands over at once)."""
+        await notify(await self._connection(), AUTHORITY_CHANNEL)
+
+    async def wait_for_knock(self, timeout_s: float) -> bool:
+        """Return on a knock (True), on the loss of the lock's connection, or after ``timeout_s``."""
+        if self._conn is not None and not self._conn.closed:
+            return await wait_for_notify(self._conn, timeout_s) > 0
+        await asyncio.sleep(timeout_s)
+        return False
+
     async def aclose(self) -> None:
         if self._conn is not None:
             await self._conn.close()
@@ -115,7 +133,7 @@ class LocalCredits:
         *,
         closed_ttl_s: float = 7 * 24 * 3600,
         max_closed: int = 100_000,
-        watch_s: float = 0.5,
+        watch_s: float = 5.0,
         switch_wait_s: float = 5.0,
     ) -> None:
         self.store = store
@@ -161,8 +179,19 @@ class LocalCredits:
         self._watcher = asyncio.get_running_loop().create_task(self._watch(), name="litellm-jobs-authority")
 
     async def _watch(self) -> None:
+        """Hand the decisions over as soon as another process waits for the lock, or once the lock is lost.
+
+        A newcomer knocks (a NOTIFY) before it waits, and a lost connection turns its socket readable:
+        both wake this at once; ``watch_s`` only bounds the wait (a process that does not knock).
+        """
+        with contextlib.suppress(psycopg.Error):  # the check below finds the connection gone
+            await self.authority.listen()
+        knocked = False
+        first = True
         while self._delegate is None:
-            await asyncio.sleep(self.watch_s)
+            if not first:
+                knocked = await self.authority.wait_for_knock(self.watch_s)
+            first = False
             try:
                 lost = False
                 try:
@@ -170,7 +199,8 @@ class LocalCredits:
                 except psycopg.Error:
                     # The lock's connection is gone, and the lock with it: another process may take it.
                     lost, waiting = True, 0
-                if lost or waiting:
+                # a knock comes just before its process waits for the lock: it counts as waiting
+                if lost or waiting or knocked:
                     await self.demote(lock_lost=lost)
             except Exception:
                 _log.exception("litellm-jobs: handing the credits over failed; retrying")
@@ -464,6 +494,7 @@ class SharedPostgresCredits(PostgresCredits):
         self._task = asyncio.get_running_loop().create_task(self._take(), name="litellm-jobs-authority")
 
     async def _take(self) -> None:
+        await self.authority.knock()  # an in-process holder hands over now rather than at its next check
         await self.authority.shared()
         self._granted.set()
 

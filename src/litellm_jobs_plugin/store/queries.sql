@@ -659,6 +659,9 @@ SELECT extract(epoch FROM min(greatest(
 FROM webhook_deliveries d
 WHERE d.status = 'pending';
 
+-- name: notify
+SELECT pg_notify(%(channel)s, '');
+
 -- name: webhook_wake
 -- Wakes the delivering process (dead letters sent again); the channel of migration 0010.
 SELECT pg_notify('ljp_webhooks_' || md5(current_schema()), '');

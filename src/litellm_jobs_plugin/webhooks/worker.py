@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import psycopg
-from psycopg import sql
 from psycopg.rows import dict_row
 
+from ..store.notify import listen, wait_for_notify
 from ..store.postgres import PostgresStore
 from ..store.sql import query
 from .events import JOB_EVENTS, event_data, headers, parse_snapshot, render
@@ -193,7 +193,7 @@ class WebhookWorker:
     async def _deliver(self, conn: psycopg.AsyncConnection[dict[str, Any]]) -> None:
         p = self.policy
         self._client = httpx.AsyncClient(timeout=p.timeout_s, follow_redirects=False)
-        await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(wakeup_channel(self.store.schema))))
+        await listen(conn, wakeup_channel(self.store.schema))
         checked = counted = pruned = 0.0
         while True:
             now = time.monotonic()
@@ -234,8 +234,7 @@ class WebhookWorker:
         timeout = longest_s if due_in is None else min(longest_s, max(float(due_in), _MIN_WAIT_S))
         if timeout <= 0:
             return
-        async for _ in conn.notifies(timeout=timeout, stop_after=1):
-            pass
+        await wait_for_notify(conn, timeout)
 
     def _forget(self, key: str) -> Callable[[asyncio.Task[None]], None]:
         def done(_: asyncio.Task[None]) -> None:
