@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import sys
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Any
 
@@ -26,7 +27,7 @@ from .credits.local import choose_backend, describe
 from .credits.policies import TeamPolicies
 from .errors import JobsError, StoreUnavailable, to_proxy_exception
 from .jobs import Caller, decide_call
-from .journal import RedisJournal
+from .journal import UNAVAILABLE, RedisJournal
 from .metadata import parse_job_tag
 from .metrics import process_metrics
 from .models import CallEvent, CallStatus, JobStatus
@@ -141,12 +142,12 @@ class JobsPlugin(CustomLogger):
             )
             redis_backend.settle = self.writer.settle  # a rebuild of a Redis that lost its data waits for it
             self._journal = redis_backend.journal(claim_idle_s=s.journal_claim_idle_s)
-            await self._journal.setup()
+            await _until_redis_answers("set up the journal", self._journal.setup)
             self.writer.journal = self._journal
         # Started first: the in-process credit backend writes its ledger entries through it.
         self.writer.start(store)
         if redis_backend is not None:
-            await redis_backend.load_accounts()
+            await _until_redis_answers("load the credit state", redis_backend.load_accounts)
             backend = redis_backend
         elif s.local_credits:
             backend = await choose_backend(store, self.writer, url, closed_ttl_s=s.closed_job_ttl_s)
@@ -199,18 +200,17 @@ class JobsPlugin(CustomLogger):
         """Connect and migrate outside the proxy (tests, scripts); idempotent."""
         if self._start_task is None:
             self._start_task = asyncio.get_running_loop().create_task(self._start())
-        return await self.ready()
+        return await self.ready(self.settings.startup_timeout_s)
 
     async def ready(self, timeout_s: float | None = None) -> PostgresStore:
-        """The store, once start-up has finished."""
+        """The store, once start-up has finished; a request waits for it at most ``timeout_s`` (default
+        :data:`_REQUEST_START_WAIT_S`), then gets 503: a start-up waiting for Redis can take long."""
         if self._store is not None:
             return self._store
         if self._start_task is None:
             raise StoreUnavailable("The jobs plugin is not started.")
         try:
-            return await asyncio.wait_for(
-                asyncio.shield(self._start_task), timeout=timeout_s or self.settings.startup_timeout_s
-            )
+            return await asyncio.wait_for(asyncio.shield(self._start_task), timeout=timeout_s or _REQUEST_START_WAIT_S)
         except TimeoutError as exc:
             raise StoreUnavailable("The jobs store is still starting; retry shortly.") from exc
         except StoreUnavailable:
@@ -585,6 +585,27 @@ def _resolve(future: asyncio.Future[CallEvent], event: CallEvent) -> None:
 
 
 plugin = JobsPlugin()
+
+
+#: How long a request waits for a start-up still in progress before its 503.
+_REQUEST_START_WAIT_S = 10.0
+_STARTUP_REDIS_ERRORS: tuple[type[BaseException], ...] = (StoreUnavailable, *UNAVAILABLE)
+
+
+async def _until_redis_answers(what: str, step: Callable[[], Awaitable[object]]) -> None:
+    """Run a start-up step that needs Redis until it succeeds: a proxy started while Redis is down (or
+    slow to answer) starts once it answers; meanwhile tracked calls get 503 ("still starting")."""
+    delay, failures = 0.5, 0
+    while True:
+        try:
+            await step()
+            return
+        except _STARTUP_REDIS_ERRORS as exc:
+            failures += 1
+            if failures == 1 or failures % 10 == 0:
+                _log.warning("litellm-jobs: cannot %s yet, Redis does not answer (%r); retrying", what, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def _show_our_log_lines() -> None:

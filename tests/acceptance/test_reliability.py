@@ -513,3 +513,21 @@ def test_without_redis_a_postgres_outage_fails_tracked_calls_closed_and_loses_no
         TEAM,
     )
     assert ledger[0]["charged"] + ledger[0]["held"] <= 1000
+
+
+def test_a_proxy_started_while_redis_is_down_serves_once_redis_is_back(
+    start_proxy: Callable[..., Proxy], database_url: str, own_redis_server: OwnRedis
+) -> None:
+    """Start-up waits for Redis instead of failing for good: meanwhile tracked calls get a clear 503
+    (still starting), and once Redis answers the same process serves them."""
+    own_redis_server.stop()
+    proxy = start_proxy(database_url, env={"JOBS_REDIS_URL": own_redis_server.url}, wait=False)
+    wait_for(lambda: "Redis does not answer" in proxy.log_tail(200), timeout=120, what="the start-up to wait for Redis")
+    r = call(proxy, "waits-for-redis")
+    assert r.status_code == 503, r.text
+    assert r.json()["error"]["type"] == "jobs_store_unavailable"
+    own_redis_server.start()
+    proxy.wait_ready(timeout=60)
+    proxy.grant(TEAM, 10)
+    assert call(proxy, "waits-for-redis").status_code == 200
+    assert "ready on" in proxy.log_tail(400)
