@@ -138,7 +138,12 @@ class JobsPlugin(CustomLogger):
         if s.redis_url:
             # With Redis the writer's records go to the journal first (a Redis stream), holds included.
             redis_backend = RedisCredits(
-                s.redis_url, store, prefix=s.redis_prefix, closed_ttl_s=s.closed_job_ttl_s, shards=s.redis_shards
+                s.redis_url,
+                store,
+                prefix=s.redis_prefix,
+                closed_ttl_s=s.closed_job_ttl_s,
+                shards=s.redis_shards,
+                max_connections=s.redis_max_connections,
             )
             redis_backend.settle = self.writer.settle  # a rebuild of a Redis that lost its data waits for it
             self._journal = redis_backend.journal(claim_idle_s=s.journal_claim_idle_s)

@@ -172,6 +172,12 @@ class Settings(BaseSettings):
         description="Shards of the Redis journal and open-jobs index (each team in one, by a hash of its id);"
         " unset: 1 on a single Redis, 16 on a cluster. Change it only with every replica stopped.",
     )
+    redis_max_connections: int = Field(
+        default=200,
+        ge=1,
+        description="Redis connections per process (on a cluster, per node: eight times this, at least 512); a call "
+        "waits up to 10 s for a free one under a burst, then gets 503.",
+    )
     closed_job_ttl_s: int = Field(default=7 * 24 * 3600, gt=0, description="Redis keeps closed jobs this long.")
     fail_mode: FailMode = Field(default=FailMode.CLOSED, description="New holds while PostgreSQL is down.")
     store_check_interval_s: float = Field(
