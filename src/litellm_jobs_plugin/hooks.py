@@ -519,15 +519,17 @@ class JobsPlugin(CustomLogger):
             handover = self._new_handover(call_id, by_answer=False)
         elif handover.by_answer:
             return None
-        # its success event records it: with Redis, the answer waits (bounded) until it is in the journal
-        self._handovers.pop(call_id, None)
-        if self._journal is None or handover.done.done() or self.settings.durable_ack_timeout_s <= 0:
-            return None
+        # its success event records it: with Redis, the answer waits (bounded) until it is in the journal; the
+        # handover stays in the map meanwhile, so that the event finds it and resolves it
         try:
+            if self._journal is None or handover.done.done() or self.settings.durable_ack_timeout_s <= 0:
+                return None
             async with asyncio.timeout(self.settings.durable_ack_timeout_s):
                 await asyncio.shield(handover.done)
         except TimeoutError:
             _log.warning("litellm-jobs: call %s answered before its record was journaled", call_id)
+        finally:
+            self._handovers.pop(call_id, None)
         return None
 
     async def async_post_call_failure_hook(
