@@ -382,6 +382,9 @@ class JobsPlugin(CustomLogger):
         except JobsError as exc:
             raise to_proxy_exception(exc) from exc
         adapter.put_stash(data, context, credits_remaining=remaining)
+        if self._journal is not None:
+            # the answer waits for its record's Redis round trip: LiteLLM's logging must not run meanwhile
+            adapter.defer_success_logging(data, call_type)
         if context.job_type is not None and self.settings.tag_job_type:
             adapter.add_request_tag(data, f"job_type:{context.job_type}")
         return data

@@ -105,6 +105,30 @@ def record_call_id(data: Mapping[str, Any], call_id: str) -> str | None:
     return f"{call_id}~{secrets.token_hex(8)}"
 
 
+#: The call types of a chat completion as the pre-call hook is told them.
+_CHAT_CALL_TYPES = frozenset({"acompletion", "completion"})
+
+
+def defer_success_logging(data: Mapping[str, Any], call_type: object) -> bool:
+    """Ask LiteLLM to start a non-streamed chat call's success logging only after the post-call hooks.
+
+    LiteLLM schedules that logging (building its logging payload, running every logger) as soon as
+    the call returns, before the post-call hooks; a hook that waits for I/O (the plugin's record in
+    Redis) lets it run first, on the answer's path. LiteLLM has a switch for exactly this order (the
+    one its post-call guardrails use): ``defer_async_logging`` on the call's logging object, which the
+    proxy fires once the post-call hooks are done. Only set where the proxy fires it (a chat
+    completion, not streamed, on a release that has it). True when set.
+    Covered by ``tests/contract/test_answer_record.py`` (every call still logged, after the answer).
+    """
+    if data.get("stream") is True or str(getattr(call_type, "value", call_type)) not in _CHAT_CALL_TYPES:
+        return False
+    logging_obj = data.get("litellm_logging_obj")
+    if logging_obj is None or not hasattr(logging_obj, "enqueue_deferred_logging"):
+        return False
+    logging_obj.defer_async_logging = True
+    return True
+
+
 def success_logging_deferred(data: Mapping[str, Any]) -> bool:
     """LiteLLM will log this non-streamed call's success only after the post-call hooks have run.
 

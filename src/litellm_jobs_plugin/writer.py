@@ -31,6 +31,9 @@ Item = CallEvent | LedgerEntry
 #: How long a journal reader's read waits for new entries (it returns as soon as one arrives): well
 #: under the Redis client's 5 s socket timeout, which a blocking read's wait counts against.
 JOURNAL_BLOCK_MS = 2000
+#: A journal reader woken by new entries waits this long before writing them: the answer whose
+#: record woke it leaves first (its wait for Redis ended at the same moment as the reader's).
+ANSWER_FIRST_S = 0.002
 #: How often the journal's backlog is read for the Prometheus gauges.
 JOURNAL_GAUGE_INTERVAL_S = 5.0
 
@@ -328,6 +331,10 @@ class Writer:
                     if entries and len(entries) < self.batch_size and self.linger_s:
                         await asyncio.sleep(self.linger_s)
                         entries += await journal.read(self.batch_size - len(entries), block_ms=None)
+                    elif entries:
+                        # What woke this read is a call's record, whose answer is waiting for the same
+                        # Redis round trip: let the answer leave before this batch's work runs.
+                        await asyncio.sleep(ANSWER_FIRST_S)
             except Exception as exc:
                 self.stats.journal_errors += 1
                 _log.warning("litellm-jobs: cannot read the journal (%r); retrying in %.2fs", exc, delay)

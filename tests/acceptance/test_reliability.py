@@ -24,7 +24,7 @@ from litellm_jobs_plugin.reconcile import Report, find_drift
 from litellm_jobs_plugin.store.postgres import PostgresStore
 from tests.conftest import query
 from tests.support.outages import OwnPostgres, OwnRedis, own_postgres, own_redis
-from tests.support.services import FakeUpstream, Proxy, wait_for
+from tests.support.services import FakeUpstream, Proxy, proxy_config, wait_for
 
 KEY = "sk-team-a"
 TEAM = "team-a"
@@ -412,6 +412,54 @@ def test_with_redis_every_answer_is_in_the_journal_before_the_client_gets_it(
     log = proxy.log_path.read_text(errors="replace")
     assert "answered before its record was journaled" not in log  # no answer waited out the timeout
     client.close()
+
+
+def test_with_redis_an_answer_the_plugin_cannot_read_waits_for_its_logged_record_not_the_timeout(
+    start_proxy: Callable[..., Proxy],
+    database_url: str,
+    redis_server_url: str | None,
+    redis_prefix: str,
+    upstream: FakeUpstream,
+) -> None:
+    """An embeddings answer is not a chat completion: its record comes from LiteLLM's success event.
+    Where LiteLLM logs it before the post-call hooks (1.108 and before), the answer waits for that
+    record's append, never for JOBS_DURABLE_ACK_TIMEOUT_S (set to 60 s here: a wait for it would
+    outlast the client's 20 s deadline); where LiteLLM logs after them, the answer does not wait."""
+    if redis_server_url is None:
+        pytest.skip("no Redis server")
+    embedder = {
+        "model_name": "Embedder",
+        "litellm_params": {
+            "model": "openai/text-embedding-3-small",
+            "api_base": upstream.api_base("primary"),
+            "api_key": "sk-fake-upstream",
+        },
+    }
+    proxy = start_proxy(
+        database_url,
+        env={"JOBS_REDIS_URL": redis_server_url, "JOBS_REDIS_PREFIX": redis_prefix, "JOBS_DURABLE_ACK_TIMEOUT_S": "60"},
+        model_list=[*proxy_config(upstream)["model_list"], embedder],
+    )
+    proxy.grant(TEAM, 100)
+    job = f"embed-{uuid.uuid4().hex[:8]}"
+    answered = []
+    for n in range(3):
+        r = httpx.post(
+            f"{proxy.url}/v1/embeddings",
+            json={"model": "Embedder", "input": f"text {n}", "metadata": {"job_id": job, "job_type": "load"}},
+            headers={"Authorization": f"Bearer {KEY}"},
+            timeout=20,
+        )
+        assert r.status_code == 200, r.text
+        answered.append(r.headers["x-litellm-call-id"])
+
+    def recorded() -> list[dict[str, Any]] | None:
+        rows = query(database_url, "SELECT call_id, call_type FROM calls WHERE call_id = ANY(%s)", answered)
+        return rows if len(rows) == 3 else None
+
+    rows = wait_for(recorded, timeout=30, what="the three embeddings calls recorded")
+    assert {r["call_type"] for r in rows} == {"aembedding"}
+    assert "answered before its record was journaled" not in proxy.log_path.read_text(errors="replace")
 
 
 @pytest.mark.parametrize("with_redis", [False, True], ids=["memory", "redis"])

@@ -19,25 +19,34 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.conftest import credit_mode_env
 from tests.support.services import FakeUpstream, Proxy, proxy_config, wait_for
 
 KEY = "sk-team-a"
 
 
-@pytest.fixture
-def probed_proxy(tmp_path: Path, upstream: FakeUpstream, database_url: str) -> Iterator[tuple[Proxy, Path]]:
+@pytest.fixture(params=["in_process", "redis"])
+def probed_proxy(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    upstream: FakeUpstream,
+    database_url: str,
+    redis_server_url: str | None,
+    redis_prefix: str,
+) -> Iterator[tuple[Proxy, Path, str]]:
     out = tmp_path / "answers.jsonl"
     config = proxy_config(upstream)
     config["litellm_settings"]["callbacks"] = ["litellm_jobs_plugin.plugin", "answer_probe.probe"]
+    env = {"JOBS_DATABASE_URL": database_url, "ANSWER_PROBE_FILE": str(out), "ANSWER_PROBE_YIELD_S": "0.05"}
     proxy = Proxy.start(
         tmp_path,
         config,
-        env={"JOBS_DATABASE_URL": database_url, "ANSWER_PROBE_FILE": str(out)},
+        env={**env, **credit_mode_env(request.param, redis_server_url, redis_prefix)},
         support_files=("answer_probe.py",),
     )
     try:
         proxy.grant("team-a", 1000)
-        yield proxy, out
+        yield proxy, out, str(request.param)
     finally:
         proxy.stop(timeout=30)
 
@@ -51,8 +60,19 @@ def _records(out: Path) -> dict[str, dict[str, Any]]:
     return found
 
 
-def test_the_answer_carries_the_record_its_success_event_logs(probed_proxy: tuple[Proxy, Path]) -> None:
-    proxy, out = probed_proxy
+def _order(out: Path) -> dict[str, list[str]]:
+    """Each call's sides in the order they were written."""
+    order: dict[str, list[str]] = {}
+    for line in out.read_text().splitlines():
+        item = json.loads(line)
+        order.setdefault(item["litellm_call_id"], []).append(item["side"])
+    return order
+
+
+def test_the_answer_carries_the_record_its_success_event_logs(probed_proxy: tuple[Proxy, Path, str]) -> None:
+    """Also: with Redis (where the plugin's post-call hook waits for Redis), LiteLLM's success logging
+    starts only after the post-call hooks, though a hook after the plugin's waits 50 ms."""
+    proxy, out, mode = probed_proxy
     job = f"contract-{uuid.uuid4().hex[:8]}"
     cached = f"cache me {uuid.uuid4()}"
     cases = {
@@ -95,3 +115,8 @@ def test_the_answer_carries_the_record_its_success_event_logs(probed_proxy: tupl
     assert records[call_ids["cache hit"]]["answer"]["cache_hit"] is True
     assert records[call_ids["cache hit"]]["answer"]["cost_usd"] == 0
     assert records[call_ids["computed"]]["answer"]["cost_usd"] > 0
+    if mode == "redis":
+        # a cache hit is logged by LiteLLM's cache path, which has no deferral: not asserted
+        order = _order(out)
+        early = {n: order[c] for n, c in call_ids.items() if n != "cache hit" and order[c] != ["answer", "logged"]}
+        assert not early, f"LiteLLM logged these calls before their post-call hooks ended: {early}"

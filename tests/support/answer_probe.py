@@ -1,9 +1,12 @@
 """A LiteLLM callback for test proxies, listed after the plugin: for each non-streamed call it writes
 the record the plugin makes from the answer (post-call hook) and the one LiteLLM's success event
-would make, one JSON line each, to the file named by ANSWER_PROBE_FILE."""
+would make, one JSON line each, to the file named by ANSWER_PROBE_FILE. With ANSWER_PROBE_YIELD_S, its
+post-call hook first waits that long (a hook waiting for I/O): LiteLLM's success logging, if it is not
+deferred past the post-call hooks, then runs first and its line comes first."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import os
@@ -27,6 +30,7 @@ def _line(side: str, event: CallEvent | None, call_id: object) -> None:
 
 class AnswerProbe(CustomLogger):
     async def async_post_call_success_hook(self, data: dict[str, Any], user_api_key_dict: Any, response: Any) -> Any:
+        await asyncio.sleep(float(os.environ.get("ANSWER_PROBE_YIELD_S") or 0))
         context = adapter.stash_of_request(data)
         event = adapter.answer_event(data, response, context) if context is not None else None
         _line("answer", event, data.get("litellm_call_id"))

@@ -1,6 +1,7 @@
 """A fake OpenAI-compatible upstream for the tests, run as its own process on 127.0.0.1.
 
-``/{scenario}/v1/chat/completions`` answers like OpenAI (streaming with usage too). A user
+``/{scenario}/v1/chat/completions`` answers like OpenAI (streaming with usage too), and
+``/{scenario}/v1/embeddings`` with one small vector per input. A user
 message containing ``[fail:500]`` or ``[fail:429]`` makes it fail, unless the scenario path
 is ``nofail``; ``[delay:0.5]`` delays the answer; ``[chunks:5:0.2]`` streams 5 chunks 0.2 s apart.
 A request with a JSON-schema ``response_format`` gets an answer that fits the schema (built from
@@ -161,6 +162,23 @@ async def chat(request: Request) -> Response:
     return StreamingResponse(events(), media_type="text/event-stream")
 
 
+async def embeddings(request: Request) -> Response:
+    """One 3-number vector per input text; a token per word."""
+    body = await request.json()
+    _counts[request.path_params["scenario"]] += 1
+    texts = body.get("input")
+    texts = [texts] if isinstance(texts, str) else [str(t) for t in texts or []]
+    tokens = sum(len(t.split()) or 1 for t in texts)
+    return JSONResponse(
+        {
+            "object": "list",
+            "data": [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]} for i in range(len(texts))],
+            "model": body.get("model", "fake-embedder"),
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+    )
+
+
 async def sink(request: Request) -> Response:
     """A receiver of webhooks and usage events (the bench's billing variant): counted, answered 204."""
     await request.body()
@@ -181,6 +199,8 @@ app = Starlette(
     routes=[
         Route("/{scenario}/v1/chat/completions", chat, methods=["POST"]),
         Route("/{scenario}/chat/completions", chat, methods=["POST"]),
+        Route("/{scenario}/v1/embeddings", embeddings, methods=["POST"]),
+        Route("/{scenario}/embeddings", embeddings, methods=["POST"]),
         Route("/_sink/{name}", sink, methods=["POST"]),
         Route("/_stats", stats, methods=["GET"]),
         Route("/_reset", reset, methods=["POST"]),
