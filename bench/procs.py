@@ -47,6 +47,9 @@ class Variant:
     #: A callback module loaded instead of the plugin (``null_plugin``: the hooks' floor); the
     #: proxy is then treated as a bare one (no database, no grants).
     callback: str | None = None
+    #: A module of ``bench/`` loaded instead of ``litellm_jobs_plugin.plugin`` that exposes the plugin
+    #: wrapped (``hook_timer``: its hooks timed), for a plugin variant.
+    wrap: str | None = None
     #: Webhooks and usage export on: an endpoint for every event and a CloudEvents sink, both on the
     #: fake upstream's receiver (registered by :meth:`ProxyProc.turn_on_billing`).
     billing: bool = False
@@ -109,7 +112,10 @@ class ProxyProc:
             return
         headers = {"Authorization": f"Bearer {MASTER_KEY}"}
         r = httpx.post(
-            f"{self.url}/api/webhooks/endpoints", headers=headers, json={"url": f"{receiver}/_sink/webhooks"}, timeout=60
+            f"{self.url}/api/webhooks/endpoints",
+            headers=headers,
+            json={"url": f"{receiver}/_sink/webhooks"},
+            timeout=60,
         )
         r.raise_for_status()
         r = httpx.put(
@@ -195,6 +201,8 @@ def config_for(upstream: FakeUpstream, variant: Variant) -> dict[str, Any]:
     if not variant.plugin:
         callbacks = [f"{variant.callback}.plugin"] if variant.callback else []
         config["litellm_settings"] = {**config["litellm_settings"], "callbacks": callbacks}
+    elif variant.wrap:
+        config["litellm_settings"] = {**config["litellm_settings"], "callbacks": [f"{variant.wrap}.plugin"]}
     return config
 
 
@@ -210,8 +218,9 @@ def start_proxy(
     workdir = tmp / f"{variant.name}-{'cg' if callgrind else 'native'}-{uuid.uuid4().hex[:6]}"
     workdir.mkdir(parents=True)
     shutil.copy(SUPPORT / "test_auth.py", workdir / "test_auth.py")
-    if variant.callback:
-        shutil.copy(ROOT / "bench" / f"{variant.callback}.py", workdir / f"{variant.callback}.py")
+    for module in (variant.callback, variant.wrap):
+        if module:
+            shutil.copy(ROOT / "bench" / f"{module}.py", workdir / f"{module}.py")
     (workdir / "config.yaml").write_text(yaml.safe_dump(config_for(upstream, variant), sort_keys=False))
     port = free_port()
     env = clean_env()

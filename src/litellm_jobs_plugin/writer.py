@@ -31,9 +31,9 @@ Item = CallEvent | LedgerEntry
 #: How long a journal reader's read waits for new entries (it returns as soon as one arrives): well
 #: under the Redis client's 5 s socket timeout, which a blocking read's wait counts against.
 JOURNAL_BLOCK_MS = 2000
-#: A journal reader woken by new entries waits this long before writing them: the answer whose
-#: record woke it leaves first (its wait for Redis ended at the same moment as the reader's).
-ANSWER_FIRST_S = 0.002
+#: A writer woken by a new record waits this long before writing it: the answer whose record it is
+#: leaves first (with Redis, its wait for the append ended at the same moment as the reader's).
+ANSWER_FIRST_S = 0.005
 #: How often the journal's backlog is read for the Prometheus gauges.
 JOURNAL_GAUGE_INTERVAL_S = 5.0
 
@@ -269,8 +269,9 @@ class Writer:
     async def _run(self) -> None:
         while True:
             batch = [await self._queue.get()]
-            if self.linger_s and self._queue.qsize() < self.batch_size - 1 and not self._closing:
-                await asyncio.sleep(self.linger_s)
+            if self._queue.qsize() < self.batch_size - 1 and not self._closing:
+                # a linger, or at least the answer whose record this is leaves before the batch's work
+                await asyncio.sleep(self.linger_s or ANSWER_FIRST_S)
             while len(batch) < self.batch_size:
                 try:
                     batch.append(self._queue.get_nowait())

@@ -17,7 +17,7 @@ from litellm_jobs_plugin.models import JobCaps, JobStatus, closure_entries
 from litellm_jobs_plugin.store.postgres import PostgresStore
 from litellm_jobs_plugin.webhooks.events import EVENT_TYPES
 from litellm_jobs_plugin.webhooks.registry import Registry
-from litellm_jobs_plugin.webhooks.worker import DeliveryPolicy, WebhookWorker
+from litellm_jobs_plugin.webhooks.worker import WEBHOOK_LOCK_KEY, DeliveryPolicy, WebhookWorker
 from tests.conftest import query
 from tests.support.events import context, event
 from tests.support.services import wait_for_async
@@ -260,6 +260,37 @@ async def test_one_worker_delivers_the_others_stand_by(store: PostgresStore, dat
                 return standby.active
 
             await wait_for_async(took_over, within=10, what="the standby to take over")
+    finally:
+        await second.close()
+
+
+async def test_a_delivering_worker_whose_lock_connection_is_killed_notices_at_once(
+    store: PostgresStore, database_url: str
+) -> None:
+    """The delivering worker pings its lock's connection only every 30 s while idle; a server that closes
+    the connection (here: its backend terminated, which releases the lock) wakes it at once, and it or
+    the standby takes the lock again — never both delivering."""
+    second = PostgresStore(database_url)
+    await second.open()
+    idle = DeliveryPolicy(poll_s=60.0, standby_s=1.0)
+    try:
+        async with worker(store, idle) as a, worker(second, idle) as b:
+            await wait_for_async(lambda: _true(a.active or b.active), within=10, what="a delivering worker")
+            first = a if a.active else b
+            killed = query(
+                database_url,
+                "SELECT pg_terminate_backend(pid) AS ok FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+                "AND objsubid = 1 AND ((classid::bigint << 32) | objid::bigint) = %s",
+                WEBHOOK_LOCK_KEY,
+            )
+            assert killed == [{"ok": True}]
+            await wait_for_async(lambda: _true(first.lost == 1), within=5, what="the holder to notice its loss")
+            await wait_for_async(
+                lambda: _true((a.active or b.active) and not (a.active and b.active)),
+                within=10,
+                what="one worker delivering again",
+            )
     finally:
         await second.close()
 

@@ -48,6 +48,12 @@ _MAX_ERROR_CHARS = 500
 _MIN_WAIT_S = 0.25
 #: While sends are in flight, new due deliveries are looked for at least this often.
 _BUSY_POLL_S = 0.5
+#: The delivering process checks its lock's connection this often while idle. A server that closes it
+#: wakes the worker at once (its socket turns readable); TCP keepalives find a peer that vanished.
+_LOCK_PING_S = 30.0
+#: The backlog and dead-letter gauges are read again 5 s after a change at most, and once a minute.
+_COUNT_AFTER_CHANGE_S = 5.0
+_COUNT_EVERY_S = 60.0
 
 
 def wakeup_channel(schema: str) -> str:
@@ -111,6 +117,10 @@ class WebhookWorker:
         #: (the operator's failure allowance in USD or None, its window in seconds): written for the trigger.
         self.allowance = allowance
         self.active = False
+        #: Times the delivering process lost its lock's connection (it then tries to take the lock again).
+        self.lost = 0
+        #: Something changed the backlog or dead letters since the gauges were read.
+        self._stale = True
         self._task: asyncio.Task[None] | None = None
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._client: httpx.AsyncClient | None = None
@@ -145,6 +155,11 @@ class WebhookWorker:
                     row_factory=dict_row,
                     options=f"-c search_path={self.store.schema}",
                     connect_timeout=10,
+                    # libpq keepalives: a vanished server is noticed in about 20 s
+                    keepalives=1,
+                    keepalives_idle=5,
+                    keepalives_interval=5,
+                    keepalives_count=3,
                 )
                 await self._wait_for_lock(conn)
                 self.active = True
@@ -153,6 +168,8 @@ class WebhookWorker:
             except asyncio.CancelledError:
                 raise
             except Exception:
+                if self.active:
+                    self.lost += 1
                 _log.warning("litellm-jobs: webhooks: delivery stopped; retrying", exc_info=True)
                 await asyncio.sleep(1.0)
             finally:
@@ -195,12 +212,16 @@ class WebhookWorker:
         self._client = httpx.AsyncClient(timeout=p.timeout_s, follow_redirects=False)
         await listen(conn, wakeup_channel(self.store.schema))
         checked = counted = pruned = 0.0
+        self._stale = True
         while True:
+            if conn.closed or conn.broken:  # the wait below was woken by the server closing it
+                raise psycopg.OperationalError("the webhook lock's connection was closed")
             now = time.monotonic()
-            if now - checked >= p.standby_s:  # the lock lives as long as this connection
+            if now - checked >= _LOCK_PING_S:  # the lock lives as long as this connection
                 await conn.execute(query("ping"))
                 checked = now
-            if now - counted >= 5.0:
+            if (self._stale and now - counted >= _COUNT_AFTER_CHANGE_S) or now - counted >= _COUNT_EVERY_S:
+                self._stale = False
                 await self._count()
                 counted = now
             if now - pruned >= 600.0:
@@ -214,6 +235,7 @@ class WebhookWorker:
                     "webhook_claim",
                     {"limit": free, "lease_s": p.lease_s, "busy": list(self._inflight), "settle_s": p.job_settle_s},
                 )
+                self._stale = self._stale or bool(claimed)
                 for row in claimed:
                     key = f"{row['event_id']} {row['endpoint_id']}"
                     task = asyncio.get_running_loop().create_task(self._send(row), name="litellm-jobs-webhook-send")
@@ -223,22 +245,28 @@ class WebhookWorker:
                 busy = set(self._inflight.values())
                 await asyncio.wait(busy, timeout=min(p.poll_s, _BUSY_POLL_S), return_when=asyncio.FIRST_COMPLETED)
             elif len(claimed) < free:
-                # Nothing more due: sleep until a new event's NOTIFY, the next retry's time, or the next ping.
-                until_ping = p.standby_s - (time.monotonic() - checked)
-                await self._wait_for_work(conn, min(p.poll_s, max(until_ping, 0.0)))
+                # Nothing more due: sleep until a new event's NOTIFY, the next retry's time, the next ping,
+                # or the next count of a change
+                now = time.monotonic()
+                until = _LOCK_PING_S - (now - checked)
+                until = min(until, (_COUNT_AFTER_CHANGE_S if self._stale else _COUNT_EVERY_S) - (now - counted))
+                if await self._wait_for_work(conn, min(p.poll_s, max(until, 0.0))):
+                    self._stale = True
 
-    async def _wait_for_work(self, conn: psycopg.AsyncConnection[dict[str, Any]], longest_s: float) -> None:
-        """Return on a new event's NOTIFY, when the earliest pending delivery is due, or after ``longest_s``."""
+    async def _wait_for_work(self, conn: psycopg.AsyncConnection[dict[str, Any]], longest_s: float) -> bool:
+        """Return on a new event's NOTIFY, when the earliest pending delivery is due, or after ``longest_s``.
+        True: woken by a NOTIFY."""
         row = await self.store.fetch_one("webhook_next_due", {"settle_s": self.policy.job_settle_s})
         due_in = row["due_in_s"] if row is not None else None
         timeout = longest_s if due_in is None else min(longest_s, max(float(due_in), _MIN_WAIT_S))
         if timeout <= 0:
-            return
-        await wait_for_notify(conn, timeout)
+            return False
+        return await wait_for_notify(conn, timeout) > 0
 
     def _forget(self, key: str) -> Callable[[asyncio.Task[None]], None]:
         def done(_: asyncio.Task[None]) -> None:
             self._inflight.pop(key, None)
+            self._stale = True
 
         return done
 
