@@ -100,6 +100,8 @@ class Exporter:
 
     async def run_once(self) -> dict[str, int] | None:
         """One round over every enabled sink: events sent per sink; None if another process holds the lock."""
+        if not any(sink.enabled for sink, _ in await load_sinks(self.store)):
+            return {}  # nothing to export to: one query, not a locked transaction, every round
         async with self.store.transaction() as lock:
             if not (await rows(self.store, "export_try_lock", {"key": EXPORT_LOCK_KEY}, lock))[0]["locked"]:
                 return None

@@ -33,8 +33,9 @@ from ..errors import StoreUnavailable
 from ..journal import UNAVAILABLE, Client, RedisJournal, consumer_name
 from ..models import Balance, JobStatus, from_micro, to_micro
 from ..store.postgres import PostgresStore
-from . import rules
+from . import rules, script_channel
 from .base import Admission, Closure, OpenJob
+from .script_channel import ScriptChannel
 
 _log = logging.getLogger(__name__)
 
@@ -205,6 +206,8 @@ class RedisCredits:
     ) -> None:
         self.cluster = is_cluster_url(url)
         self.client: Client = connect(url, max_connections=max_connections)
+        #: The scripts on a call's path go over a pipelined connection of their own (a single Redis).
+        self._channel = ScriptChannel(url) if not self.cluster and script_channel.supports(url) else None
         self.store = store
         self.keys = RedisKeys(prefix, DEFAULT_SHARDS[self.cluster] if shards is None else shards)
         self.closed_ttl_s = closed_ttl_s
@@ -257,7 +260,10 @@ class RedisCredits:
         try:
             try:
                 # EVALSHA straight away (redis-py's Script object re-checks its SHA on every call)
-                result = await self.client.evalsha(script.sha, len(keys), *keys, *args)
+                if self._channel is not None:
+                    result = await self._channel.evalsha(script.sha, keys, args)
+                else:
+                    result = await self.client.evalsha(script.sha, len(keys), *keys, *args)
             except NoScriptError:  # a Redis that restarted or flushed its scripts: load it, run it
                 result = await script(keys=keys, args=args)
         except UNAVAILABLE as exc:
@@ -590,4 +596,6 @@ class RedisCredits:
         return contextlib.nullcontext()
 
     async def aclose(self) -> None:
+        if self._channel is not None:
+            await self._channel.aclose()
         await self.client.aclose()

@@ -1,0 +1,169 @@
+"""One pipelined connection to a single Redis for the scripts on a call's path.
+
+Every tracked call runs two Lua scripts before its answer leaves (its admission, then its record
+with the job's cost or the job's closure). Through redis-py each costs several times Redis's own work
+in client machinery (a pooled connection checked out and back, a retry wrapper, a timeout context,
+the reply parser) — the largest part of what Redis credits add to a call. This channel sends those
+``EVALSHA`` commands on one connection of its own: a command is packed by hiredis and written at
+once, replies come back in the order the commands were sent (Redis answers one connection in order)
+and are matched to their waiters first in, first out, so concurrent calls share the socket without
+waiting for each other's round trips.
+
+A waiter that gives up (cancelled, or past ``timeout_s``) leaves its place in the queue, so later
+replies still find their own waiters; a timeout also drops the connection (Redis is not answering),
+which fails every waiter with :class:`redis.exceptions.ConnectionError` — the error redis-py raises,
+which the callers already turn into ``503``. The next command connects again.
+
+Used for a single Redis over TCP or a Unix socket without TLS (``redis://``, ``unix://``); a Redis
+Cluster or ``rediss://`` keeps redis-py's client for everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+from collections.abc import Sequence
+from typing import Any, cast
+
+import hiredis
+from redis.asyncio.connection import parse_url
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+
+def supports(url: str) -> bool:
+    """A URL this channel can serve (a single Redis, no TLS)."""
+    return url.split("://", 1)[0].lower() in ("redis", "unix")
+
+
+def _arg(value: Any) -> Any:
+    """What hiredis packs as is (str, bytes, int, float); anything else as its text, as redis-py does."""
+    return value if isinstance(value, str | bytes | int | float) else str(value)
+
+
+class _Line(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.reader = hiredis.Reader()
+        self.waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self.lost: Exception | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        while True:
+            try:
+                reply = self.reader.gets()
+            except hiredis.ProtocolError as exc:  # the stream cannot be trusted any more
+                self._fail(RedisConnectionError(f"Redis protocol error: {exc}"))
+                if self.transport is not None:
+                    self.transport.close()
+                return
+            if reply is False:
+                return
+            if not self.waiting:  # a reply nobody sent a command for: never happens with Redis
+                continue
+            waiter = self.waiting.popleft()
+            if waiter.done():  # its caller gave up; the reply is dropped, the order kept
+                continue
+            if isinstance(reply, hiredis.ReplyError):
+                message = str(reply)
+                error = NoScriptError if message.startswith("NOSCRIPT") else ResponseError
+                waiter.set_exception(error(message))
+            else:
+                waiter.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self._fail(RedisConnectionError(f"Connection to Redis lost ({exc or 'closed'})."))
+
+    def _fail(self, error: Exception) -> None:
+        self.lost = error
+        while self.waiting:
+            waiter = self.waiting.popleft()
+            if not waiter.done():
+                waiter.set_exception(error)
+
+
+class ScriptChannel:
+    """``EVALSHA`` over one pipelined connection (see the module docstring).
+
+    Example::
+
+        channel = ScriptChannel("redis://127.0.0.1:6379/0")
+        reply = await channel.evalsha(sha, ["key"], ["arg"])
+        await channel.aclose()
+    """
+
+    def __init__(self, url: str, *, connect_timeout_s: float = 2.0, timeout_s: float = 5.0) -> None:
+        self._params = parse_url(url)
+        self.connect_timeout_s = connect_timeout_s
+        self.timeout_s = timeout_s
+        self._line: _Line | None = None
+        self._connecting: asyncio.Lock | None = None
+
+    async def evalsha(self, sha: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        """Run a loaded script; raises NoScriptError if Redis does not have it (it restarted or flushed)."""
+        return await self._command("EVALSHA", sha, len(keys), *keys, *(_arg(a) for a in args))
+
+    async def _command(self, *parts: Any) -> Any:
+        line = self._line
+        if line is None or line.transport is None:
+            line = await self._connect()
+        assert line.transport is not None
+        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        line.waiting.append(waiter)
+        line.transport.write(hiredis.pack_command(parts))
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return await waiter
+        except TimeoutError:
+            # Redis does not answer in time: drop the connection (its late replies must not reach
+            # the commands sent after this one); every waiter on it fails, the next command reconnects.
+            if line.transport is not None:
+                line.transport.close()
+            raise RedisTimeoutError(f"Redis did not answer within {self.timeout_s:g} s.") from None
+
+    async def _connect(self) -> _Line:
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:
+            if self._line is not None and self._line.transport is not None:
+                return self._line
+            loop = asyncio.get_running_loop()
+            p = self._params
+            try:
+                async with asyncio.timeout(self.connect_timeout_s):
+                    if p.get("path"):
+                        _, line = await loop.create_unix_connection(_Line, p["path"])
+                    else:
+                        _, line = await loop.create_connection(
+                            _Line, p.get("host") or "localhost", int(p.get("port") or 6379)
+                        )
+            except (OSError, TimeoutError) as exc:
+                raise RedisConnectionError(f"Cannot connect to Redis ({exc!r}).") from exc
+            self._line = line
+            try:
+                if p.get("password"):
+                    auth = (p["username"], p["password"]) if p.get("username") else (p["password"],)
+                    await self._command("AUTH", *auth)
+                if int(p.get("db") or 0):
+                    await self._command("SELECT", int(p["db"]))
+            except BaseException:
+                self._close()
+                raise
+            return line
+
+    def _close(self) -> None:
+        line, self._line = self._line, None
+        if line is not None and line.transport is not None:
+            line.transport.close()
+
+    async def aclose(self) -> None:
+        self._close()
+        with contextlib.suppress(Exception):
+            await asyncio.sleep(0)  # let connection_lost run

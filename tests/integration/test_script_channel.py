@@ -1,0 +1,147 @@
+"""The pipelined script connection of Redis credits, against a real redis-server of the test's own."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from litellm_jobs_plugin.credits.script_channel import ScriptChannel, supports
+from tests.support.outages import OwnRedis, own_redis
+
+ECHO = "return {KEYS[1], ARGV[1]}"
+FAIL = "return redis.error_reply('ERR refused by the script')"
+SET = "redis.call('SET', KEYS[1], ARGV[1]); return redis.call('GET', KEYS[1])"
+#: Keeps Redis busy (it answers nobody meanwhile) for ARGV[1] milliseconds.
+BUSY = """
+local t = redis.call('TIME')
+local start = t[1] * 1000 + math.floor(t[2] / 1000)
+repeat
+  t = redis.call('TIME')
+until t[1] * 1000 + math.floor(t[2] / 1000) - start >= tonumber(ARGV[1])
+return 1
+"""
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[OwnRedis]:
+    with own_redis(tmp_path / "redis") as r:
+        yield r
+
+
+def load(url: str, script: str) -> str:
+    return str(redis.Redis.from_url(url).script_load(script))
+
+
+def test_only_a_single_redis_without_tls_uses_it() -> None:
+    assert supports("redis://127.0.0.1:6379/0")
+    assert supports("unix:///run/redis.sock")
+    assert not supports("rediss://cache.example:6380")
+    assert not supports("redis+cluster://a:1,b:2")
+
+
+async def test_concurrent_calls_share_the_connection_and_each_gets_its_own_reply(server: OwnRedis) -> None:
+    sha = load(server.url, ECHO)
+    channel = ScriptChannel(server.url)
+    try:
+        replies = await asyncio.gather(*(channel.evalsha(sha, [f"k{i}"], [i]) for i in range(300)))
+        assert replies == [[f"k{i}".encode(), str(i).encode()] for i in range(300)]
+        clients = redis.Redis.from_url(server.url).client_list()
+        assert len(clients) == 2  # the channel's one connection, and this client_list's
+    finally:
+        await channel.aclose()
+
+
+async def test_a_caller_that_gives_up_does_not_shift_the_replies_of_the_others(server: OwnRedis) -> None:
+    echo, busy = load(server.url, ECHO), load(server.url, BUSY)
+    channel = ScriptChannel(server.url)
+    try:
+        slow = asyncio.create_task(channel.evalsha(busy, [], [200]))
+        first = asyncio.create_task(channel.evalsha(echo, ["a"], ["first"]))
+        await asyncio.sleep(0.05)  # both written; Redis is busy with the first
+        first.cancel()
+        second = await channel.evalsha(echo, ["b"], ["second"])
+        assert second == [b"b", b"second"]
+        assert await slow == 1
+        assert first.cancelled()
+    finally:
+        await channel.aclose()
+
+
+async def test_error_replies_raise_the_errors_redis_py_would_and_the_connection_goes_on(server: OwnRedis) -> None:
+    echo, fail = load(server.url, ECHO), load(server.url, FAIL)
+    channel = ScriptChannel(server.url)
+    try:
+        with pytest.raises(NoScriptError):
+            await channel.evalsha("0" * 40, [], [])
+        with pytest.raises(ResponseError, match="refused by the script"):
+            await channel.evalsha(fail, [], [])
+        assert await channel.evalsha(echo, ["k"], ["still here"]) == [b"k", b"still here"]
+    finally:
+        await channel.aclose()
+
+
+async def test_it_uses_the_database_of_the_url(server: OwnRedis) -> None:
+    url = server.url.rsplit("/", 1)[0] + "/5"
+    sha = load(url, SET)
+    channel = ScriptChannel(url)
+    try:
+        assert await channel.evalsha(sha, ["where"], ["db5"]) == b"db5"
+    finally:
+        await channel.aclose()
+    assert redis.Redis.from_url(url).get("where") == b"db5"
+    assert redis.Redis.from_url(server.url).get("where") is None
+
+
+async def test_a_redis_that_does_not_answer_in_time_fails_the_call_and_the_next_one_reconnects(
+    server: OwnRedis,
+) -> None:
+    echo, busy = load(server.url, ECHO), load(server.url, BUSY)
+    channel = ScriptChannel(server.url, timeout_s=0.2)
+    try:
+        waiting = asyncio.create_task(channel.evalsha(echo, ["x"], ["behind the busy script"]))
+        with pytest.raises(RedisTimeoutError):
+            await channel.evalsha(busy, [], [600])
+        with pytest.raises((RedisConnectionError, RedisTimeoutError)):
+            await waiting  # behind it on the dropped connection: failed, never handed another command's reply
+        channel.timeout_s = 5.0
+        assert await channel.evalsha(echo, ["y"], ["after"]) == [b"y", b"after"]
+    finally:
+        await channel.aclose()
+
+
+async def test_a_restarted_redis_fails_calls_while_down_then_serves_them_again(server: OwnRedis) -> None:
+    sha = load(server.url, ECHO)
+    channel = ScriptChannel(server.url)
+    try:
+        assert await channel.evalsha(sha, ["k"], ["before"]) == [b"k", b"before"]
+        server.stop()
+        with pytest.raises(RedisConnectionError):
+            await channel.evalsha(sha, ["k"], ["down"])
+        server.start()
+        with pytest.raises(NoScriptError):  # a restarted Redis has no scripts: the caller loads it again
+            await channel.evalsha(sha, ["k"], ["after"])
+        sha = load(server.url, ECHO)
+        assert await channel.evalsha(sha, ["k"], ["after"]) == [b"k", b"after"]
+    finally:
+        await channel.aclose()
+
+
+def test_it_runs_on_uvloop_the_proxy_s_event_loop(server: OwnRedis) -> None:
+    uvloop = pytest.importorskip("uvloop")
+    sha = load(server.url, ECHO)
+
+    async def calls() -> list[object]:
+        channel = ScriptChannel(server.url)
+        try:
+            return list(await asyncio.gather(*(channel.evalsha(sha, ["k"], [i]) for i in range(50))))
+        finally:
+            await channel.aclose()
+
+    assert uvloop.run(calls()) == [[b"k", str(i).encode()] for i in range(50)]
