@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -35,6 +35,15 @@ def server(tmp_path: Path) -> Iterator[OwnRedis]:
         yield r
 
 
+@pytest.fixture
+async def channel(server: OwnRedis) -> AsyncIterator[ScriptChannel]:
+    c = ScriptChannel(server.url)
+    try:
+        yield c
+    finally:
+        await c.aclose()
+
+
 def load(url: str, script: str) -> str:
     return str(redis.Redis.from_url(url).script_load(script))
 
@@ -46,45 +55,41 @@ def test_only_a_single_redis_without_tls_uses_it() -> None:
     assert not supports("redis+cluster://a:1,b:2")
 
 
-async def test_concurrent_calls_share_the_connection_and_each_gets_its_own_reply(server: OwnRedis) -> None:
+async def test_concurrent_calls_share_the_connection_and_each_gets_its_own_reply(
+    server: OwnRedis, channel: ScriptChannel
+) -> None:
     sha = load(server.url, ECHO)
-    channel = ScriptChannel(server.url)
-    try:
-        replies = await asyncio.gather(*(channel.evalsha(sha, [f"k{i}"], [i]) for i in range(300)))
-        assert replies == [[f"k{i}".encode(), str(i).encode()] for i in range(300)]
-        clients = redis.Redis.from_url(server.url).client_list()
-        assert len(clients) == 2  # the channel's one connection, and this client_list's
-    finally:
-        await channel.aclose()
+    replies = await asyncio.gather(*(channel.evalsha(sha, [f"k{i}"], [i]) for i in range(300)))
+    assert replies == [[f"k{i}".encode(), str(i).encode()] for i in range(300)]
+    clients = redis.Redis.from_url(server.url).client_list()
+    assert len(clients) == 2  # the channel's one connection, and this client_list's
 
 
-async def test_a_caller_that_gives_up_does_not_shift_the_replies_of_the_others(server: OwnRedis) -> None:
+async def test_a_caller_that_gives_up_does_not_shift_the_replies_of_the_others(
+    server: OwnRedis, channel: ScriptChannel
+) -> None:
     echo, busy = load(server.url, ECHO), load(server.url, BUSY)
-    channel = ScriptChannel(server.url)
-    try:
-        slow = asyncio.create_task(channel.evalsha(busy, [], [200]))
-        first = asyncio.create_task(channel.evalsha(echo, ["a"], ["first"]))
-        await asyncio.sleep(0.05)  # both written; Redis is busy with the first
-        first.cancel()
-        second = await channel.evalsha(echo, ["b"], ["second"])
-        assert second == [b"b", b"second"]
-        assert await slow == 1
-        assert first.cancelled()
-    finally:
-        await channel.aclose()
+    assert await channel.evalsha(echo, ["w"], ["connected"]) == [b"w", b"connected"]
+    slow = asyncio.create_task(channel.evalsha(busy, [], [200]))
+    first = asyncio.create_task(channel.evalsha(echo, ["a"], ["first"]))
+    await asyncio.sleep(0)  # both tasks ran to their wait: both commands are written, Redis busy with the first
+    assert not first.done()
+    first.cancel()
+    second = await channel.evalsha(echo, ["b"], ["second"])
+    assert second == [b"b", b"second"]
+    assert await slow == 1
+    assert first.cancelled()
 
 
-async def test_error_replies_raise_the_errors_redis_py_would_and_the_connection_goes_on(server: OwnRedis) -> None:
+async def test_error_replies_raise_the_errors_redis_py_would_and_the_connection_goes_on(
+    server: OwnRedis, channel: ScriptChannel
+) -> None:
     echo, fail = load(server.url, ECHO), load(server.url, FAIL)
-    channel = ScriptChannel(server.url)
-    try:
-        with pytest.raises(NoScriptError):
-            await channel.evalsha("0" * 40, [], [])
-        with pytest.raises(ResponseError, match="refused by the script"):
-            await channel.evalsha(fail, [], [])
-        assert await channel.evalsha(echo, ["k"], ["still here"]) == [b"k", b"still here"]
-    finally:
-        await channel.aclose()
+    with pytest.raises(NoScriptError):
+        await channel.evalsha("0" * 40, [], [])
+    with pytest.raises(ResponseError, match="refused by the script"):
+        await channel.evalsha(fail, [], [])
+    assert await channel.evalsha(echo, ["k"], ["still here"]) == [b"k", b"still here"]
 
 
 async def test_it_uses_the_database_of_the_url(server: OwnRedis) -> None:
@@ -116,21 +121,19 @@ async def test_a_redis_that_does_not_answer_in_time_fails_the_call_and_the_next_
         await channel.aclose()
 
 
-async def test_a_restarted_redis_fails_calls_while_down_then_serves_them_again(server: OwnRedis) -> None:
+async def test_a_restarted_redis_fails_calls_while_down_then_serves_them_again(
+    server: OwnRedis, channel: ScriptChannel
+) -> None:
     sha = load(server.url, ECHO)
-    channel = ScriptChannel(server.url)
-    try:
-        assert await channel.evalsha(sha, ["k"], ["before"]) == [b"k", b"before"]
-        server.stop()
-        with pytest.raises(RedisConnectionError):
-            await channel.evalsha(sha, ["k"], ["down"])
-        server.start()
-        with pytest.raises(NoScriptError):  # a restarted Redis has no scripts: the caller loads it again
-            await channel.evalsha(sha, ["k"], ["after"])
-        sha = load(server.url, ECHO)
-        assert await channel.evalsha(sha, ["k"], ["after"]) == [b"k", b"after"]
-    finally:
-        await channel.aclose()
+    assert await channel.evalsha(sha, ["k"], ["before"]) == [b"k", b"before"]
+    server.stop()
+    with pytest.raises(RedisConnectionError):
+        await channel.evalsha(sha, ["k"], ["down"])
+    server.start()
+    with pytest.raises(NoScriptError):  # a restarted Redis has no scripts: the caller loads it again
+        await channel.evalsha(sha, ["k"], ["after"])
+    sha = load(server.url, ECHO)
+    assert await channel.evalsha(sha, ["k"], ["after"]) == [b"k", b"after"]
 
 
 def test_it_runs_on_uvloop_the_proxy_s_event_loop(server: OwnRedis) -> None:

@@ -9,10 +9,11 @@ once, replies come back in the order the commands were sent (Redis answers one c
 and are matched to their waiters first in, first out, so concurrent calls share the socket without
 waiting for each other's round trips.
 
-A waiter that gives up (cancelled, or past ``timeout_s``) leaves its place in the queue, so later
-replies still find their own waiters; a timeout also drops the connection (Redis is not answering),
-which fails every waiter with :class:`redis.exceptions.ConnectionError` — the error redis-py raises,
-which the callers already turn into ``503``. The next command connects again.
+A waiter that gives up (cancelled, or past ``timeout_s``) keeps its place in the queue: its reply,
+when it comes, is dropped, so later replies still find their own waiters. A timeout also drops the
+connection (Redis is not answering), which fails every waiter on it with
+:class:`redis.exceptions.ConnectionError`, the error redis-py raises, which the callers already turn
+into ``503``. The next command connects again.
 
 Used for a single Redis over TCP or a Unix socket without TLS (``redis://``, ``unix://``); a Redis
 Cluster or ``rediss://`` keeps redis-py's client for everything.
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -48,7 +48,6 @@ class _Line(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.reader = hiredis.Reader()
         self.waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
-        self.lost: Exception | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
@@ -82,7 +81,6 @@ class _Line(asyncio.Protocol):
         self._fail(RedisConnectionError(f"Connection to Redis lost ({exc or 'closed'})."))
 
     def _fail(self, error: Exception) -> None:
-        self.lost = error
         while self.waiting:
             waiter = self.waiting.popleft()
             if not waiter.done():
@@ -165,5 +163,4 @@ class ScriptChannel:
 
     async def aclose(self) -> None:
         self._close()
-        with contextlib.suppress(Exception):
-            await asyncio.sleep(0)  # let connection_lost run
+        await asyncio.sleep(0)  # the transport's connection_lost runs
