@@ -106,7 +106,7 @@ class ScriptChannel:
 
     async def evalsha(self, sha: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         """Run a loaded script; raises NoScriptError if Redis does not have it (it restarted or flushed)."""
-        return await self._command("EVALSHA", sha, len(keys), *keys, *(_arg(a) for a in args))
+        return await self._command("evalsha", sha, len(keys), *keys, *(_arg(a) for a in args))
 
     async def _command(self, *parts: Any) -> Any:
         line = self._line
@@ -148,9 +148,9 @@ class ScriptChannel:
             try:
                 if p.get("password"):
                     auth = (p["username"], p["password"]) if p.get("username") else (p["password"],)
-                    await self._command("AUTH", *auth)
+                    await self._command("auth", *auth)
                 if int(p.get("db") or 0):
-                    await self._command("SELECT", int(p["db"]))
+                    await self._command("select", int(p["db"]))  # Redis commands are case-blind
             except BaseException:
                 self._close()
                 raise
