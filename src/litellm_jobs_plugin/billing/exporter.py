@@ -100,15 +100,14 @@ class Exporter:
 
     async def run_once(self) -> dict[str, int] | None:
         """One round over every enabled sink: events sent per sink; None if another process holds the lock."""
-        if not any(sink.enabled for sink, _ in await load_sinks(self.store)):
+        sinks = [sink for sink, _ in await load_sinks(self.store) if sink.enabled]
+        if not sinks:
             return {}  # nothing to export to: one query, not a locked transaction, every round
         async with self.store.transaction() as lock:
             if not (await rows(self.store, "export_try_lock", {"key": EXPORT_LOCK_KEY}, lock))[0]["locked"]:
                 return None
             sent: dict[str, int] = {}
-            for sink, _ in await load_sinks(self.store):
-                if not sink.enabled:
-                    continue
+            for sink in sinks:
                 try:
                     sent[sink.name] = await self.export_sink(sink)
                 except SinkError as exc:

@@ -35,7 +35,6 @@ from ..models import Balance, JobStatus, from_micro, to_micro
 from ..store.postgres import PostgresStore
 from . import rules, script_channel
 from .base import Admission, Closure, OpenJob
-from .script_channel import ScriptChannel
 
 _log = logging.getLogger(__name__)
 
@@ -207,7 +206,7 @@ class RedisCredits:
         self.cluster = is_cluster_url(url)
         self.client: Client = connect(url, max_connections=max_connections)
         #: The scripts on a call's path go over a pipelined connection of their own (a single Redis).
-        self._channel = ScriptChannel(url) if not self.cluster and script_channel.supports(url) else None
+        self._channel = script_channel.ScriptChannel(url) if not self.cluster and script_channel.supports(url) else None
         self.store = store
         self.keys = RedisKeys(prefix, DEFAULT_SHARDS[self.cluster] if shards is None else shards)
         self.closed_ttl_s = closed_ttl_s
