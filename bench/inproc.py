@@ -6,7 +6,7 @@
 Each call goes through what LiteLLM calls on the plugin for a non-streamed call: the pre-call
 hook, the success event, the post-call success hook and the response-headers hook, with a
 request body and logging kwargs shaped like LiteLLM 1.106's. The writer writes to a real
-PostgreSQL (and Redis for the ``redis`` cells) and is waited for: **sequential** waits after each
+PostgreSQL (and Redis for the ``redis`` cells), on uvloop as in the proxy, and is waited for: **sequential** waits after each
 call (a batch per call, the worst case), **concurrent** after every 8 calls (8 calls per batch).
 
 Reported: user and system CPU microseconds per call (``getrusage``). Run under callgrind
@@ -29,6 +29,8 @@ import time
 import uuid
 from decimal import Decimal
 from typing import Any
+
+import uvloop
 
 from .procs import REDIS_URL, create_database, drop_database, drop_redis_prefix
 
@@ -170,7 +172,7 @@ async def run_cell(cell: str, calls: int, per_batch: int) -> dict[str, float]:
         await window(calls)
         if profiler is not None:
             profiler.disable()
-            pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(25)
+            pstats.Stats(profiler, stream=sys.stderr).sort_stats(os.environ.get("BENCH_PROFILE_SORT", "tottime")).print_stats(os.environ.get("BENCH_PROFILE_FILTER", ""), 40)
         wall = time.perf_counter() - t0
         r1 = resource.getrusage(resource.RUSAGE_SELF)
         if job is not None:
@@ -206,7 +208,7 @@ def main() -> None:
         windows = {f"per_batch_{args.per_batch}": args.per_batch}
     for cell in args.cells.split(","):
         for name, per in windows.items():
-            out[f"{cell}/{name}"] = asyncio.run(run_cell(cell, args.calls, per))
+            out[f"{cell}/{name}"] = uvloop.run(run_cell(cell, args.calls, per))
             print(f"{cell}/{name}: {json.dumps(out[f'{cell}/{name}'])}", file=sys.stderr, flush=True)
     print(json.dumps(out))
 

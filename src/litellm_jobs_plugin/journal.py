@@ -40,6 +40,7 @@ from .models import (
     from_micro,
     hold_entry,
 )
+from .redis_channel import RedisChannel
 
 Item = CallEvent | LedgerEntry
 #: A single Redis or a Redis Cluster: the plugin uses the commands both have, one hash slot per command.
@@ -54,6 +55,8 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
 _UNAVAILABLE_OR_REFUSED: tuple[type[BaseException], ...] = (*UNAVAILABLE, aioredis.ResponseError)
 #: (stream, encoded call record, team_id, job_id, cost): appends the record and adds the cost in one script.
 AppendWithCost = Callable[[str, str, str, str, Decimal], Awaitable[object]]
+#: Makes a reader's own pipelined connection (``redis_channel``; a single Redis only).
+ReaderChannel = Callable[[], RedisChannel]
 
 GROUP = "writers"
 
@@ -197,6 +200,7 @@ class RedisJournal:
         append_with_cost: AppendWithCost | None = None,
         shard_of: Callable[[str], int] | None = None,
         retiring: Sequence[str] = (),
+        reader_channel: ReaderChannel | None = None,
     ) -> None:
         self.client = client
         self.streams = [stream] if isinstance(stream, str) else list(stream)
@@ -206,12 +210,18 @@ class RedisJournal:
         self._claim_cursor = "0-0"
         self._append_with_cost = append_with_cost
         self._shard_of = shard_of
+        #: A single Redis: :meth:`read` goes over a pipelined connection of this stream's own, made on
+        #: first use, instead of redis-py's pool (a read per batch, the reader's share of a call's cost).
+        self._reader_channel = reader_channel
+        self._channel: RedisChannel | None = None
         #: This journal only drains its stream (a retiring one): the writer stops reading it once empty.
         self.retiring = False
         self._shards = [self] if len(self.streams) == 1 and not retiring else []
         if not self._shards:
             for name in [*self.streams, *retiring]:
-                shard = RedisJournal(client, name, consumer=consumer, claim_idle_s=claim_idle_s)
+                shard = RedisJournal(
+                    client, name, consumer=consumer, claim_idle_s=claim_idle_s, reader_channel=reader_channel
+                )
                 shard.retiring = name in retiring
                 self._shards.append(shard)
 
@@ -285,6 +295,8 @@ class RedisJournal:
         ``ack``: entries to :meth:`ack` first, in the same round trip (Redis runs them before the
         read blocks). If this raises, they may or may not be acknowledged: ack them again.
         """
+        if self._reader_channel is not None:
+            return await self._read_lean(count, block_ms, ack)
         try:
             if ack:
                 async with self.client.pipeline(transaction=False) as pipe:
@@ -305,6 +317,33 @@ class RedisJournal:
             return []
         rows: list[Any] = list(answer or [])
         return [(_text(i), _fields(f)) for _, entries in rows for i, f in entries]
+
+    async def _read_lean(
+        self, count: int, block_ms: int | None, ack: Sequence[str]
+    ) -> list[tuple[str, dict[str, str]]]:
+        """:meth:`read` over this stream's own connection (hiredis: flat field lists, bytes)."""
+        if self._channel is None:
+            assert self._reader_channel is not None
+            self._channel = self._reader_channel()
+        commands: list[tuple[Any, ...]] = []
+        if ack:
+            commands += [("xack", self.stream, GROUP, *ack), ("xdel", self.stream, *ack)]
+        block = () if block_ms is None else ("block", block_ms)
+        commands.append(
+            ("xreadgroup", "group", GROUP, self.consumer, "count", count, *block, "streams", self.stream, ">")
+        )
+        # a blocking read is answered after its block at the latest: the channel's timeout counts from there
+        timeout_s = None if block_ms is None else block_ms / 1000 + self._channel.timeout_s
+        try:
+            answer = (await self._channel.pipeline(commands, timeout_s=timeout_s))[-1]
+        except UNAVAILABLE as exc:
+            raise StoreUnavailable(f"Redis is unavailable ({type(exc).__name__}).") from exc
+        except aioredis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            await self.setup()
+            return []
+        return [(_text(i), _flat_fields(f)) for _, entries in answer or () for i, f in entries]
 
     async def claim(self, count: int) -> list[tuple[str, dict[str, str]]]:
         """Entries another consumer (a dead replica) has held unacknowledged for too long."""
@@ -372,3 +411,9 @@ class RedisJournal:
 
 def _fields(raw: Any) -> dict[str, str]:
     return {_text(k): _text(v) for k, v in (raw or {}).items()}
+
+
+def _flat_fields(raw: Any) -> dict[str, str]:
+    """An entry's fields as Redis sends them: ``[field, value, field, value, …]``."""
+    items = [_text(x) for x in raw or ()]
+    return dict(zip(items[::2], items[1::2], strict=True))

@@ -10,6 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from litellm_jobs_plugin.journal import RedisJournal, encode
+from litellm_jobs_plugin.redis_channel import RedisChannel
 from litellm_jobs_plugin.store.postgres import PostgresStore
 from litellm_jobs_plugin.writer import Writer
 from tests.conftest import query
@@ -26,8 +27,42 @@ async def redis_client(redis_server_url: str | None) -> AsyncIterator[aioredis.R
     await client.aclose()
 
 
-def journal(client: aioredis.Redis, prefix: str, name: str, claim_idle_s: float = 30.0) -> RedisJournal:
-    return RedisJournal(client, f"{prefix}:journal", consumer=name, claim_idle_s=claim_idle_s)
+ReaderChannels = Callable[[str], Callable[[], RedisChannel]] | None
+
+
+@pytest.fixture(params=["redis-py", "channel"])
+async def readers(request: pytest.FixtureRequest) -> AsyncIterator[ReaderChannels]:
+    """How journals read: through redis-py's client, or each over a pipelined connection of its own
+    (what Redis credits give the writer with a single Redis)."""
+    if request.param == "redis-py":
+        yield None
+        return
+    made: list[RedisChannel] = []
+
+    def for_url(url: str) -> Callable[[], RedisChannel]:
+        def make() -> RedisChannel:
+            made.append(RedisChannel(url))
+            return made[-1]
+
+        return make
+
+    yield for_url
+    for channel in made:
+        await channel.aclose()
+
+
+def journal(
+    client: aioredis.Redis, prefix: str, name: str, claim_idle_s: float = 30.0, readers: ReaderChannels = None
+) -> RedisJournal:
+    kwargs = client.connection_pool.connection_kwargs
+    url = f"redis://{kwargs.get('host', '127.0.0.1')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
+    return RedisJournal(
+        client,
+        f"{prefix}:journal",
+        consumer=name,
+        claim_idle_s=claim_idle_s,
+        reader_channel=None if readers is None else readers(url),
+    )
 
 
 def recorded(database_url: str) -> int:
@@ -42,9 +77,12 @@ def recorded_is(database_url: str, n: int) -> Callable[[], Awaitable[bool]]:
 
 
 async def test_two_writers_share_one_journal_and_write_each_event_once(
-    store: PostgresStore, database_url: str, redis_client: aioredis.Redis, redis_prefix: str
+    store: PostgresStore, database_url: str, redis_client: aioredis.Redis, redis_prefix: str, readers: ReaderChannels
 ) -> None:
-    writers = [Writer(store, journal=journal(redis_client, redis_prefix, f"w{n}"), batch_size=20) for n in range(2)]
+    writers = [
+        Writer(store, journal=journal(redis_client, redis_prefix, f"w{n}", readers=readers), batch_size=20)
+        for n in range(2)
+    ]
     for w in writers:
         await w.journal.setup()  # type: ignore[union-attr]
         w.start()
@@ -62,14 +100,14 @@ async def test_two_writers_share_one_journal_and_write_each_event_once(
 
 
 async def test_entries_a_dead_reader_left_unacknowledged_are_taken_over(
-    store: PostgresStore, database_url: str, redis_client: aioredis.Redis, redis_prefix: str
+    store: PostgresStore, database_url: str, redis_client: aioredis.Redis, redis_prefix: str, readers: ReaderChannels
 ) -> None:
-    dead = journal(redis_client, redis_prefix, "dead")
+    dead = journal(redis_client, redis_prefix, "dead", readers=readers)
     await dead.setup()
     for i in range(40):
         await dead.append(event(f"orphan-{i}"))
     assert len(await dead.read(100, block_ms=10)) == 40  # read, then the process "dies": never acked
-    writer = Writer(store, journal=journal(redis_client, redis_prefix, "heir", claim_idle_s=0.3))
+    writer = Writer(store, journal=journal(redis_client, redis_prefix, "heir", claim_idle_s=0.3, readers=readers))
     writer.start()
     await wait_for_async(recorded_is(database_url, 40), within=30)
     await asyncio.wait_for(writer.flush(), timeout=30)
@@ -79,10 +117,10 @@ async def test_entries_a_dead_reader_left_unacknowledged_are_taken_over(
 
 
 async def test_an_unreadable_entry_is_left_pending_and_the_rest_is_written(
-    store: PostgresStore, database_url: str, redis_client: aioredis.Redis, redis_prefix: str
+    store: PostgresStore, database_url: str, redis_client: aioredis.Redis, redis_prefix: str, readers: ReaderChannels
 ) -> None:
     stream = f"{redis_prefix}:journal"
-    j = journal(redis_client, redis_prefix, "w")
+    j = journal(redis_client, redis_prefix, "w", readers=readers)
     await j.setup()
     await redis_client.xadd(stream, {"v": "{not json"})
     await redis_client.xadd(stream, {"v": encode(event("readable"))})
@@ -99,10 +137,10 @@ async def test_an_unreadable_entry_is_left_pending_and_the_rest_is_written(
 
 
 async def test_with_redis_unreachable_events_go_to_memory_and_are_written(
-    store: PostgresStore, database_url: str
+    store: PostgresStore, database_url: str, readers: ReaderChannels
 ) -> None:
     unreachable = aioredis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5)
-    writer = Writer(store, journal=journal(unreachable, "none", "w"), journal_retry_s=60)
+    writer = Writer(store, journal=journal(unreachable, "none", "w", readers=readers), journal_retry_s=60)
     writer.start()
     for i in range(10):
         await writer.put(event(f"fallback-{i}"))

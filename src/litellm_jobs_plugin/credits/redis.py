@@ -29,11 +29,12 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import NoScriptError
 
+from .. import redis_channel
 from ..errors import StoreUnavailable
 from ..journal import UNAVAILABLE, Client, RedisJournal, consumer_name
 from ..models import Balance, JobStatus, from_micro, to_micro
 from ..store.postgres import PostgresStore
-from . import rules, script_channel
+from . import rules
 from .base import Admission, Closure, OpenJob
 
 _log = logging.getLogger(__name__)
@@ -206,7 +207,10 @@ class RedisCredits:
         self.cluster = is_cluster_url(url)
         self.client: Client = connect(url, max_connections=max_connections)
         #: The scripts on a call's path go over a pipelined connection of their own (a single Redis).
-        self._channel = script_channel.ScriptChannel(url) if not self.cluster and script_channel.supports(url) else None
+        self._channel = redis_channel.RedisChannel(url) if not self.cluster and redis_channel.supports(url) else None
+        self._url = url
+        #: The journal readers' connections (one per stream: a blocking read holds its connection).
+        self._reader_channels: list[redis_channel.RedisChannel] = []
         self.store = store
         self.keys = RedisKeys(prefix, DEFAULT_SHARDS[self.cluster] if shards is None else shards)
         self.closed_ttl_s = closed_ttl_s
@@ -233,7 +237,13 @@ class RedisCredits:
             append_with_cost=self._append_with_cost,
             shard_of=self.keys.shard,
             retiring=[self.keys.legacy_journal],
+            reader_channel=self._reader_channel if self._channel is not None else None,
         )
+
+    def _reader_channel(self) -> redis_channel.RedisChannel:
+        channel = redis_channel.RedisChannel(self._url)
+        self._reader_channels.append(channel)
+        return channel
 
     async def _append_with_cost(self, stream: str, record: str, team_id: str, job_id: str, cost_usd: Decimal) -> None:
         """add_cost.lua with the journal: append a call's record and add its cost in one script."""
@@ -595,6 +605,7 @@ class RedisCredits:
         return contextlib.nullcontext()
 
     async def aclose(self) -> None:
-        if self._channel is not None:
-            await self._channel.aclose()
+        for channel in [self._channel, *self._reader_channels]:
+            if channel is not None:
+                await channel.aclose()
         await self.client.aclose()

@@ -1,13 +1,15 @@
-"""One pipelined connection to a single Redis for the scripts on a call's path.
+"""Pipelined connections to a single Redis, for the commands on a call's path and the journal's reads.
 
 Every tracked call runs two Lua scripts before its answer leaves (its admission, then its record
-with the job's cost or the job's closure). Through redis-py each costs several times Redis's own work
-in client machinery (a pooled connection checked out and back, a retry wrapper, a timeout context,
-the reply parser) — the largest part of what Redis credits add to a call. This channel sends those
-``EVALSHA`` commands on one connection of its own: a command is packed by hiredis and written at
-once, replies come back in the order the commands were sent (Redis answers one connection in order)
-and are matched to their waiters first in, first out, so concurrent calls share the socket without
-waiting for each other's round trips.
+with the job's cost or the job's closure), and the journal's reader reads (and acknowledges) once per
+batch. Through redis-py each command costs several times Redis's own work in client machinery (a
+pooled connection checked out and back, a retry wrapper, a timeout context, the reply parser) — the
+largest part of what Redis credits add to a call. A channel sends commands on one connection of its
+own: packed by hiredis and written at once, replies come back in the order the commands were sent
+(Redis answers one connection in order) and are matched to their waiters first in, first out, so
+concurrent calls share the socket without waiting for each other's round trips. Credits use one
+channel for their ``EVALSHA`` commands; each journal stream's reader has its own (its blocking
+``XREADGROUP`` holds the connection while it waits).
 
 A waiter that gives up (cancelled, or past ``timeout_s``) keeps its place in the queue: its reply,
 when it comes, is dropped, so later replies still find their own waiters. A timeout also drops the
@@ -87,12 +89,12 @@ class _Line(asyncio.Protocol):
                 waiter.set_exception(error)
 
 
-class ScriptChannel:
+class RedisChannel:
     """``EVALSHA`` over one pipelined connection (see the module docstring).
 
     Example::
 
-        channel = ScriptChannel("redis://127.0.0.1:6379/0")
+        channel = RedisChannel("redis://127.0.0.1:6379/0")
         reply = await channel.evalsha(sha, ["key"], ["arg"])
         await channel.aclose()
     """
@@ -120,11 +122,46 @@ class ScriptChannel:
             async with asyncio.timeout(self.timeout_s):
                 return await waiter
         except TimeoutError:
-            # Redis does not answer in time: drop the connection (its late replies must not reach
-            # the commands sent after this one); every waiter on it fails, the next command reconnects.
-            if line.transport is not None:
-                line.transport.close()
-            raise RedisTimeoutError(f"Redis did not answer within {self.timeout_s:g} s.") from None
+            raise self._timed_out(line, self.timeout_s) from None
+
+    async def pipeline(self, commands: Sequence[Sequence[Any]], *, timeout_s: float | None = None) -> list[Any]:
+        """Send ``commands`` in one write and wait for their replies (in order); the first error reply raises.
+
+        ``timeout_s`` (default: the channel's) bounds the wait for the last reply; a blocking command
+        (``XREADGROUP … BLOCK``) needs one longer than its block, and a connection of its own: Redis
+        answers nothing else on a connection while a command there blocks.
+        """
+        line = self._line
+        if line is None or line.transport is None:
+            line = await self._connect()
+        assert line.transport is not None
+        loop = asyncio.get_running_loop()
+        waiters: list[asyncio.Future[Any]] = [loop.create_future() for _ in commands]
+        line.waiting.extend(waiters)
+        line.transport.write(b"".join([hiredis.pack_command(tuple(c)) for c in commands]))
+        limit = self.timeout_s if timeout_s is None else timeout_s
+        try:
+            async with asyncio.timeout(limit):
+                # Redis answers in order: once the last reply is in, every reply is
+                await asyncio.wait((waiters[-1],))
+        except BaseException as exc:
+            for w in waiters:
+                w.cancel()  # their replies, if they come, are dropped; their places kept
+            if isinstance(exc, TimeoutError):
+                raise self._timed_out(line, limit) from None
+            raise
+        errors = [error for w in waiters if (error := w.exception()) is not None]
+        if errors:
+            raise errors[0]
+        return [w.result() for w in waiters]
+
+    @staticmethod
+    def _timed_out(line: _Line, limit: float) -> RedisTimeoutError:
+        """Redis did not answer in time: the connection is dropped (its late replies must not reach the
+        commands sent after), which fails every waiter on it; the next command reconnects."""
+        if line.transport is not None:
+            line.transport.close()
+        return RedisTimeoutError(f"Redis did not answer within {limit:g} s.")
 
     async def _connect(self) -> _Line:
         if self._connecting is None:

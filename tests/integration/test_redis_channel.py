@@ -12,7 +12,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from litellm_jobs_plugin.credits.script_channel import ScriptChannel, supports
+from litellm_jobs_plugin.redis_channel import RedisChannel, supports
 from tests.support.outages import OwnRedis, own_redis
 
 ECHO = "return {KEYS[1], ARGV[1]}"
@@ -36,8 +36,8 @@ def server(tmp_path: Path) -> Iterator[OwnRedis]:
 
 
 @pytest.fixture
-async def channel(server: OwnRedis) -> AsyncIterator[ScriptChannel]:
-    c = ScriptChannel(server.url)
+async def channel(server: OwnRedis) -> AsyncIterator[RedisChannel]:
+    c = RedisChannel(server.url)
     try:
         yield c
     finally:
@@ -56,7 +56,7 @@ def test_only_a_single_redis_without_tls_uses_it() -> None:
 
 
 async def test_concurrent_calls_share_the_connection_and_each_gets_its_own_reply(
-    server: OwnRedis, channel: ScriptChannel
+    server: OwnRedis, channel: RedisChannel
 ) -> None:
     sha = load(server.url, ECHO)
     replies = await asyncio.gather(*(channel.evalsha(sha, [f"k{i}"], [i]) for i in range(300)))
@@ -66,7 +66,7 @@ async def test_concurrent_calls_share_the_connection_and_each_gets_its_own_reply
 
 
 async def test_a_caller_that_gives_up_does_not_shift_the_replies_of_the_others(
-    server: OwnRedis, channel: ScriptChannel
+    server: OwnRedis, channel: RedisChannel
 ) -> None:
     echo, busy = load(server.url, ECHO), load(server.url, BUSY)
     assert await channel.evalsha(echo, ["w"], ["connected"]) == [b"w", b"connected"]
@@ -82,7 +82,7 @@ async def test_a_caller_that_gives_up_does_not_shift_the_replies_of_the_others(
 
 
 async def test_error_replies_raise_the_errors_redis_py_would_and_the_connection_goes_on(
-    server: OwnRedis, channel: ScriptChannel
+    server: OwnRedis, channel: RedisChannel
 ) -> None:
     echo, fail = load(server.url, ECHO), load(server.url, FAIL)
     with pytest.raises(NoScriptError):
@@ -95,7 +95,7 @@ async def test_error_replies_raise_the_errors_redis_py_would_and_the_connection_
 async def test_it_uses_the_database_of_the_url(server: OwnRedis) -> None:
     url = server.url.rsplit("/", 1)[0] + "/5"
     sha = load(url, SET)
-    channel = ScriptChannel(url)
+    channel = RedisChannel(url)
     try:
         assert await channel.evalsha(sha, ["where"], ["db5"]) == b"db5"
     finally:
@@ -108,7 +108,7 @@ async def test_a_redis_that_does_not_answer_in_time_fails_the_call_and_the_next_
     server: OwnRedis,
 ) -> None:
     echo, busy = load(server.url, ECHO), load(server.url, BUSY)
-    channel = ScriptChannel(server.url, timeout_s=0.2)
+    channel = RedisChannel(server.url, timeout_s=0.2)
     try:
         waiting = asyncio.create_task(channel.evalsha(echo, ["x"], ["behind the busy script"]))
         with pytest.raises(RedisTimeoutError):
@@ -122,7 +122,7 @@ async def test_a_redis_that_does_not_answer_in_time_fails_the_call_and_the_next_
 
 
 async def test_a_restarted_redis_fails_calls_while_down_then_serves_them_again(
-    server: OwnRedis, channel: ScriptChannel
+    server: OwnRedis, channel: RedisChannel
 ) -> None:
     sha = load(server.url, ECHO)
     assert await channel.evalsha(sha, ["k"], ["before"]) == [b"k", b"before"]
@@ -141,10 +141,49 @@ def test_it_runs_on_uvloop_the_proxy_s_event_loop(server: OwnRedis) -> None:
     sha = load(server.url, ECHO)
 
     async def calls() -> list[object]:
-        channel = ScriptChannel(server.url)
+        channel = RedisChannel(server.url)
         try:
             return list(await asyncio.gather(*(channel.evalsha(sha, ["k"], [i]) for i in range(50))))
         finally:
             await channel.aclose()
 
     assert uvloop.run(calls()) == [[b"k", str(i).encode()] for i in range(50)]
+
+
+async def test_a_pipeline_writes_its_commands_at_once_and_answers_in_order(
+    server: OwnRedis, channel: RedisChannel
+) -> None:
+    replies = await channel.pipeline([("set", "p", "1"), ("incr", "p"), ("get", "p")])
+    assert replies == [b"OK", 2, b"2"]
+
+
+async def test_an_error_in_a_pipeline_raises_after_every_reply_is_in_and_the_connection_goes_on(
+    server: OwnRedis, channel: RedisChannel
+) -> None:
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        await channel.pipeline([("set", "s", "text"), ("lpush", "s", "x"), ("set", "after", "ran")])
+    # the command after the error ran (Redis does not stop a pipeline), and its reply did not shift
+    assert await channel.pipeline([("get", "after")]) == [b"ran"]
+
+
+async def test_a_blocking_read_waits_past_the_channel_timeout_when_told_and_wakes_at_an_append(
+    server: OwnRedis,
+) -> None:
+    reader = RedisChannel(server.url, timeout_s=0.2)
+    try:
+        await reader.pipeline([("xgroup", "create", "st", "g", "0", "mkstream")])
+        read = asyncio.create_task(
+            reader.pipeline(
+                [("xreadgroup", "group", "g", "c", "count", 10, "block", 5000, "streams", "st", ">")], timeout_s=10
+            )
+        )
+        await asyncio.wait((read,), timeout=0.5)  # longer than the channel's own timeout: still waiting
+        assert not read.done()
+        await asyncio.to_thread(redis.Redis.from_url(server.url).xadd, "st", {"v": "1"})
+        async with asyncio.timeout(5):
+            (answer,) = await read
+        [[stream, [[entry_id, fields]]]] = answer
+        assert (stream, fields) == (b"st", [b"v", b"1"])
+        assert entry_id
+    finally:
+        await reader.aclose()
