@@ -5,9 +5,10 @@
 
 Each call goes through what LiteLLM calls on the plugin for a non-streamed call: the pre-call
 hook, the success event, the post-call success hook and the response-headers hook, with a
-request body and logging kwargs shaped like LiteLLM 1.106's. The writer writes to a real
-PostgreSQL (and Redis for the ``redis`` cells), on uvloop as in the proxy, and is waited for: **sequential** waits after each
-call (a batch per call, the worst case), **concurrent** after every 8 calls (8 calls per batch).
+request body and logging kwargs shaped like LiteLLM 1.106's, on uvloop as in the proxy. The writer
+writes to a real PostgreSQL (and Redis for the ``redis`` cells) and is waited for: **sequential**
+waits after each call (a batch per call, the worst case), **concurrent** after every 8 calls (8 calls
+per batch).
 
 Reported: user and system CPU microseconds per call (``getrusage``). Run under callgrind
 (``bench.run --stages inproc``) the same driver gives the plugin's own instructions per call:
@@ -172,7 +173,10 @@ async def run_cell(cell: str, calls: int, per_batch: int) -> dict[str, float]:
         await window(calls)
         if profiler is not None:
             profiler.disable()
-            pstats.Stats(profiler, stream=sys.stderr).sort_stats(os.environ.get("BENCH_PROFILE_SORT", "tottime")).print_stats(os.environ.get("BENCH_PROFILE_FILTER", ""), 40)
+            # BENCH_PROFILE_SORT (pstats' key, default tottime), BENCH_PROFILE_FILTER (a path's part)
+            stats = pstats.Stats(profiler, stream=sys.stderr)
+            stats.sort_stats(os.environ.get("BENCH_PROFILE_SORT", "tottime"))
+            stats.print_stats(os.environ.get("BENCH_PROFILE_FILTER", ""), 40)
         wall = time.perf_counter() - t0
         r1 = resource.getrusage(resource.RUSAGE_SELF)
         if job is not None:
