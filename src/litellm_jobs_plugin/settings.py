@@ -209,6 +209,12 @@ class Settings(BaseSettings):
         "recorded).",
     )
     export_batch_size: int = Field(default=100, ge=1, le=1000, description="Closed jobs read per export page.")
+    export_retention_s: float = Field(
+        default=86_400.0,
+        gt=0,
+        description="A closure stays in the usage outbox this long once every enabled sink has taken it (a disabled "
+        "sink keeps nothing: re-enabled later, it resumes where the outbox then starts).",
+    )
     export_timeout_s: float = Field(default=10.0, gt=0, description="Timeout of one request to a usage sink.")
     stripe_webhook_secret: SecretStr | None = Field(
         default=None,

@@ -262,3 +262,50 @@ async def test_a_new_sink_starts_at_the_end_and_a_disabled_sink_sends_nothing(
         assert await exporter.run_once() == {"meter": 1}
         await exporter.aclose()
         assert r.ids() == [job_event_id("team-a", "new", "completed")]
+
+
+def outbox(url: str) -> list[str]:
+    return [r["job_id"] for r in query(url, "SELECT job_id FROM usage_outbox ORDER BY xid, seq")]
+
+
+def age_outbox(url: str, *jobs: str, hours: float) -> None:
+    query(
+        url,
+        "UPDATE usage_outbox SET closed_at = now() - make_interval(hours => %s) WHERE job_id = ANY(%s)",
+        hours,
+        list(jobs),
+    )
+
+
+async def test_the_outbox_is_pruned_of_what_every_enabled_sink_took_once_older_than_the_retention(
+    store: PostgresStore, database_url: str
+) -> None:
+    settings = Settings(export_delay_s=0, export_interval_s=0, export_retention_s=3600)
+    exporter = Exporter(store, settings)
+    # No sink at all: every closed job still gets an outbox row; the old ones go, the recent one stays.
+    for job in ("a1", "a2", "recent"):
+        close_job(database_url, "team-a", job)
+    age_outbox(database_url, "a1", "a2", hours=2)
+    assert await exporter.prune() == 2
+    assert outbox(database_url) == ["recent"]
+    with Receiver("cloudevents").running() as r:
+        await add_sink(store, r)
+        await add_sink(store, r, "later")
+        assert await exporter.run_once() == {"meter": 0, "later": 0}  # both cursors: after "recent"
+        await put_sink(store, "later", SinkBody.model_validate({"kind": "cloudevents", "url": r.url, "enabled": False}))
+        for job in ("b1", "b2"):
+            close_job(database_url, "team-a", job)
+        assert await exporter.run_once() == {"meter": 2}
+        close_job(database_url, "team-a", "c1")
+        r.fail_after = len(r.received)  # meter cannot take c1: its cursor stays before it
+        assert await exporter.run_once() == {}
+        age_outbox(database_url, "recent", "b1", "b2", "c1", hours=2)
+        # the disabled sink's cursor (before b1) holds nothing; meter's holds c1. Two rows a page:
+        # recent and b1, then b2 (c1 stays), and the prune stops at the short page.
+        assert await exporter.prune(page=2) == 3
+        assert outbox(database_url) == ["c1"]
+        r.fail_after = None
+        assert await exporter.run_once() == {"meter": 1}
+        assert await exporter.prune() == 1
+        assert outbox(database_url) == []
+    await exporter.aclose()

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,11 @@ _log = logging.getLogger(__name__)
 
 #: pg_try_advisory_xact_lock key: the first 8 bytes of sha256("litellm_jobs_plugin.usage_export").
 EXPORT_LOCK_KEY = int.from_bytes(hashlib.sha256(b"litellm_jobs_plugin.usage_export").digest()[:8], "big", signed=True)
+#: How often a running exporter prunes the outbox (:meth:`Exporter.prune`), and how many rows a
+#: statement looks at; a prune runs at most PRUNE_PAGES statements.
+PRUNE_INTERVAL_S = 600.0
+PRUNE_PAGE = 5000
+PRUNE_PAGES = 20
 
 
 async def load_sinks(store: PostgresStore, name: str | None = None) -> list[tuple[Sink, dict[str, Any]]]:
@@ -115,6 +121,29 @@ class Exporter:
                     await rows(self.store, "cursor_error", {"sink": sink.name, "error": str(exc)[:1000]})
             return sent
 
+    async def prune(self, *, page: int = PRUNE_PAGE, pages: int = PRUNE_PAGES) -> int | None:
+        """Delete the outbox's closures no enabled sink needs any more, once older than
+        ``JOBS_EXPORT_RETENTION_S``; how many (None: another process holds the exporter's lock).
+
+        Every closed job gets an outbox row whether or not a sink exists: without this the table
+        grows by one row per job forever. A statement per page, each in its own short transaction
+        under the exporter's lock, until a page deletes less than it looked at.
+        """
+        deleted = 0
+        for _ in range(pages):
+            async with self.store.transaction() as conn:
+                if not (await rows(self.store, "export_try_lock", {"key": EXPORT_LOCK_KEY}, conn))[0]["locked"]:
+                    return None if deleted == 0 else deleted
+                gone = await rows(
+                    self.store, "prune_outbox", {"limit": page, "retention_s": self.settings.export_retention_s}, conn
+                )
+            deleted += len(gone)
+            if len(gone) < page:
+                break
+        if deleted:
+            _log.info("litellm-jobs: pruned %d exported closures from the usage outbox", deleted)
+        return deleted
+
     async def export_sink(self, sink: Sink) -> int:
         """Send what ``sink`` has not taken yet, moving its cursor after each delivery."""
         await rows(self.store, "start_cursor", {"sink": sink.name})
@@ -163,10 +192,14 @@ class Exporter:
             self._task = asyncio.get_running_loop().create_task(self._forever(), name="litellm-jobs-usage-export")
 
     async def _forever(self) -> None:
+        next_prune = time.monotonic() + 60.0  # the first prune a minute after start, then every PRUNE_INTERVAL_S
         while True:
             await asyncio.sleep(self.settings.export_interval_s)
             try:
                 await self.run_once()
+                if time.monotonic() >= next_prune:
+                    next_prune = time.monotonic() + PRUNE_INTERVAL_S
+                    await self.prune()
             except Exception:
                 _log.exception("litellm-jobs: the usage export round failed; retrying")
 
