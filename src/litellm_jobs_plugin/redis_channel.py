@@ -89,6 +89,18 @@ class _Line(asyncio.Protocol):
                 waiter.set_exception(error)
 
 
+def _expire(line: _Line, waiters: Sequence[asyncio.Future[Any]], limit: float) -> None:
+    """Redis did not answer in time: the waiters fail with a timeout, and the connection is dropped
+    (its late replies must not reach the commands sent after), which fails every other waiter on it;
+    the next command reconnects."""
+    error = RedisTimeoutError(f"Redis did not answer within {limit:g} s.")
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_exception(error)
+    if line.transport is not None:
+        line.transport.close()
+
+
 class RedisChannel:
     """``EVALSHA`` over one pipelined connection (see the module docstring).
 
@@ -115,14 +127,16 @@ class RedisChannel:
         if line is None or line.transport is None:
             line = await self._connect()
         assert line.transport is not None
-        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[Any] = loop.create_future()
         line.waiting.append(waiter)
         line.transport.write(hiredis.pack_command(parts))
+        # a timer handle, not asyncio.timeout(): this runs twice on every tracked call's path
+        timer = loop.call_later(self.timeout_s, _expire, line, (waiter,), self.timeout_s)
         try:
-            async with asyncio.timeout(self.timeout_s):
-                return await waiter
-        except TimeoutError:
-            raise self._timed_out(line, self.timeout_s) from None
+            return await waiter
+        finally:
+            timer.cancel()
 
     async def pipeline(self, commands: Sequence[Sequence[Any]], *, timeout_s: float | None = None) -> list[Any]:
         """Send ``commands`` in one write and wait for their replies (in order); the first error reply raises.
@@ -140,28 +154,22 @@ class RedisChannel:
         line.waiting.extend(waiters)
         line.transport.write(b"".join([hiredis.pack_command(tuple(c)) for c in commands]))
         limit = self.timeout_s if timeout_s is None else timeout_s
+        timer = loop.call_later(limit, _expire, line, waiters, limit)
         try:
-            async with asyncio.timeout(limit):
-                # Redis answers in order: once the last reply is in, every reply is
-                await asyncio.wait((waiters[-1],))
-        except BaseException as exc:
+            # Redis answers in order: once the last reply is in, every reply is
+            await waiters[-1]
+        except asyncio.CancelledError:
             for w in waiters:
                 w.cancel()  # their replies, if they come, are dropped; their places kept
-            if isinstance(exc, TimeoutError):
-                raise self._timed_out(line, limit) from None
             raise
+        except Exception:
+            pass  # an error reply, a timeout, a lost connection: raised below, in the commands' order
+        finally:
+            timer.cancel()
         errors = [error for w in waiters if (error := w.exception()) is not None]
         if errors:
             raise errors[0]
         return [w.result() for w in waiters]
-
-    @staticmethod
-    def _timed_out(line: _Line, limit: float) -> RedisTimeoutError:
-        """Redis did not answer in time: the connection is dropped (its late replies must not reach the
-        commands sent after), which fails every waiter on it; the next command reconnects."""
-        if line.transport is not None:
-            line.transport.close()
-        return RedisTimeoutError(f"Redis did not answer within {limit:g} s.")
 
     async def _connect(self) -> _Line:
         if self._connecting is None:
