@@ -66,7 +66,10 @@ def policy_show(team: Annotated[str, typer.Argument(help="The LiteLLM team id.")
             _, policy, use = await _read_policy(store, settings, team_id)
             return _shown_policy(settings, team_id, policy, use), settings
 
-    shown, settings = run(work)
+    _print_policy(*run(work), as_json=as_json)
+
+
+def _print_policy(shown: dict[str, Any], settings: Settings, *, as_json: bool) -> None:
     if as_json:
         out.print_json(money_.dumps(shown))
     else:
@@ -152,9 +155,5 @@ def policy_set(
             return _shown_policy(settings, team_id, policy, use), settings
 
     shown, settings = run(work)
-    if as_json:
-        out.print_json(money_.dumps(shown))
-    else:
-        for line in policy_lines(shown, settings):
-            out.print(line, highlight=False)
+    _print_policy(shown, settings, as_json=as_json)
     err.print(f"saved; running proxies apply it within {settings.policy_refresh_s:g} s (JOBS_POLICY_REFRESH_S)")

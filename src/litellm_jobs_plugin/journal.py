@@ -296,32 +296,35 @@ class RedisJournal:
         read blocks). If this raises, they may or may not be acknowledged: ack them again.
         """
         if self._reader_channel is not None:
-            return await self._read_lean(count, block_ms, ack)
+            answer = await self._read_side(self._read_lean(count, block_ms, ack))
+            return [(_text(i), _flat_fields(f)) for _, entries in answer or () for i, f in entries]
+        answer = await self._read_side(self._read_pooled(count, block_ms, ack))
+        return [(_text(i), _fields(f)) for _, entries in answer or () for i, f in entries]
+
+    async def _read_side(self, command: Awaitable[Any]) -> Any:
+        """``command``'s answer; Redis away is StoreUnavailable; a missing group (a Redis that lost its
+        data) is created again and the answer is None."""
         try:
-            if ack:
-                async with self.client.pipeline(transaction=False) as pipe:
-                    pipe.xack(self.stream, GROUP, *ack)
-                    pipe.xdel(self.stream, *ack)
-                    pipe.xreadgroup(GROUP, self.consumer, {self.stream: ">"}, count=count, block=block_ms)
-                    answer = (await pipe.execute())[-1]
-            else:
-                answer = await self.client.xreadgroup(
-                    GROUP, self.consumer, {self.stream: ">"}, count=count, block=block_ms
-                )
+            return await command
         except UNAVAILABLE as exc:
             raise StoreUnavailable(f"Redis is unavailable ({type(exc).__name__}).") from exc
         except aioredis.ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
-            await self.setup()  # the stream was deleted (e.g. a Redis that lost its data)
-            return []
-        rows: list[Any] = list(answer or [])
-        return [(_text(i), _fields(f)) for _, entries in rows for i, f in entries]
+            await self.setup()
+            return None
 
-    async def _read_lean(
-        self, count: int, block_ms: int | None, ack: Sequence[str]
-    ) -> list[tuple[str, dict[str, str]]]:
-        """:meth:`read` over this stream's own connection (hiredis: flat field lists, bytes)."""
+    async def _read_pooled(self, count: int, block_ms: int | None, ack: Sequence[str]) -> Any:
+        if not ack:
+            return await self.client.xreadgroup(GROUP, self.consumer, {self.stream: ">"}, count=count, block=block_ms)
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.xack(self.stream, GROUP, *ack)
+            pipe.xdel(self.stream, *ack)
+            pipe.xreadgroup(GROUP, self.consumer, {self.stream: ">"}, count=count, block=block_ms)
+            return (await pipe.execute())[-1]
+
+    async def _read_lean(self, count: int, block_ms: int | None, ack: Sequence[str]) -> Any:
+        """The read over this stream's own connection (hiredis answers: flat field lists, bytes)."""
         if self._channel is None:
             assert self._reader_channel is not None
             self._channel = self._reader_channel()
@@ -334,29 +337,16 @@ class RedisJournal:
         )
         # a blocking read is answered after its block at the latest: the channel's timeout counts from there
         timeout_s = None if block_ms is None else block_ms / 1000 + self._channel.timeout_s
-        try:
-            answer = (await self._channel.pipeline(commands, timeout_s=timeout_s))[-1]
-        except UNAVAILABLE as exc:
-            raise StoreUnavailable(f"Redis is unavailable ({type(exc).__name__}).") from exc
-        except aioredis.ResponseError as exc:
-            if "NOGROUP" not in str(exc):
-                raise
-            await self.setup()
-            return []
-        return [(_text(i), _flat_fields(f)) for _, entries in answer or () for i, f in entries]
+        return (await self._channel.pipeline(commands, timeout_s=timeout_s))[-1]
 
     async def claim(self, count: int) -> list[tuple[str, dict[str, str]]]:
         """Entries another consumer (a dead replica) has held unacknowledged for too long."""
-        try:
-            answer = await self.client.xautoclaim(
+        answer = await self._read_side(
+            self.client.xautoclaim(
                 self.stream, GROUP, self.consumer, self.claim_idle_ms, start_id=self._claim_cursor, count=count
             )
-        except UNAVAILABLE as exc:
-            raise StoreUnavailable(f"Redis is unavailable ({type(exc).__name__}).") from exc
-        except aioredis.ResponseError as exc:
-            if "NOGROUP" not in str(exc):
-                raise
-            await self.setup()
+        )
+        if answer is None:
             return []
         cursor, entries = _text(answer[0]), answer[1]
         self._claim_cursor = cursor  # "0-0" once the whole pending list has been scanned
