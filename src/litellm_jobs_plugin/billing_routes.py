@@ -39,7 +39,7 @@ from .route_kit import (
 )
 
 if TYPE_CHECKING:
-    from .hooks import JobsPlugin
+    from .runtime import JobsRuntime
     from .store.postgres import PostgresStore
 
 EVENT_STATUSES = ("granted", "unknown_team", "no_credits", "invalid", "unpaid", "received")
@@ -174,7 +174,7 @@ def _stripe_id(value: str, param: str) -> str:
     return value
 
 
-def add_billing_routes(router: APIRouter, plugin: JobsPlugin) -> None:
+def add_billing_routes(router: APIRouter, runtime: JobsRuntime) -> None:
     body_dep = Depends(json_object_body(MAX_BODY_BYTES))  # resolved before auth: declared first
     auth = Depends(user_api_key_auth())
 
@@ -183,7 +183,7 @@ def add_billing_routes(router: APIRouter, plugin: JobsPlugin) -> None:
     async def list_sinks(key: Any = auth) -> JSONResponse:
         """Usage sinks with their export cursor: events exported, the last error, teams with no customer."""
         _admin(key)
-        return JSONResponse({"sinks": await sinks_json(await plugin.ready())})
+        return JSONResponse({"sinks": await sinks_json(await runtime.ready())})
 
     @router.put("/api/billing/sinks/{name}", openapi_extra=documented_body(SinkBody))
     @answer
@@ -191,13 +191,13 @@ def add_billing_routes(router: APIRouter, plugin: JobsPlugin) -> None:
         """Create or replace a usage sink; its API key is stored and never shown again."""
         _admin(key)
         req: SinkBody = parse(SinkBody, body)
-        return JSONResponse(await put_sink(await plugin.ready(), check_sink_name(name), req))
+        return JSONResponse(await put_sink(await runtime.ready(), check_sink_name(name), req))
 
     @router.get("/api/billing/sinks/{name}/customers")
     @answer
     async def list_customers(name: str, key: Any = auth) -> JSONResponse:
         _admin(key)
-        store = await plugin.ready()
+        store = await runtime.ready()
         found = await rows(store, "list_customers", {"sink": check_sink_name(name)})
         return JSONResponse({"sink": name, "customers": [customer_json(r) for r in found]})
 
@@ -208,13 +208,13 @@ def add_billing_routes(router: APIRouter, plugin: JobsPlugin) -> None:
         _admin(key)
         req: CustomerBody = parse(CustomerBody, body)
         team = check_team_id(team_id, param="team_id")
-        return JSONResponse(await put_customer(await plugin.ready(), check_sink_name(name), team, req.customer_id))
+        return JSONResponse(await put_customer(await runtime.ready(), check_sink_name(name), team, req.customer_id))
 
     @router.post("/api/billing/stripe/webhook")
     @answer
     async def stripe_webhook(request: Request) -> JSONResponse:
         """Stripe's events: no key, verified by their Stripe-Signature; paid Checkouts and invoices grant credits."""
-        secret = plugin.settings.stripe_webhook_secret
+        secret = runtime.settings.stripe_webhook_secret
         if secret is None:
             raise BillingNotConfigured("Stripe webhooks are off: JOBS_STRIPE_WEBHOOK_SECRET is not set.")
         raw = await read_body(request, WEBHOOK_MAX_BYTES)
@@ -223,16 +223,16 @@ def add_billing_routes(router: APIRouter, plugin: JobsPlugin) -> None:
                 raw,
                 request.headers.get("stripe-signature"),
                 secret.get_secret_value(),
-                plugin.settings.stripe_webhook_tolerance_s,
+                runtime.settings.stripe_webhook_tolerance_s,
             )
         except BadSignature as exc:
             raise InvalidWebhookSignature(str(exc), param="Stripe-Signature") from None
-        credits = await plugin.credits()
+        credits = await runtime.credits()
 
         async def grant(team: str, amount: Decimal, idempotency_key: str, note: str) -> None:
             await credits.grant(team, amount, kind="grant", idempotency_key=idempotency_key, note=note)
 
-        outcome = await handle(await plugin.ready(), event, grant)
+        outcome = await handle(await runtime.ready(), event, grant)
         return JSONResponse(
             {
                 "received": True,
@@ -253,7 +253,7 @@ def add_billing_routes(router: APIRouter, plugin: JobsPlugin) -> None:
         _admin(key)
         if status is not None and status not in EVENT_STATUSES:
             raise InvalidJobMetadata(f"status must be one of {', '.join(EVENT_STATUSES)}.", param="status")
-        found = await rows(await plugin.ready(), "list_stripe_events", {"status": status, "limit": limit})
+        found = await rows(await runtime.ready(), "list_stripe_events", {"status": status, "limit": limit})
         return JSONResponse({"events": [stripe_event_json(r) for r in found]})
 
     @router.post("/api/billing/stripe/events/{event_id}/apply", openapi_extra=documented_body(ApplyBody))
@@ -263,13 +263,13 @@ def add_billing_routes(router: APIRouter, plugin: JobsPlugin) -> None:
         _admin(key)
         req: ApplyBody = parse(ApplyBody, body)
         team = None if req.team_id is None else check_team_id(req.team_id, param="team_id")
-        credits = await plugin.credits()
+        credits = await runtime.credits()
 
         async def grant(team: str, amount: Decimal, idempotency_key: str, note: str) -> None:
             await credits.grant(team, amount, kind="grant", idempotency_key=idempotency_key, note=note)
 
         try:
-            row, granted = await apply_event(await plugin.ready(), _stripe_id(event_id, "event_id"), team, grant)
+            row, granted = await apply_event(await runtime.ready(), _stripe_id(event_id, "event_id"), team, grant)
         except EventNotFound as exc:
             raise BillingNotFound(str(exc), param="event_id") from None
         except NotApplicable as exc:
@@ -280,7 +280,7 @@ def add_billing_routes(router: APIRouter, plugin: JobsPlugin) -> None:
     @answer
     async def list_stripe_prices(key: Any = auth) -> JSONResponse:
         _admin(key)
-        found = await rows(await plugin.ready(), "list_stripe_prices", {})
+        found = await rows(await runtime.ready(), "list_stripe_prices", {})
         return JSONResponse({"prices": [price_json(r) for r in found]})
 
     @router.put("/api/billing/stripe/prices/{price_id}", openapi_extra=documented_body(StripePriceBody))
@@ -291,7 +291,7 @@ def add_billing_routes(router: APIRouter, plugin: JobsPlugin) -> None:
         req: StripePriceBody = parse(StripePriceBody, body)
         row = (
             await rows(
-                await plugin.ready(),
+                await runtime.ready(),
                 "put_stripe_price",
                 {"price_id": _stripe_id(price_id, "price_id"), "credits": req.credits},
             )

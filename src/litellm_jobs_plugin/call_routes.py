@@ -50,7 +50,7 @@ from .route_kit import (
 )
 
 if TYPE_CHECKING:
-    from .hooks import JobsPlugin
+    from .runtime import JobsRuntime
 
 T = TypeVar("T")
 _log = logging.getLogger("litellm_jobs_plugin")
@@ -111,8 +111,8 @@ class StreamOutcome:
     error: dict[str, Any] | None  # the error event, if the stream failed
 
 
-def _model_of(plugin: JobsPlugin, req: LLMCallBody) -> str:
-    model = req.model or req.model_group or plugin.settings.default_model
+def _model_of(runtime: JobsRuntime, req: LLMCallBody) -> str:
+    model = req.model or req.model_group or runtime.settings.default_model
     if model is None:
         groups = litellm_adapter.proxy_model_groups()
         model = groups[0] if groups else None
@@ -124,7 +124,7 @@ def _model_of(plugin: JobsPlugin, req: LLMCallBody) -> str:
 
 
 def plan_call(
-    plugin: JobsPlugin,
+    runtime: JobsRuntime,
     key: Any,
     req: LLMCallBody,
     job_id: str,
@@ -148,7 +148,7 @@ def plan_call(
         meta["team_id"] = team
     params = dict(req.model_extra or {})
     params.pop("litellm_call_id", None)  # the route names the call
-    body: dict[str, Any] = {**params, "model": _model_of(plugin, req), "messages": req.messages, "metadata": meta}
+    body: dict[str, Any] = {**params, "model": _model_of(runtime, req), "messages": req.messages, "metadata": meta}
     if stream:
         options = params.get("stream_options")
         body["stream"] = True
@@ -167,7 +167,7 @@ def plan_call(
     )
 
 
-def start_call(plugin: JobsPlugin, request: Request, plan: CallPlan) -> ProxyCall:
+def start_call(runtime: JobsRuntime, request: Request, plan: CallPlan) -> ProxyCall:
     return ProxyCall(
         request.app,
         request.scope,
@@ -177,7 +177,7 @@ def start_call(plugin: JobsPlugin, request: Request, plan: CallPlan) -> ProxyCal
             (litellm_adapter.CALL_ID_HEADER.encode(), plan.call_id.encode()),
             (litellm_adapter.CALL_ID_PROOF_HEADER.encode(), litellm_adapter.call_id_proof(plan.call_id).encode()),
         ],
-        tasks=plugin.background,
+        tasks=runtime.background,
     )
 
 
@@ -334,7 +334,7 @@ def seed_answer(plan: CallPlan, completion: dict[str, Any], headers: Mapping[str
 
 
 async def relay_stream(
-    plugin: JobsPlugin,
+    runtime: JobsRuntime,
     plan: CallPlan,
     call: ProxyCall,
     awaited: asyncio.Future[CallEvent],
@@ -342,7 +342,7 @@ async def relay_stream(
 ) -> StreamOutcome:
     """Forward a streamed call's chunks as they come, each with a top-level ``content``; return
     the last event (usage, LiteLLM's cost) without sending it. ``awaited`` is the call's success
-    event, expected (:meth:`JobsPlugin.expect_call`) before the call was started."""
+    event, expected (:meth:`JobsRuntime.expect_call`) before the call was started."""
     try:
         held: dict[str, Any] | None = None
         last: dict[str, Any] = {}
@@ -379,7 +379,7 @@ async def relay_stream(
         if error is None:
             # A stream's cost is only in its success event, logged in this process right after it.
             try:
-                event = await asyncio.wait_for(asyncio.shield(awaited), timeout=plugin.settings.complete_wait_s)
+                event = await asyncio.wait_for(asyncio.shield(awaited), timeout=runtime.settings.complete_wait_s)
             except TimeoutError:
                 event = None
         usage = _dict(final.get("usage"))
@@ -392,14 +392,14 @@ async def relay_stream(
         )
         return StreamOutcome(final=final, error=error)
     finally:
-        plugin.forget_call(plan.call_id)
+        runtime.forget_call(plan.call_id)
 
 
-async def _detached(plugin: JobsPlugin, work: Awaitable[T]) -> T:
+async def _detached(runtime: JobsRuntime, work: Awaitable[T]) -> T:
     """Run ``work`` as a task that a client hanging up cannot cancel (a job must still close)."""
     task = asyncio.ensure_future(work)
-    plugin.background.add(task)
-    task.add_done_callback(plugin.background.discard)
+    runtime.background.add(task)
+    task.add_done_callback(runtime.background.discard)
     return await asyncio.shield(task)
 
 
@@ -416,7 +416,7 @@ def _error_message(body: Mapping[str, Any]) -> str:
     return str(error.get("message") or error.get("type") or "the call failed").replace("\x00", "")[:4096]
 
 
-def add_call_routes(router: APIRouter, plugin: JobsPlugin) -> None:
+def add_call_routes(router: APIRouter, runtime: JobsRuntime) -> None:
     body_dep = Depends(json_object_body(MAX_CALL_BODY_BYTES, refuse_nul=False))  # before auth
     auth = Depends(user_api_key_auth())
 
@@ -438,7 +438,7 @@ def add_call_routes(router: APIRouter, plugin: JobsPlugin) -> None:
         # Everything is checked before the job is opened: a rejected request holds nothing.
         job_id = check_job_id(req.job_id, param="job_id") if req.job_id is not None else new_job_id()
         plan = plan_call(
-            plugin, key, req, job_id, job_type=req.job_type, stream=bool(req.stream), request_metadata=None
+            runtime, key, req, job_id, job_type=req.job_type, stream=bool(req.stream), request_metadata=None
         )
         job_req = CreateJobBody(
             job_type=req.job_type,
@@ -453,11 +453,11 @@ def add_call_routes(router: APIRouter, plugin: JobsPlugin) -> None:
             check_job_metadata(req.metadata, param="metadata")
 
         async def close(status: JobStatus, error_message: str | None = None) -> dict[str, Any]:
-            closure = await (await plugin.credits()).close_job(
+            closure = await (await runtime.credits()).close_job(
                 plan.team_id, plan.job_id, status, error_message=error_message
             )
             assert closure is not None  # the job was opened above
-            return await closed_job_answer(plugin, plan.team_id, plan.job_id, closure)
+            return await closed_job_answer(runtime, plan.team_id, plan.job_id, closure)
 
         def job_fields(summary: dict[str, Any]) -> dict[str, Any]:
             return {
@@ -469,10 +469,10 @@ def add_call_routes(router: APIRouter, plugin: JobsPlugin) -> None:
 
         async def call_and_close() -> Response:
             # One task from the hold to the close: a client hanging up cannot leave the job open.
-            await open_job(plugin, key, job_req)
-            awaited = plugin.expect_call(plan.call_id) if plan.body.get("stream") else None
+            await open_job(runtime, key, job_req)
+            awaited = runtime.expect_call(plan.call_id) if plan.body.get("stream") else None
             try:
-                call = start_call(plugin, request, plan)
+                call = start_call(runtime, request, plan)
                 status, headers = await call.head()
                 if status != 200:
                     raw = _error_body(await call.read_json(), status)
@@ -498,13 +498,13 @@ def add_call_routes(router: APIRouter, plugin: JobsPlugin) -> None:
             except BaseException:
                 await _fail_quietly(close)
                 if awaited is not None:
-                    plugin.forget_call(plan.call_id)
+                    runtime.forget_call(plan.call_id)
                 raise
             stream_awaited = awaited
 
             async def produce(emit: Callable[[bytes], None]) -> None:
                 try:
-                    outcome = await relay_stream(plugin, plan, call, stream_awaited, emit)
+                    outcome = await relay_stream(runtime, plan, call, stream_awaited, emit)
                 except BaseException:
                     await _fail_quietly(close)
                     raise
@@ -515,14 +515,14 @@ def add_call_routes(router: APIRouter, plugin: JobsPlugin) -> None:
                     emit(sse_event({**outcome.final, **job_fields(summary)}))
                 emit(SSE_DONE)
 
-            return sse_response(Relay(produce, tasks=plugin.background), headers)
+            return sse_response(Relay(produce, tasks=runtime.background), headers)
 
-        return await _detached(plugin, call_and_close())
+        return await _detached(runtime, call_and_close())
 
     async def one_call(job_id: str, request: Request, body: dict[str, Any], key: Any, *, stream: bool) -> Response:
         req = parse(LLMCallBody, body)
         plan = plan_call(
-            plugin,
+            runtime,
             key,
             req,
             check_job_id(job_id, param="job_id"),
@@ -531,14 +531,14 @@ def add_call_routes(router: APIRouter, plugin: JobsPlugin) -> None:
             request_metadata=req.metadata,
         )
         # Expected before the call starts: a short stream may be logged before its head is read.
-        awaited = plugin.expect_call(plan.call_id) if stream else None
+        awaited = runtime.expect_call(plan.call_id) if stream else None
         try:
-            call = start_call(plugin, request, plan)
+            call = start_call(runtime, request, plan)
             status, headers = await call.head()
             if status != 200:
                 return await error_answer(call, status, headers, job_id=plan.job_id)
         except BaseException:
-            plugin.forget_call(plan.call_id)
+            runtime.forget_call(plan.call_id)
             raise
         if awaited is None:
             completion = await call.read_json()
@@ -550,12 +550,12 @@ def add_call_routes(router: APIRouter, plugin: JobsPlugin) -> None:
         stream_awaited = awaited
 
         async def produce(emit: Callable[[bytes], None]) -> None:
-            outcome = await relay_stream(plugin, plan, call, stream_awaited, emit)
+            outcome = await relay_stream(runtime, plan, call, stream_awaited, emit)
             if outcome.error is None:
                 emit(sse_event(outcome.final))
             emit(SSE_DONE)
 
-        return sse_response(Relay(produce, tasks=plugin.background), headers)
+        return sse_response(Relay(produce, tasks=runtime.background), headers)
 
     @router.post("/api/jobs/{job_id}/llm-call", openapi_extra=documented_body(LLMCallBody))
     @answer

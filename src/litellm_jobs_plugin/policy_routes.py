@@ -31,7 +31,7 @@ from .route_kit import (
 
 if TYPE_CHECKING:
     from .credits.service import CreditService
-    from .hooks import JobsPlugin
+    from .runtime import JobsRuntime
 
 _QUANTUM = Decimal("0.000001")  # credits are kept to 6 decimals
 _MAX_PRICE = Decimal(10) ** 12
@@ -68,7 +68,7 @@ def allowance_json(credits: CreditService, policy: decide.TeamPolicy, use: decid
     return policies.allowance_json(credits.settings, policy, use)
 
 
-def add_policy_routes(router: APIRouter, plugin: JobsPlugin) -> None:
+def add_policy_routes(router: APIRouter, runtime: JobsRuntime) -> None:
     body_dep = Depends(json_object_body(MAX_BODY_BYTES))  # resolved before auth: declared first
     auth = Depends(user_api_key_auth())
 
@@ -76,7 +76,7 @@ def add_policy_routes(router: APIRouter, plugin: JobsPlugin) -> None:
     @answer
     async def get_policy(team_id: str, key: Any = auth) -> JSONResponse:
         team = team_for(key, team_id)
-        credits = await plugin.credits()
+        credits = await runtime.credits()
         policy, use = await read_policy(credits, team)
         return JSONResponse({**policy_json(team, policy), "failure_allowance": allowance_json(credits, policy, use)})
 
@@ -92,7 +92,7 @@ def add_policy_routes(router: APIRouter, plugin: JobsPlugin) -> None:
             allowed_job_types=None if req.allowed_job_types is None else frozenset(req.allowed_job_types),
             failure_allowance_usd=req.failure_allowance_usd,
         )
-        credits = await plugin.credits()
+        credits = await runtime.credits()
         if credits.policies is None:  # pragma: no cover - the plugin always has them
             raise Forbidden("Team policies are not available on this proxy.")
         await credits.policies.put(team, policy)

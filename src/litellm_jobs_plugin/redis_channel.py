@@ -93,10 +93,12 @@ def _expire(line: _Line, waiters: Sequence[asyncio.Future[Any]], limit: float) -
     """Redis did not answer in time: the waiters fail with a timeout, and the connection is dropped
     (its late replies must not reach the commands sent after), which fails every other waiter on it;
     the next command reconnects."""
+    late = [waiter for waiter in waiters if not waiter.done()]
+    if not late:  # the replies came in the same turn of the loop as the timer: nothing timed out
+        return
     error = RedisTimeoutError(f"Redis did not answer within {limit:g} s.")
-    for waiter in waiters:
-        if not waiter.done():
-            waiter.set_exception(error)
+    for waiter in late:
+        waiter.set_exception(error)
     if line.transport is not None:
         line.transport.close()
 
@@ -126,11 +128,16 @@ class RedisChannel:
         line = self._line
         if line is None or line.transport is None:
             line = await self._connect()
-        assert line.transport is not None
+        return await self._on(line, parts)
+
+    async def _on(self, line: _Line, parts: Sequence[Any]) -> Any:
+        """One command on ``line`` (the channel's, or one still being set up by :meth:`_connect`)."""
+        if line.transport is None:
+            raise RedisConnectionError("Connection to Redis lost.")
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[Any] = loop.create_future()
         line.waiting.append(waiter)
-        line.transport.write(hiredis.pack_command(parts))
+        line.transport.write(hiredis.pack_command(tuple(parts)))
         # a timer handle, not asyncio.timeout(): this runs twice on every tracked call's path
         timer = loop.call_later(self.timeout_s, _expire, line, (waiter,), self.timeout_s)
         try:
@@ -148,7 +155,8 @@ class RedisChannel:
         line = self._line
         if line is None or line.transport is None:
             line = await self._connect()
-        assert line.transport is not None
+        if line.transport is None:
+            raise RedisConnectionError("Connection to Redis lost.")
         loop = asyncio.get_running_loop()
         waiters: list[asyncio.Future[Any]] = [loop.create_future() for _ in commands]
         line.waiting.extend(waiters)
@@ -160,7 +168,13 @@ class RedisChannel:
             await waiters[-1]
         except asyncio.CancelledError:
             for w in waiters:
+                if w.done() and not w.cancelled():
+                    w.exception()  # read: an error reply already in is not "never retrieved"
                 w.cancel()  # their replies, if they come, are dropped; their places kept
+            if line.transport is not None:
+                # a blocking read given up (shutdown) would go on blocking, and take entries
+                # another reader should get: the connection goes instead
+                line.transport.close()
             raise
         except Exception:
             pass  # an error reply, a timeout, a lost connection: raised below, in the commands' order
@@ -189,16 +203,18 @@ class RedisChannel:
                         )
             except (OSError, TimeoutError) as exc:
                 raise RedisConnectionError(f"Cannot connect to Redis ({exc!r}).") from exc
-            self._line = line
             try:
+                # on the new line itself: it is the channel's (other commands may use it) once set up
                 if p.get("password"):
                     auth = (p["username"], p["password"]) if p.get("username") else (p["password"],)
-                    await self._command("auth", *auth)
+                    await self._on(line, ("auth", *auth))
                 if int(p.get("db") or 0):
-                    await self._command("select", int(p["db"]))  # Redis commands are case-blind
+                    await self._on(line, ("select", int(p["db"])))  # Redis commands are case-blind
             except BaseException:
-                self._close()
+                if line.transport is not None:
+                    line.transport.close()
                 raise
+            self._line = line
             return line
 
     def _close(self) -> None:

@@ -26,7 +26,7 @@ from .models import Balance, Job, JobCaps, JobTag
 
 if TYPE_CHECKING:
     from .credits.base import Closure
-    from .hooks import JobsPlugin
+    from .runtime import JobsRuntime
 
 #: Bodies of the job routes are small; the seed routes' bodies carry prompts (documents).
 MAX_BODY_BYTES = 64 * 1024
@@ -227,7 +227,7 @@ def answer(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-async def open_job(plugin: JobsPlugin, key: Any, req: CreateJobBody) -> tuple[bool, Job]:
+async def open_job(runtime: JobsRuntime, key: Any, req: CreateJobBody) -> tuple[bool, Job]:
     """Create a pending job with its price held (``POST /api/jobs/create``); (created, job).
 
     A job id the client chose makes a retried creation the same job (200 instead of 201).
@@ -236,7 +236,7 @@ async def open_job(plugin: JobsPlugin, key: Any, req: CreateJobBody) -> tuple[bo
     job_type = check_job_type(req.job_type, param="job_type")
     job_id = check_job_id(req.job_id, param="job_id") if req.job_id is not None else new_job_id()
     metadata = check_job_metadata(req.metadata, param="metadata") if req.metadata is not None else None
-    credits = await plugin.credits()
+    credits = await runtime.credits()
     return await credits.create_job(
         team_id=team,
         job_id=job_id,
@@ -247,8 +247,8 @@ async def open_job(plugin: JobsPlugin, key: Any, req: CreateJobBody) -> tuple[bo
     )
 
 
-async def job_or_404(plugin: JobsPlugin, team: str, job_id: str) -> Job:
-    job = await (await plugin.credits()).job_row(team, job_id)
+async def job_or_404(runtime: JobsRuntime, team: str, job_id: str) -> Job:
+    job = await (await runtime.credits()).job_row(team, job_id)
     if job is None:
         raise JobNotFound(f"No job {job_id!r} for team {team!r}.", param="job_id")
     return job
@@ -276,17 +276,17 @@ def balance_json(balance: Balance) -> dict[str, Any]:
     }
 
 
-async def closed_job_answer(plugin: JobsPlugin, team: str, job_id: str, closure: Closure) -> dict[str, Any]:
+async def closed_job_answer(runtime: JobsRuntime, team: str, job_id: str, closure: Closure) -> dict[str, Any]:
     """The answer to closing a job: its totals, calls and the team's balance after it.
 
     Totals include every call that finished before the close was asked for: this waits (bounded
     by ``JOBS_COMPLETE_WAIT_S``) until the calls admitted to the job are recorded.
     """
-    store = await plugin.ready()
-    await store.wait_for_calls(team, job_id, closure.admitted_calls, timeout_s=plugin.settings.complete_wait_s)
-    job = await job_or_404(plugin, team, job_id)
+    store = await runtime.ready()
+    await store.wait_for_calls(team, job_id, closure.admitted_calls, timeout_s=runtime.settings.complete_wait_s)
+    job = await job_or_404(runtime, team, job_id)
     calls = await store.list_calls(team, job_id)
-    balance = await (await plugin.credits()).balance(team)
+    balance = await (await runtime.credits()).balance(team)
     costs = {
         "total_calls": job.total_calls,
         "successful_calls": job.successful_calls,

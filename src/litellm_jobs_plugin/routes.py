@@ -47,7 +47,7 @@ from .ui import add_ui_routes
 from .webhooks.routes import add_webhook_routes
 
 if TYPE_CHECKING:
-    from .hooks import JobsPlugin
+    from .runtime import JobsRuntime
 
 
 class CompleteJobBody(Body):
@@ -113,7 +113,7 @@ def _next_cursor(job: Job) -> str:
     return base64.urlsafe_b64encode(json.dumps([job.created_at.isoformat(), job.job_id]).encode()).decode()
 
 
-def build_router(plugin: JobsPlugin) -> APIRouter:
+def build_router(runtime: JobsRuntime) -> APIRouter:
     router = APIRouter(tags=["litellm-jobs"], route_class=JobsRoute)
     body_dep = Depends(json_object_body(MAX_BODY_BYTES))  # resolved before auth: declared first
     auth = Depends(user_api_key_auth())
@@ -124,12 +124,12 @@ def build_router(plugin: JobsPlugin) -> APIRouter:
 
         ``?scope=replica`` fails only for this replica's own trouble (the readiness probe).
         """
-        return JSONResponse(*await plugin.health(replica_only=scope == "replica"))
+        return JSONResponse(*await runtime.health(replica_only=scope == "replica"))
 
     @router.post("/api/jobs/create", status_code=201, openapi_extra=documented_body(CreateJobBody))
     @answer
     async def create_job(body: dict[str, Any] = body_dep, key: Any = auth) -> JSONResponse:
-        created, job = await open_job(plugin, key, parse(CreateJobBody, body))
+        created, job = await open_job(runtime, key, parse(CreateJobBody, body))
         payload = {
             "job_id": job.job_id,
             "team_id": job.team_id,
@@ -159,7 +159,7 @@ def build_router(plugin: JobsPlugin) -> APIRouter:
             raise InvalidJobMetadata(f"status must be one of {', '.join(s.value for s in JobStatus)}.", param="status")
         if job_type is not None:
             check_job_type(job_type, param="job_type")
-        store = await plugin.ready()
+        store = await runtime.ready()
         jobs = await store.list_jobs(
             team,
             status=status,
@@ -180,23 +180,23 @@ def build_router(plugin: JobsPlugin) -> APIRouter:
     @answer
     async def get_job(job_id: str, team_id: str | None = Query(default=None), key: Any = auth) -> JSONResponse:
         team = team_for(key, team_id)
-        job = await job_or_404(plugin, team, check_job_id(job_id, param="job_id"))
+        job = await job_or_404(runtime, team, check_job_id(job_id, param="job_id"))
         return JSONResponse(job.model_dump(mode="json"))
 
     @router.get("/api/jobs/{job_id}/calls")
     @answer
     async def get_job_calls(job_id: str, team_id: str | None = Query(default=None), key: Any = auth) -> JSONResponse:
         team = team_for(key, team_id)
-        await job_or_404(plugin, team, check_job_id(job_id, param="job_id"))
-        calls = await (await plugin.ready()).list_calls(team, job_id)
+        await job_or_404(runtime, team, check_job_id(job_id, param="job_id"))
+        calls = await (await runtime.ready()).list_calls(team, job_id)
         return JSONResponse({"job_id": job_id, "team_id": team, "calls": [c.model_dump(mode="json") for c in calls]})
 
     @router.get("/api/jobs/{job_id}/costs")
     @answer
     async def get_job_costs(job_id: str, team_id: str | None = Query(default=None), key: Any = auth) -> JSONResponse:
         team = team_for(key, team_id)
-        job = await job_or_404(plugin, team, check_job_id(job_id, param="job_id"))
-        calls = await (await plugin.ready()).list_calls(team, job_id)
+        job = await job_or_404(runtime, team, check_job_id(job_id, param="job_id"))
+        calls = await (await runtime.ready()).list_calls(team, job_id)
         return JSONResponse(
             {
                 "job_id": job.job_id,
@@ -236,21 +236,21 @@ def build_router(plugin: JobsPlugin) -> APIRouter:
         req: CompleteJobBody = parse(CompleteJobBody, body)
         team = team_for(key, req.team_id)
         check_job_id(job_id, param="job_id")
-        credits = await plugin.credits()
+        credits = await runtime.credits()
         metadata = check_job_metadata(req.metadata, param="metadata") if req.metadata is not None else None
         closure = await credits.close_job(
             team, job_id, JobStatus(req.status), result=req.result, error_message=req.error_message, metadata=metadata
         )
         if closure is None:
             raise JobNotFound(f"No job {job_id!r} for team {team!r}.", param="job_id")
-        return JSONResponse(await closed_job_answer(plugin, team, job_id, closure))
+        return JSONResponse(await closed_job_answer(runtime, team, job_id, closure))
 
     @router.get("/api/teams")
     @answer
     async def list_teams(key: Any = auth) -> JSONResponse:
         """Teams with credits or jobs, and their balances: every team for the proxy admin, else the key's own."""
         scope = None if caller_of(key).is_admin else team_for(key, None)
-        rows = await (await plugin.ready()).fetch_all(
+        rows = await (await runtime.ready()).fetch_all(
             "team_summaries", {"team_id": scope, "since": None, "until": None}
         )
         teams = [TeamSummary.model_validate(r) for r in rows]
@@ -274,7 +274,7 @@ def build_router(plugin: JobsPlugin) -> APIRouter:
     @answer
     async def get_team(team_id: str, key: Any = auth) -> JSONResponse:
         team = team_for(key, team_id)
-        credits = await plugin.credits()
+        credits = await runtime.credits()
         policy, use = await read_policy(credits, team)
         body = balance_json(await credits.balance(team))
         return JSONResponse({**body, "failure_allowance": allowance_json(credits, policy, use)})
@@ -299,7 +299,7 @@ def build_router(plugin: JobsPlugin) -> APIRouter:
         if bucket is not None and bucket not in BUCKETS:
             raise InvalidJobMetadata(f"bucket must be one of {', '.join(BUCKETS)}.", param="bucket")
         result = await analytics(
-            await plugin.ready(),
+            await runtime.ready(),
             team_id=scope,
             since=_time(since, "since"),
             until=_time(until, "until"),
@@ -312,7 +312,7 @@ def build_router(plugin: JobsPlugin) -> APIRouter:
     async def team_usage(team_id: str, period: str = Query(), key: Any = auth) -> JSONResponse:
         team = team_for(key, team_id)
         since, until = _period(period)
-        result = await analytics(await plugin.ready(), team_id=team, since=since, until=until)
+        result = await analytics(await runtime.ready(), team_id=team, since=since, until=until)
         summary = (result.teams[0] if result.teams else TeamSummary.empty(team)).model_dump(mode="json")
         return JSONResponse(
             {
@@ -333,14 +333,14 @@ def build_router(plugin: JobsPlugin) -> APIRouter:
         req: GrantBody = parse(GrantBody, body)
         if req.kind == "grant" and req.amount <= 0:
             raise InvalidJobMetadata("A grant must be positive; use kind=adjust to take credits back.", param="amount")
-        balance = await (await plugin.credits()).grant(
+        balance = await (await runtime.credits()).grant(
             team, req.amount, kind=req.kind, idempotency_key=req.idempotency_key, note=req.note
         )
         return JSONResponse(balance_json(balance))
 
-    add_call_routes(router, plugin)
-    add_policy_routes(router, plugin)
-    add_billing_routes(router, plugin)
-    add_webhook_routes(router, plugin)
+    add_call_routes(router, runtime)
+    add_policy_routes(router, runtime)
+    add_billing_routes(router, runtime)
+    add_webhook_routes(router, runtime)
     add_ui_routes(router)
     return router

@@ -212,8 +212,8 @@ class Settings(BaseSettings):
     export_retention_s: float = Field(
         default=86_400.0,
         gt=0,
-        description="A closure stays in the usage outbox this long once every enabled sink has taken it (a disabled "
-        "sink keeps nothing: re-enabled later, it resumes where the outbox then starts).",
+        description="A closure stays in the usage outbox this long once every enabled sink has taken it; a sink "
+        "disabled for longer than this holds nothing back (re-enabled, it resumes where the outbox then starts).",
     )
     export_timeout_s: float = Field(default=10.0, gt=0, description="Timeout of one request to a usage sink.")
     stripe_webhook_secret: SecretStr | None = Field(

@@ -14,6 +14,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from litellm_jobs_plugin.redis_channel import RedisChannel, supports
 from tests.support.outages import OwnRedis, own_redis
+from tests.support.services import wait_for_async
 
 ECHO = "return {KEYS[1], ARGV[1]}"
 FAIL = "return redis.error_reply('ERR refused by the script')"
@@ -185,5 +186,73 @@ async def test_a_blocking_read_waits_past_the_channel_timeout_when_told_and_wake
         [[stream, [[entry_id, fields]]]] = answer
         assert (stream, fields) == (b"st", [b"v", b"1"])
         assert entry_id
+    finally:
+        await reader.aclose()
+
+
+async def test_commands_sent_while_it_connects_run_in_the_database_of_the_url(server: OwnRedis) -> None:
+    # AUTH then SELECT go first on a new connection: a command that arrives while they are in flight
+    # waits for them; it is never written between the two (it would run in database 0)
+    redis.Redis.from_url(server.url).config_set("requirepass", "s3cret")
+    host_port = server.url.split("://", 1)[1].rsplit("/", 1)[0]
+    url, url0 = f"redis://:s3cret@{host_port}/7", f"redis://:s3cret@{host_port}/0"
+    sha = load(url, SET)
+    channel = RedisChannel(url)
+    try:
+        calls = [asyncio.create_task(channel.evalsha(sha, ["k0"], [0]))]
+        while not calls[0].done() and len(calls) < 10_000:  # a new call each turn of the loop, until the first's answer
+            calls.append(asyncio.create_task(channel.evalsha(sha, [f"k{len(calls)}"], [len(calls)])))
+            await asyncio.sleep(0)
+        assert await asyncio.gather(*calls) == [str(i).encode() for i in range(len(calls))]
+        n = len(calls)
+    finally:
+        await channel.aclose()
+    assert n > 2
+    assert redis.Redis.from_url(url).dbsize() == n
+    assert redis.Redis.from_url(url0).dbsize() == 0
+
+
+async def test_a_timer_due_with_its_reply_already_in_leaves_the_connection_alone(
+    server: OwnRedis, channel: RedisChannel
+) -> None:
+    from litellm_jobs_plugin.redis_channel import _expire
+
+    sha = load(server.url, ECHO)
+    assert await channel.evalsha(sha, ["k"], ["connected"]) == [b"k", b"connected"]
+    answered: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+    answered.set_result("the reply")
+    line = channel._line
+    assert line is not None
+    _expire(line, [answered], 5.0)  # what a timer firing in the same turn as the reply does
+    assert line.transport is not None
+    assert not line.transport.is_closing()
+    assert await channel.evalsha(sha, ["k"], ["same connection"]) == [b"k", b"same connection"]
+    assert len(redis.Redis.from_url(server.url).client_list()) == 2  # no reconnection: the channel's and this one
+
+
+async def test_a_blocking_read_given_up_leaves_later_entries_to_the_other_readers(server: OwnRedis) -> None:
+    admin = redis.Redis.from_url(server.url)
+    admin.xgroup_create("st", "g", id="0", mkstream=True)
+    reader = RedisChannel(server.url)
+    try:
+        read = asyncio.create_task(
+            reader.pipeline(
+                [("xreadgroup", "group", "g", "gone", "count", 10, "block", 60_000, "streams", "st", ">")], timeout_s=90
+            )
+        )
+
+        def blocked_clients() -> int:
+            return int(admin.info("clients")["blocked_clients"])
+
+        await wait_for_async(lambda: asyncio.to_thread(lambda: blocked_clients() == 1), within=5)
+        read.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await read
+        # the read's connection is closed, not left blocking in Redis
+        await wait_for_async(lambda: asyncio.to_thread(lambda: blocked_clients() == 0), within=5)
+        admin.xadd("st", {"v": "after"})
+        [[_, [(_, fields)]]] = admin.xreadgroup("g", "live", {"st": ">"}, count=10)
+        assert fields == {b"v": b"after"}
+        assert admin.xpending("st", "g")["consumers"] == [{"name": b"live", "pending": 1}]
     finally:
         await reader.aclose()

@@ -18,6 +18,7 @@ from litellm_jobs_plugin.settings import Settings
 from litellm_jobs_plugin.store.postgres import PostgresStore
 from tests.conftest import query
 from tests.support.billing_receivers import Receiver
+from tests.support.services import wait_for_async
 
 SETTINGS = Settings(export_delay_s=0, export_interval_s=0, export_batch_size=2)
 CUSTOMERS = {"cloudevents": "subject-a", "lago": "sub_lago_a", "stripe": "cus_TeamA"}
@@ -277,17 +278,27 @@ def age_outbox(url: str, *jobs: str, hours: float) -> None:
     )
 
 
-async def test_the_outbox_is_pruned_of_what_every_enabled_sink_took_once_older_than_the_retention(
+async def test_the_outbox_is_pruned_of_what_every_sink_took_once_older_than_the_retention(
     store: PostgresStore, database_url: str
 ) -> None:
     settings = Settings(export_delay_s=0, export_interval_s=0, export_retention_s=3600)
     exporter = Exporter(store, settings)
+
+    async def prune_to(left: list[str], *, page: int = 100) -> None:
+        """Prune until the outbox holds ``left``: a closure whose transaction is newer than one still
+        running anywhere in the cluster (another test's) waits for it; a row deleted too many fails."""
+
+        async def done() -> bool:
+            await exporter.prune(page=page)
+            return outbox(database_url) == left
+
+        await wait_for_async(done, within=30, what=f"the outbox pruned to {left}")
+
     # No sink at all: every closed job still gets an outbox row; the old ones go, the recent one stays.
     for job in ("a1", "a2", "recent"):
         close_job(database_url, "team-a", job)
     age_outbox(database_url, "a1", "a2", hours=2)
-    assert await exporter.prune() == 2
-    assert outbox(database_url) == ["recent"]
+    await prune_to(["recent"])
     with Receiver("cloudevents").running() as r:
         await add_sink(store, r)
         await add_sink(store, r, "later")
@@ -300,12 +311,13 @@ async def test_the_outbox_is_pruned_of_what_every_enabled_sink_took_once_older_t
         r.fail_after = len(r.received)  # meter cannot take c1: its cursor stays before it
         assert await exporter.run_once() == {}
         age_outbox(database_url, "recent", "b1", "b2", "c1", hours=2)
-        # the disabled sink's cursor (before b1) holds nothing; meter's holds c1. Two rows a page:
-        # recent and b1, then b2 (c1 stays), and the prune stops at the short page.
-        assert await exporter.prune(page=2) == 3
-        assert outbox(database_url) == ["c1"]
+        # "later" was disabled a moment ago (a key being replaced, say): its cursor, before b1, holds b1 on
+        await prune_to(["b1", "b2", "c1"])
+        # disabled for longer than the retention, it holds nothing; meter's cursor holds c1 (two rows a
+        # page: the prune goes on while a page is full)
+        query(database_url, "UPDATE export_sinks SET updated_at = now() - interval '2 hours' WHERE name = 'later'")
+        await prune_to(["c1"], page=2)
         r.fail_after = None
         assert await exporter.run_once() == {"meter": 1}
-        assert await exporter.prune() == 1
-        assert outbox(database_url) == []
+        await prune_to([])
     await exporter.aclose()

@@ -238,10 +238,10 @@ def test_the_manifests_agree_with_each_other_and_the_proxy() -> None:
 def test_the_probe_routes_exist() -> None:
     from litellm.proxy.health_endpoints._health_endpoints import router as litellm_health  # the proxy includes it
 
-    from litellm_jobs_plugin.hooks import JobsPlugin
     from litellm_jobs_plugin.routes import build_router
+    from litellm_jobs_plugin.runtime import JobsRuntime
 
-    ours = {getattr(r, "path", "") for r in build_router(JobsPlugin()).routes}
+    ours = {getattr(r, "path", "") for r in build_router(JobsRuntime()).routes}
     litellms = {getattr(r, "path", "") for r in litellm_health.routes}
     assert "/api/jobs/health" in ours
     assert "/health/liveliness" in litellms

@@ -45,12 +45,12 @@ ORDER BY o.xid, o.seq
 LIMIT %(limit)s;
 
 -- name: prune_outbox
--- Of the oldest closures (the first %(limit)s), those no enabled sink still needs and closed before
--- the retention: every enabled sink's cursor is at or past them (a sink without a cursor yet starts
--- at the end), and their transaction is older than every running one. A disabled sink's cursor
--- holds nothing: re-enabled after the retention, it resumes where the outbox starts (a backfill
--- sends what it missed). Rows are looked at oldest first, a page at a time, so a prune never scans
--- the whole outbox.
+-- Of the oldest closures (the first %(limit)s), those no sink still needs and closed before the
+-- retention: every enabled sink's cursor is at or past them (a sink without a cursor yet starts at
+-- the end), and so is that of every sink disabled within the retention (an operator fixing a key);
+-- a sink disabled for longer holds nothing: re-enabled, it resumes where the outbox then starts (a
+-- backfill sends what it missed). Their transaction is older than every running one. Rows are
+-- looked at oldest first, a page at a time, so a prune never scans the whole outbox.
 DELETE FROM usage_outbox
 WHERE seq IN (
     SELECT o.seq
@@ -59,7 +59,8 @@ WHERE seq IN (
       AND o.xid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
       AND NOT EXISTS (
           SELECT 1 FROM export_cursors c JOIN export_sinks s ON s.name = c.sink
-          WHERE s.enabled AND (c.position_xid, c.position_seq) < (o.xid, o.seq)))
+          WHERE (s.enabled OR s.updated_at > now() - make_interval(secs => %(retention_s)s))
+            AND (c.position_xid, c.position_seq) < (o.xid, o.seq)))
 RETURNING seq;
 
 -- name: closed_jobs_since

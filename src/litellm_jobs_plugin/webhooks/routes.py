@@ -29,7 +29,7 @@ from .events import EVENT_TYPES
 from .registry import MAX_URL_CHARS, Registry, check_endpoint_id, check_event_types, check_url
 
 if TYPE_CHECKING:
-    from ..hooks import JobsPlugin
+    from ..runtime import JobsRuntime
 
 _MAX_CREDITS = Decimal(10) ** 13
 
@@ -102,12 +102,12 @@ def _admin(key: Any) -> None:
         raise Forbidden("Only the proxy admin may manage webhooks.")
 
 
-def add_webhook_routes(router: APIRouter, plugin: JobsPlugin) -> None:
+def add_webhook_routes(router: APIRouter, runtime: JobsRuntime) -> None:
     body_dep = Depends(json_object_body(MAX_BODY_BYTES))  # resolved before auth: declared first
     auth = Depends(user_api_key_auth())
 
     async def registry() -> Registry:
-        return Registry(await plugin.ready())
+        return Registry(await runtime.ready())
 
     @router.post("/api/webhooks/endpoints", status_code=201, openapi_extra=documented_body(EndpointBody))
     @answer
@@ -147,7 +147,7 @@ def add_webhook_routes(router: APIRouter, plugin: JobsPlugin) -> None:
         _admin(key)
         check_endpoint_id(endpoint_id)
         req = parse(RotateBody, body)
-        overlap = plugin.settings.webhook_rotation_overlap_s if req.overlap_s is None else req.overlap_s
+        overlap = runtime.settings.webhook_rotation_overlap_s if req.overlap_s is None else req.overlap_s
         return JSONResponse(await (await registry()).rotate(endpoint_id, overlap_s=overlap))
 
     @router.get("/api/webhooks/dead-letters")
