@@ -197,11 +197,14 @@ class Exporter:
             await asyncio.sleep(self.settings.export_interval_s)
             try:
                 await self.run_once()
-                if time.monotonic() >= next_prune:
-                    next_prune = time.monotonic() + PRUNE_INTERVAL_S
-                    await self.prune()
             except Exception:
                 _log.exception("litellm-jobs: the usage export round failed; retrying")
+            if time.monotonic() >= next_prune:
+                next_prune = time.monotonic() + PRUNE_INTERVAL_S
+                try:
+                    await self.prune()
+                except Exception:
+                    _log.exception("litellm-jobs: pruning the usage outbox failed; retrying later")
 
     async def aclose(self) -> None:
         if self._task is not None:
