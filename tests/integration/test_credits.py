@@ -582,3 +582,25 @@ def test_a_waiter_in_another_database_does_not_count_as_a_second_process(
         asyncio.run(scenario())
     finally:
         pg_server.drop_database(other_url)
+
+
+async def test_terms_are_worked_out_once_per_policy_and_failure_spend_read(store: PostgresStore) -> None:
+    from litellm_jobs_plugin.credits.decide import TeamPolicy
+
+    policies = TeamPolicies(store, refresh_s=3600, window_s=3600)
+    settings = Settings(job_prices={"doc": Decimal(2)})
+    credits = CreditService(settings, store, Writer(store), PostgresCredits(store), policies=policies)
+    first = await credits.terms("team-t", "doc", store_up=True)
+    assert first.price == Decimal(2)
+    assert await credits.terms("team-t", "doc", store_up=True) is first  # every call of an open job asks again
+    await policies.put("team-t", TeamPolicy(job_prices={"doc": Decimal(5)}))  # the admin's new price
+    assert (await credits.terms("team-t", "doc", store_up=True)).price == Decimal(5)
+    policies.stale("team-t")  # a job of the team failed here: its spend is read again, and the terms with it
+    again = await credits.terms("team-t", "doc", store_up=True)
+    assert again.price == Decimal(5)
+    assert again is not first
+    # a refusal is never kept: each is its own exception
+    down = [await credits.terms("team-t", "doc", store_up=False) for _ in range(2)]
+    assert all(t.refusal is not None for t in down)
+    assert down[0].refusal is not down[1].refusal
+    await policies.aclose()

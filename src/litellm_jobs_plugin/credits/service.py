@@ -42,6 +42,8 @@ from .base import Admission, Closure, CreditBackend, OpenJob
 from .policies import TeamPolicies
 
 _log = logging.getLogger(__name__)
+#: Terms kept (:meth:`CreditService.terms`) before the cache starts over: team × job type pairs.
+_TERMS_KEPT = 10_000
 
 
 class CreditService:
@@ -76,6 +78,11 @@ class CreditService:
         self.metrics = metrics
         self._reaper: asyncio.Task[None] | None = None
         self._observers: set[asyncio.Task[None]] = set()
+        #: Terms already worked out, by (team, job type, requested caps, store up), with the policy and
+        #: failure spend they were worked out from: a new read of either (new objects) misses.
+        self._terms: dict[
+            tuple[str, str, JobCaps, bool], tuple[decide.TeamPolicy, decide.FailureUse, decide.Terms]
+        ] = {}
 
     async def _open(self, request: OpenJob) -> Admission:
         try:
@@ -152,7 +159,11 @@ class CreditService:
             policy, use = decide.TeamPolicy(), decide.FailureUse()
         else:
             policy, use = await self.policies.get(team_id)
-        return decide.terms(
+        key = (team_id, job_type, requested_caps, store_up)
+        known = self._terms.get(key)
+        if known is not None and known[0] is policy and known[1] is use:
+            return known[2]  # every call of an open job asks again: the same inputs, the same answer
+        terms = decide.terms(
             self.settings,
             policy,
             use,
@@ -161,6 +172,11 @@ class CreditService:
             requested_caps=requested_caps,
             store_up=store_up,
         )
+        if terms.refusal is None:  # a refusal is an exception: raised afresh each time
+            if len(self._terms) >= _TERMS_KEPT:
+                self._terms.clear()
+            self._terms[key] = (policy, use, terms)
+        return terms
 
     async def admit_call(self, context: CallContext) -> Admission:
         """Admit a tracked call before it is routed: open its job (holding the price) or join it."""
