@@ -97,7 +97,7 @@ class JobsPlugin(CustomLogger):
         proxy_server.app.include_router(build_router(self.runtime))
         original_shutdown = proxy_server.proxy_shutdown_event
 
-        # LiteLLM has no shutdown hook for callbacks (LITELLM-NOTES): wrap its shutdown event so
+        # LiteLLM has no shutdown hook for callbacks (checked in its source): wrap its shutdown event so
         # the buffer is flushed before the process exits. Covered by tests/contract.
         async def proxy_shutdown_event(*args: Any, **kwargs: Any) -> None:
             try:

@@ -4,7 +4,7 @@ The seed routes (``llm-call``, ``llm-call-stream``, ``create-and-call``) must ta
 completion path — auth, our hooks, routing, fallbacks, cache, budgets, logging — exactly as a
 client calling ``/v1/chat/completions`` would, without an HTTP hop to ourselves. Driving the ASGI
 app directly does that. ``httpx.ASGITransport`` would too, but it collects the whole body before
-returning (LITELLM-NOTES), so a stream would reach the client all at the end; here each
+returning (it runs the app to its end first), so a stream would reach the client all at the end; here each
 ``http.response.body`` message is handed on as the app sends it.
 
 The app runs as a task of its own that outlives the request that started it: a client that hangs

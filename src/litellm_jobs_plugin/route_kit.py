@@ -99,7 +99,7 @@ def parameter_problem(exc: RequestValidationError) -> InvalidJobMetadata:
 
 def json_object_body(max_bytes: int, *, refuse_nul: bool = True) -> Callable[[Request], Awaitable[dict[str, Any]]]:
     """A dependency giving the request body as a JSON object of at most ``max_bytes``, checked
-    before LiteLLM's auth reads it (LITELLM-NOTES: a JSON body that is not an object makes its
+    before LiteLLM's auth reads it (checked on LiteLLM 1.106: a JSON body that is not an object makes its
     auth dependency fail with a 500). NUL characters are refused where the body reaches
     PostgreSQL (text and jsonb cannot hold them); prompts passed on to LiteLLM may carry them.
 

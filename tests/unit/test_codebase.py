@@ -78,7 +78,7 @@ def test_package_exports_the_plugin_lazily() -> None:
     plugin = litellm_jobs_plugin.plugin
     assert type(plugin).__name__ == "JobsPlugin"
     assert litellm_jobs_plugin.plugin is plugin
-    # Hooks must be defined on the instantiated class itself (LITELLM-NOTES).
+    # Hooks must be defined on the instantiated class itself: LiteLLM skips inherited ones (see hooks.py).
     for hook in (
         "async_pre_call_hook",
         "async_log_success_event",
