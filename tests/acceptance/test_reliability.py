@@ -19,7 +19,7 @@ import pytest
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 
-from litellm_jobs_plugin.credits.redis import DEFAULT_SHARDS, RedisKeys
+from litellm_jobs_plugin.credits.redis_layout import DEFAULT_SHARDS, RedisKeys
 from litellm_jobs_plugin.reconcile import Report, find_drift
 from litellm_jobs_plugin.store.postgres import PostgresStore
 from tests.conftest import query
