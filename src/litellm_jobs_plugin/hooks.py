@@ -52,31 +52,15 @@ class JobsPlugin(CustomLogger):
     def writer(self) -> Writer:
         return self.runtime.writer
 
-    @property
-    def background(self) -> set[asyncio.Task[Any]]:
-        return self.runtime.background
-
     async def start(self) -> PostgresStore:
         """Connect and migrate outside the proxy (tests, scripts); idempotent."""
         return await self.runtime.start()
-
-    async def ready(self, timeout_s: float | None = None) -> PostgresStore:
-        return await self.runtime.ready(timeout_s)
 
     async def credits(self) -> CreditService:
         return await self.runtime.credits()
 
     async def aclose(self) -> None:
         await self.runtime.aclose()
-
-    async def health(self, *, replica_only: bool = False) -> tuple[dict[str, Any], int]:
-        return await self.runtime.health(replica_only=replica_only)
-
-    def expect_call(self, call_id: str) -> asyncio.Future[CallEvent]:
-        return self.runtime.expect_call(call_id)
-
-    def forget_call(self, call_id: str) -> None:
-        self.runtime.forget_call(call_id)
 
     # -- life cycle ---------------------------------------------------------------------------
 

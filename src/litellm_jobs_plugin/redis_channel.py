@@ -122,22 +122,19 @@ class RedisChannel:
 
     async def evalsha(self, sha: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         """Run a loaded script; raises NoScriptError if Redis does not have it (it restarted or flushed)."""
-        return await self._command("evalsha", sha, len(keys), *keys, *(_arg(a) for a in args))
-
-    async def _command(self, *parts: Any) -> Any:
         line = self._line
         if line is None or line.transport is None:
             line = await self._connect()
-        return await self._on(line, parts)
+        return await self._on(line, ("evalsha", sha, len(keys), *keys, *(_arg(a) for a in args)))
 
-    async def _on(self, line: _Line, parts: Sequence[Any]) -> Any:
+    async def _on(self, line: _Line, parts: tuple[Any, ...]) -> Any:
         """One command on ``line`` (the channel's, or one still being set up by :meth:`_connect`)."""
         if line.transport is None:
             raise RedisConnectionError("Connection to Redis lost.")
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[Any] = loop.create_future()
         line.waiting.append(waiter)
-        line.transport.write(hiredis.pack_command(tuple(parts)))
+        line.transport.write(hiredis.pack_command(parts))
         # a timer handle, not asyncio.timeout(): this runs twice on every tracked call's path
         timer = loop.call_later(self.timeout_s, _expire, line, (waiter,), self.timeout_s)
         try:
