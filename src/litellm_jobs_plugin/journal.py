@@ -89,8 +89,8 @@ def encode(item: Item) -> str:
             context=item.context.to_stash(),
             status=item.status.value,
             cost_usd=str(item.cost_usd),
-            started_at=item.started_at.isoformat(),
-            ended_at=item.ended_at.isoformat(),
+            started_at=item.started_at,  # orjson writes it as isoformat() does, several times faster
+            ended_at=item.ended_at,
         )
     else:
         doc = {

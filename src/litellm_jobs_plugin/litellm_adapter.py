@@ -164,6 +164,13 @@ def put_stash(data: dict[str, Any], context: CallContext, *, credits_remaining: 
     litellm_metadata(data)[STASH_KEY] = {_SECRET_FIELD: _STASH_SECRET, _VALUES_FIELD: values}
 
 
+#: CallContexts rebuilt from stashes, by the identity of the stash's values (the hooks after the
+#: pre-call hook read one stash three times). Each entry keeps its tuple, so no other object can
+#: take its id while it is here; the oldest go first.
+_rebuilt: dict[int, tuple[tuple[Any, ...], CallContext]] = {}
+_REBUILT_MAX = 512
+
+
 def read_stash(meta: object) -> CallContext | None:
     """The CallContext this process's pre-call hook left in ``meta``, or None (absent or forged)."""
     if not isinstance(meta, dict):
@@ -175,9 +182,18 @@ def read_stash(meta: object) -> CallContext | None:
     if not isinstance(secret, str) or not hmac.compare_digest(secret, _STASH_SECRET):
         return None
     values = stash.get(_VALUES_FIELD)
+    if type(values) is tuple:
+        seen = _rebuilt.get(id(values))
+        if seen is not None and seen[0] is values:
+            return seen[1]
     if not isinstance(values, tuple | list) or len(values) != len(_CONTEXT_FIELDS):
         return None
-    return CallContext(*values)
+    context = CallContext(*values)
+    if type(values) is tuple:
+        if len(_rebuilt) >= _REBUILT_MAX:
+            del _rebuilt[next(iter(_rebuilt))]
+        _rebuilt[id(values)] = (values, context)
+    return context
 
 
 def stash_of_request(data: dict[str, Any]) -> CallContext | None:

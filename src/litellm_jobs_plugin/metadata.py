@@ -181,6 +181,9 @@ def _one_source(meta_value: object, header_value: str | None, name: str) -> obje
     return header_value
 
 
+_NO_TAG = JobTag(job_id=None, job_type=None, job_metadata=None, team_id=None, purpose=None)
+
+
 def parse_job_tag(client_metadata: object, headers: Mapping[str, str]) -> JobTag:
     """The validated job fields of one request; raises :class:`InvalidJobMetadata`.
 
@@ -196,11 +199,12 @@ def parse_job_tag(client_metadata: object, headers: Mapping[str, str]) -> JobTag
     raw_meta = meta.get("job_metadata")
     raw_team = meta.get("team_id")
     raw_purpose = meta.get("purpose")
-    if any(v is not None for v in (raw_id, raw_type, raw_meta, raw_team, raw_purpose)):
-        # A tracked call's metadata is the client's all through, not only its job fields. LiteLLM
-        # keeps a copy of what the client sent (``requester_metadata``) beside its own additions.
-        sent = meta.get(REQUESTER_METADATA)
-        check_finite(sent if isinstance(sent, Mapping) else meta, param="metadata")
+    if raw_id is None and raw_type is None and raw_meta is None and raw_team is None and raw_purpose is None:
+        return _NO_TAG  # an untagged call (frozen: shared)
+    # A tracked call's metadata is the client's all through, not only its job fields. LiteLLM
+    # keeps a copy of what the client sent (``requester_metadata``) beside its own additions.
+    sent = meta.get(REQUESTER_METADATA)
+    check_finite(sent if isinstance(sent, Mapping) else meta, param="metadata")
     return JobTag(
         job_id=None if raw_id is None else check_job_id(raw_id),
         job_type=None if raw_type is None else check_job_type(raw_type),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -256,3 +257,137 @@ async def test_a_blocking_read_given_up_leaves_later_entries_to_the_other_reader
         assert admin.xpending("st", "g")["consumers"] == [{"name": b"live", "pending": 1}]
     finally:
         await reader.aclose()
+
+
+# -- spinning: a reply waited for in place, without a turn of the event loop -------------------
+
+
+async def spinning_channel(url: str, *, spin_s: float = 0.05, timeout_s: float = 5.0) -> RedisChannel:
+    """A channel whose spinning connection is up (a first command starts it in the background)."""
+    channel = RedisChannel(url, spin_s=spin_s, timeout_s=timeout_s)
+    sha = load(url, ECHO)
+    assert await channel.evalsha(sha, ["k"], ["first"]) == [b"k", b"first"]  # over the pipelined connection
+    await wait_for_async(lambda: asyncio.sleep(0, channel.spinning), within=5)
+    return channel
+
+
+async def test_a_reply_within_the_spin_budget_comes_without_a_turn_of_the_event_loop(server: OwnRedis) -> None:
+    sha = load(server.url, ECHO)
+    channel = await spinning_channel(server.url)
+    try:
+        turns: list[int] = []
+        asyncio.get_running_loop().call_soon(turns.append, 1)
+        assert await channel.evalsha(sha, ["k"], ["in place"]) == [b"k", b"in place"]
+        assert turns == []  # the loop did not run anything else meanwhile
+        assert (channel.spun, channel.spin_misses) == (1, 0)
+        await asyncio.sleep(0)
+        assert turns == [1]
+        replies = await asyncio.gather(*(channel.evalsha(sha, ["k"], [i]) for i in range(50)))
+        assert replies == [[b"k", str(i).encode()] for i in range(50)]
+        assert channel.spun == 51
+    finally:
+        await channel.aclose()
+
+
+async def test_a_late_reply_is_awaited_and_commands_stop_spinning_for_a_while(server: OwnRedis) -> None:
+    echo, busy = load(server.url, ECHO), load(server.url, BUSY)
+    channel = await spinning_channel(server.url, spin_s=0.005)
+    try:
+        turns: list[int] = []
+        slow = asyncio.create_task(channel.evalsha(busy, [], [100]))
+        await asyncio.sleep(0)  # it spins 5 ms, misses, then awaits: the loop runs other work meanwhile
+        asyncio.get_running_loop().call_soon(turns.append, 1)
+        assert await slow == 1
+        assert turns == [1]
+        assert channel.spin_misses == 1
+        spun = channel.spun
+        # paused: the next commands await their replies on the pipelined connection
+        assert await channel.evalsha(echo, ["k"], ["awaited"]) == [b"k", b"awaited"]
+        assert channel.spun == spun
+        assert channel.spinning
+        assert channel.spin_paused_until > time.monotonic()
+    finally:
+        await channel.aclose()
+
+
+async def test_a_spinning_command_given_up_closes_its_connection_and_the_next_gets_its_own_reply(
+    server: OwnRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from litellm_jobs_plugin import redis_channel
+
+    monkeypatch.setattr(redis_channel, "SPIN_PAUSE_S", 0.0)  # spin again right after a miss
+    echo, busy = load(server.url, ECHO), load(server.url, BUSY)
+    channel = await spinning_channel(server.url, spin_s=0.002)
+    try:
+        slow = asyncio.create_task(channel.evalsha(busy, [], [300]))
+        await wait_for_async(lambda: asyncio.sleep(0, channel.spin_misses == 1), within=5)
+        slow.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await slow
+        assert not channel.spinning  # its connection, with the busy script's reply still to come, is gone
+        # the next commands get their own replies (over the pipelined connection, then a new spinning one)
+        assert await channel.evalsha(echo, ["a"], ["next"]) == [b"a", b"next"]
+        await wait_for_async(lambda: asyncio.sleep(0, channel.spinning), within=5)
+        spun = channel.spun
+        assert await channel.evalsha(echo, ["b"], ["spun"]) == [b"b", b"spun"]
+        assert channel.spun == spun + 1
+    finally:
+        await channel.aclose()
+
+
+async def test_spinning_keeps_redis_errors_and_the_database_and_password_of_the_url(server: OwnRedis) -> None:
+    redis.Redis.from_url(server.url).config_set("requirepass", "s3cret")
+    host_port = server.url.split("://", 1)[1].rsplit("/", 1)[0]
+    url, url0 = f"redis://:s3cret@{host_port}/7", f"redis://:s3cret@{host_port}/0"
+    set_sha, fail = load(url, SET), load(url, FAIL)
+    channel = await spinning_channel(url)
+    try:
+        spun = channel.spun
+        with pytest.raises(NoScriptError):
+            await channel.evalsha("0" * 40, [], [])
+        with pytest.raises(ResponseError, match="refused by the script"):
+            await channel.evalsha(fail, [], [])
+        assert await channel.evalsha(set_sha, ["where"], ["db7"]) == b"db7"
+        assert channel.spun == spun + 3  # error replies leave the spinning connection in use
+    finally:
+        await channel.aclose()
+    assert redis.Redis.from_url(url).get("where") == b"db7"
+    assert redis.Redis.from_url(url0).get("where") is None
+
+
+async def test_a_redis_that_does_not_answer_fails_a_spinning_call_in_time_and_the_next_one_reconnects(
+    server: OwnRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from litellm_jobs_plugin import redis_channel
+
+    monkeypatch.setattr(redis_channel, "SPIN_PAUSE_S", 0.0)
+    echo, busy = load(server.url, ECHO), load(server.url, BUSY)
+    channel = await spinning_channel(server.url, spin_s=0.002, timeout_s=0.2)
+    try:
+        with pytest.raises(RedisTimeoutError):
+            await channel.evalsha(busy, [], [600])
+        channel.timeout_s = 5.0
+        assert await channel.evalsha(echo, ["y"], ["after"]) == [b"y", b"after"]
+    finally:
+        await channel.aclose()
+
+
+async def test_a_restarted_redis_fails_spinning_calls_while_down_then_serves_them_again(server: OwnRedis) -> None:
+    sha = load(server.url, ECHO)
+    channel = await spinning_channel(server.url)
+    try:
+        assert await channel.evalsha(sha, ["k"], ["before"]) == [b"k", b"before"]
+        server.stop()
+        with pytest.raises(RedisConnectionError):
+            await channel.evalsha(sha, ["k"], ["down"])
+        server.start()
+        sha = load(server.url, ECHO)
+        async with asyncio.timeout(10):
+            while True:  # the pipelined connection reconnects at once; the spinning one after its pause
+                try:
+                    assert await channel.evalsha(sha, ["k"], ["after"]) == [b"k", b"after"]
+                    break
+                except RedisConnectionError:
+                    await asyncio.sleep(0.05)
+    finally:
+        await channel.aclose()

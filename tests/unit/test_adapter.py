@@ -128,3 +128,28 @@ def test_the_record_id_in_the_stash_names_every_event_of_the_request() -> None:
     )
     assert event is not None
     assert event.call_id == "same-1~00ff"
+
+
+def test_a_stash_read_again_gives_its_context_and_a_copied_stash_still_reads() -> None:
+    import copy
+
+    body: dict[str, Any] = {"metadata": {}}
+    adapter.put_stash(body, context(single_call=True), credits_remaining="12.5")
+    first = adapter.stash_of_request(body)
+    assert first is not None
+    assert first == dataclasses.replace(context(single_call=True), credits_remaining="12.5")
+    assert adapter.stash_of_request(body) is first  # rebuilt once, then read back
+    copied = copy.deepcopy(body)  # another tuple: rebuilt, equal
+    assert adapter.stash_of_request(copied) == first
+    serialised = {"metadata": {adapter.STASH_KEY: {**body["metadata"][adapter.STASH_KEY]}}}
+    serialised["metadata"][adapter.STASH_KEY]["context"] = list(body["metadata"][adapter.STASH_KEY]["context"])
+    assert adapter.stash_of_request(serialised) == first  # a list (JSON and back) reads too
+    # another stash never gets this one's context, however many came between
+    for i in range(adapter._REBUILT_MAX + 5):
+        other: dict[str, Any] = {"metadata": {}}
+        adapter.put_stash(other, context(), credits_remaining=str(i))
+        got = adapter.stash_of_request(other)
+        assert got is not None
+        assert got.credits_remaining == str(i)
+    assert len(adapter._rebuilt) <= adapter._REBUILT_MAX
+    assert adapter.stash_of_request(body) == first

@@ -65,8 +65,9 @@ def _event_row(e: CallEvent) -> dict[str, Any]:
         "latency_ms": e.latency_ms,
         "error_type": e.error_type,
         "error_code": e.error_code,
-        "started_at": e.started_at.isoformat(),
-        "ended_at": e.ended_at.isoformat(),
+        # orjson writes a datetime as isoformat() does, several times faster
+        "started_at": e.started_at,
+        "ended_at": e.ended_at,
         "purpose": c.purpose,
     }
 
