@@ -17,16 +17,6 @@ connection (Redis is not answering), which fails every waiter on it with
 :class:`redis.exceptions.ConnectionError`, the error redis-py raises, which the callers already turn
 into ``503``. The next command connects again.
 
-**Spinning** (``spin_s`` > 0, the credit scripts' channel): a script's reply usually comes back in
-well under a millisecond, but an ``await`` hands the event loop to whatever else is ready, and the
-answer waiting on the reply resumes only when that work is done — about half a millisecond per
-script at moderate load. So a command is first sent on a second connection of the channel's own and
-its reply waited for in place, without yielding, for at most ``spin_s``. A reply in time costs no
-turn of the loop; one that is late is then awaited as usual (the loop blocked for ``spin_s`` at
-most), and so is every command for :data:`SPIN_PAUSE_S` after a reply that took more than half of
-``spin_s``: a slow or distant Redis does not keep the loop waiting. Commands sent while that
-connection waits go over the pipelined one.
-
 Used for a single Redis over TCP or a Unix socket without TLS (``redis://``, ``unix://``); a Redis
 Cluster or ``rediss://`` keeps redis-py's client for everything.
 """
@@ -35,10 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
-import select
-import socket
-import time
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -47,11 +33,6 @@ from redis.asyncio.connection import parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-
-#: After a reply that took more than half the spin budget (or missed it), commands await their
-#: replies for this long before spinning again.
-SPIN_PAUSE_S = 5.0
-_MISSED = object()
 
 
 def supports(url: str) -> bool:
@@ -108,66 +89,6 @@ class _Line(asyncio.Protocol):
                 waiter.set_exception(error)
 
 
-def _unwrap(reply: Any) -> Any:
-    """A reply, or the error redis-py would raise for it."""
-    if isinstance(reply, hiredis.ReplyError):
-        message = str(reply)
-        raise (NoScriptError if message.startswith("NOSCRIPT") else ResponseError)(message)
-    return reply
-
-
-class _Quick:
-    """The spinning connection: one command at a time, its reply waited for in place first."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.reader = hiredis.Reader()
-        self.busy = False
-        self._poll = select.poll()
-        self._poll.register(sock.fileno(), select.POLLIN)
-
-    def _take(self) -> bool:
-        """Read what the socket has (never waiting). False if nothing was there."""
-        try:
-            data = self.sock.recv(65536)
-        except (BlockingIOError, InterruptedError):
-            return False
-        if not data:
-            raise RedisConnectionError("Connection to Redis lost (closed).")
-        self.reader.feed(data)
-        return True
-
-    def reply_now(self, budget_s: float) -> Any:
-        """The next reply if it comes within ``budget_s`` (the loop waits meanwhile), else :data:`_MISSED`."""
-        deadline = time.monotonic() + budget_s
-        while (reply := self.reader.gets()) is False:
-            left = deadline - time.monotonic()
-            if left <= 0 or not self._poll.poll(left * 1000):
-                return _MISSED
-            self._take()
-        return reply
-
-    async def reply_later(self) -> Any:
-        """The next reply, waited for without blocking the loop."""
-        loop = asyncio.get_running_loop()
-        while (reply := self.reader.gets()) is False:
-            data = await loop.sock_recv(self.sock, 65536)
-            if not data:
-                raise RedisConnectionError("Connection to Redis lost (closed).")
-            self.reader.feed(data)
-        return reply
-
-    async def command(self, parts: tuple[Any, ...]) -> Any:
-        """One command, its reply awaited (setting the connection up)."""
-        await asyncio.get_running_loop().sock_sendall(self.sock, hiredis.pack_command(parts))
-        return _unwrap(await self.reply_later())
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self._poll.unregister(self.sock.fileno())
-        self.sock.close()
-
-
 def _expire(line: _Line, waiters: Sequence[asyncio.Future[Any]], limit: float) -> None:
     """Redis did not answer in time: the waiters fail with a timeout, and the connection is dropped
     (its late replies must not reach the commands sent after), which fails every other waiter on it;
@@ -192,115 +113,19 @@ class RedisChannel:
         await channel.aclose()
     """
 
-    def __init__(
-        self, url: str, *, connect_timeout_s: float = 2.0, timeout_s: float = 5.0, spin_s: float = 0.0
-    ) -> None:
+    def __init__(self, url: str, *, connect_timeout_s: float = 2.0, timeout_s: float = 5.0) -> None:
         self._params = parse_url(url)
         self.connect_timeout_s = connect_timeout_s
         self.timeout_s = timeout_s
-        #: How long a command's reply is waited for in place before the loop is yielded (0: never).
-        self.spin_s = spin_s
         self._line: _Line | None = None
         self._connecting: asyncio.Lock | None = None
-        self._quick: _Quick | None = None
-        self._quick_task: asyncio.Task[None] | None = None
-        #: time.monotonic() until which commands do not spin (a reply was slow)
-        self.spin_paused_until = 0.0
-        #: Replies that came in place, replies that did not (tests, the bench)
-        self.spun = 0
-        self.spin_misses = 0
-
-    @property
-    def spinning(self) -> bool:
-        """The spinning connection is up and free (the next command spins unless paused)."""
-        return self._quick is not None and not self._quick.busy
 
     async def evalsha(self, sha: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         """Run a loaded script; raises NoScriptError if Redis does not have it (it restarted or flushed)."""
-        parts = ("evalsha", sha, len(keys), *keys, *(_arg(a) for a in args))
-        if self.spin_s > 0 and time.monotonic() >= self.spin_paused_until:
-            quick = self._quick
-            if quick is None:
-                if self._quick_task is None:
-                    self._quick_task = asyncio.get_running_loop().create_task(self._connect_quick())
-            elif not quick.busy:
-                return await self._spin(quick, parts)
         line = self._line
         if line is None or line.transport is None:
             line = await self._connect()
-        return await self._on(line, parts)
-
-    async def _spin(self, quick: _Quick, parts: tuple[Any, ...]) -> Any:
-        quick.busy = True
-        try:
-            payload = hiredis.pack_command(parts)
-            started = time.monotonic()
-            try:
-                sent = quick.sock.send(payload)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            reply = quick.reply_now(self.spin_s) if sent == len(payload) else _MISSED
-            if reply is _MISSED:
-                self.spin_misses += 1
-                self.spin_paused_until = time.monotonic() + SPIN_PAUSE_S
-                async with asyncio.timeout(self.timeout_s):
-                    if sent < len(payload):
-                        await asyncio.get_running_loop().sock_sendall(quick.sock, payload[sent:])
-                    reply = await quick.reply_later()
-            else:
-                self.spun += 1
-                if time.monotonic() - started > self.spin_s / 2:
-                    self.spin_paused_until = time.monotonic() + SPIN_PAUSE_S
-        except BaseException as exc:
-            # cancelled, timed out or broken mid-command: a late reply must not reach the next one
-            self._drop_quick(quick)
-            if isinstance(exc, TimeoutError):
-                raise RedisTimeoutError(f"Redis did not answer within {self.timeout_s:g} s.") from exc
-            if isinstance(exc, OSError | hiredis.ProtocolError):
-                raise RedisConnectionError(f"Connection to Redis lost ({exc!r}).") from exc
-            raise
-        quick.busy = False
-        return _unwrap(reply)
-
-    async def _connect_quick(self) -> None:
-        """Open the spinning connection (in the background: commands use the pipelined one meanwhile)."""
-        loop = asyncio.get_running_loop()
-        p = self._params
-        sock: socket.socket | None = None
-        try:
-            async with asyncio.timeout(self.connect_timeout_s):
-                if p.get("path"):
-                    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                    sock.setblocking(False)
-                    await loop.sock_connect(sock, p["path"])
-                else:
-                    host, port = p.get("host") or "localhost", int(p.get("port") or 6379)
-                    family, kind, proto, _, address = (await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM))[0]
-                    sock = socket.socket(family, kind, proto)
-                    sock.setblocking(False)
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    await loop.sock_connect(sock, address)
-                quick = _Quick(sock)
-                if p.get("password"):
-                    await quick.command(
-                        ("auth", p["username"], p["password"]) if p.get("username") else ("auth", p["password"])
-                    )
-                if int(p.get("db") or 0):
-                    await quick.command(("select", int(p["db"])))
-        except BaseException:
-            # no spinning connection for now: the pipelined one serves, and the next command tries again
-            if sock is not None:
-                sock.close()
-            self.spin_paused_until = time.monotonic() + SPIN_PAUSE_S
-            self._quick_task = None
-            return
-        self._quick = quick
-        self._quick_task = None
-
-    def _drop_quick(self, quick: _Quick) -> None:
-        if self._quick is quick:
-            self._quick = None
-        quick.close()
+        return await self._on(line, ("evalsha", sha, len(keys), *keys, *(_arg(a) for a in args)))
 
     async def _on(self, line: _Line, parts: tuple[Any, ...]) -> Any:
         """One command on ``line`` (the channel's, or one still being set up by :meth:`_connect`)."""
@@ -393,11 +218,6 @@ class RedisChannel:
         line, self._line = self._line, None
         if line is not None and line.transport is not None:
             line.transport.close()
-        task, self._quick_task = self._quick_task, None
-        if task is not None:
-            task.cancel()
-        if self._quick is not None:
-            self._drop_quick(self._quick)
 
     async def aclose(self) -> None:
         self._close()

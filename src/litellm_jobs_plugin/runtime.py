@@ -122,7 +122,6 @@ class JobsRuntime:
                 closed_ttl_s=s.closed_job_ttl_s,
                 shards=s.redis_shards,
                 max_connections=s.redis_max_connections,
-                spin_s=s.redis_spin_ms / 1000,
             )
             redis_backend.settle = self.writer.settle  # a rebuild of a Redis that lost its data waits for it
             self._journal = redis_backend.journal(claim_idle_s=s.journal_claim_idle_s)

@@ -178,13 +178,6 @@ class Settings(BaseSettings):
         description="Redis connections per process (on a cluster, per node: eight times this, at least 512); a call "
         "waits up to 10 s for a free one under a burst, then gets 503.",
     )
-    redis_spin_ms: float = Field(
-        default=1.0,
-        ge=0,
-        le=20,
-        description="How long a call's credit script waits for Redis's reply without yielding the event loop, "
-        "before awaiting it as usual (0: never); after a reply slower than half of it, scripts await for 5 s.",
-    )
     closed_job_ttl_s: int = Field(default=7 * 24 * 3600, gt=0, description="Redis keeps closed jobs this long.")
     fail_mode: FailMode = Field(default=FailMode.CLOSED, description="New holds while PostgreSQL is down.")
     store_check_interval_s: float = Field(

@@ -73,14 +73,11 @@ class RedisCredits:
         closed_ttl_s: int = 7 * 24 * 3600,
         max_connections: int = 50,
         shards: int | None = None,
-        spin_s: float = 0.0,
     ) -> None:
         self.cluster = is_cluster_url(url)
         self.client: Client = connect(url, max_connections=max_connections)
         #: The scripts on a call's path go over a pipelined connection of their own (a single Redis).
-        self._channel = (
-            redis_channel.RedisChannel(url, spin_s=spin_s) if not self.cluster and redis_channel.supports(url) else None
-        )
+        self._channel = redis_channel.RedisChannel(url) if not self.cluster and redis_channel.supports(url) else None
         self._url = url
         #: The journal readers' connections (one per stream: a blocking read holds its connection).
         self._reader_channels: list[redis_channel.RedisChannel] = []
