@@ -5,7 +5,6 @@ of an export, and a new one that resumes from the cursor with the same ids."""
 from __future__ import annotations
 
 import signal
-import time
 from collections.abc import Callable
 
 import httpx
@@ -68,8 +67,7 @@ def test_a_proxy_killed_mid_export_is_resumed_by_the_next_one(
 
         receiver.parse = parse_then_hold  # type: ignore[method-assign]
         close_jobs(proxy, jobs)
-        wait_for(receiver.hold.is_set, timeout=30, what="the export to reach the receiver")
-        time.sleep(0.5)
+        wait_for(lambda: receiver.holding >= 1, timeout=30, what="the export to be held mid-delivery")
         proxy.stop(sig=signal.SIGKILL, timeout=10)
         receiver.parse = original  # type: ignore[method-assign]
         receiver.hold.clear()

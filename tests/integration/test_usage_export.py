@@ -203,11 +203,7 @@ async def test_a_cancelled_exporter_resumes_from_its_cursor(store: PostgresStore
 
         r.parse = parse_then_hold  # type: ignore[method-assign]
         task = asyncio.create_task(exporter.run_once())
-        for _ in range(200):
-            if r.hold.is_set():
-                break
-            await asyncio.sleep(0.02)
-        await asyncio.sleep(0.2)
+        await wait_for_async(lambda: asyncio.sleep(0, r.holding == 1), within=10, what="a request held")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -219,7 +215,8 @@ async def test_a_cancelled_exporter_resumes_from_its_cursor(store: PostgresStore
         assert await exporter.run_once() == {"meter": 4 - done}
         await exporter.aclose()
         expected = [job_event_id("team-a", f"job-{i}", "completed") for i in range(4)]
-        await asyncio.sleep(0.3)  # the held request, answered after the cancel, is recorded too
+        # the held request, answered after the cancel, is recorded too
+        await wait_for_async(lambda: asyncio.sleep(0, set(r.ids()) == set(expected)), within=10, what="every event")
         ids = r.ids()
         assert set(ids) == set(expected)
         assert len(ids) - len(set(ids)) <= 1  # at most the one in flight at the cancel is sent twice
@@ -254,7 +251,8 @@ async def test_one_exporter_at_a_time(store: PostgresStore, database_url: str) -
         r.hold.set()
         first, second = Exporter(store, SETTINGS), Exporter(store, SETTINGS)
         task = asyncio.create_task(first.run_once())
-        await asyncio.sleep(0.3)
+        # the first one is mid-export (its request held), holding the lock
+        await wait_for_async(lambda: asyncio.sleep(0, r.holding == 1), within=10, what="a request held")
         assert await second.run_once() is None  # the other one holds the advisory lock
         r.hold.clear()
         assert await task == {"meter": 1}
