@@ -166,7 +166,7 @@ def put_stash(data: dict[str, Any], context: CallContext, *, credits_remaining: 
 
 #: CallContexts rebuilt from stashes, by the identity of the stash's values (the hooks after the
 #: pre-call hook read one stash three times). Each entry keeps its tuple, so no other object can
-#: take its id while it is here; the oldest go first.
+#: take its id while it is here; a full cache starts again empty.
 _rebuilt: dict[int, tuple[tuple[Any, ...], CallContext]] = {}
 _REBUILT_MAX = 512
 
@@ -191,7 +191,7 @@ def read_stash(meta: object) -> CallContext | None:
     context = CallContext(*values)
     if type(values) is tuple:
         if len(_rebuilt) >= _REBUILT_MAX:
-            del _rebuilt[next(iter(_rebuilt))]
+            _rebuilt.clear()  # one step, whatever else reads it meanwhile
         _rebuilt[id(values)] = (values, context)
     return context
 
