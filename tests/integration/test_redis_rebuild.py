@@ -204,3 +204,74 @@ async def test_on_a_cluster_teams_spread_over_shards_and_the_writers_and_reaper_
         assert (await find_drift(store)).clean
     finally:
         await replica.aclose()
+
+
+async def test_a_cluster_master_killed_fails_over_to_its_replica_and_the_books_stay_exact(
+    store: PostgresStore, database_url: str, redis_prefix: str, tmp_path: Path
+) -> None:
+    """kill -9 the master holding the team's keys, with what it acknowledged replicated: its replica takes
+    over. A call meanwhile waits while the cluster client retries (here about 2.5 s with a 1 s node timeout)
+    or gets 503, never a decision without the state; then calls go on, nothing is charged twice and
+    PostgreSQL's books stay exact."""
+    import time
+
+    from tests.support.redis_cluster import redis_cluster
+
+    with redis_cluster(tmp_path / "cluster", replicas=1, node_timeout_ms=1000) as cluster:
+        if cluster is None:
+            pytest.skip("no redis-server/redis-cli binaries for a Redis Cluster")
+        replica = Replica(store, Target(cluster.url, redis_prefix))
+        await replica.start()
+        try:
+            service = replica.service
+            await service.grant(TEAM, Decimal(5), kind="grant", idempotency_key="g1")
+            assert (await service.admit_call(ctx("before-1"))).created
+            assert (await service.admit_call(ctx("before-2"))).created
+            closure = await service.close_job(TEAM, "before-1", JobStatus.COMPLETED)
+            assert closure is not None
+            assert not closure.repeated
+
+            account = replica.backend.keys.account(TEAM)
+            port = cluster.master_of(account)
+            master = redis.Redis(port=port)
+            try:
+                assert master.execute_command("WAIT", 1, 5000) == 1  # its replica has everything acknowledged
+            finally:
+                master.close()
+            cluster.kill(port)
+
+            # A call meanwhile waits for the promotion (or gets 503: StoreUnavailable), then is admitted.
+            refused = 0
+            killed_at = time.monotonic()
+            deadline = killed_at + 60
+            while True:
+                try:
+                    admission = await service.admit_call(ctx("after-1"))
+                    break
+                except StoreUnavailable:
+                    refused += 1
+                    assert time.monotonic() < deadline, "the cluster did not fail over within 60 s"
+                    await asyncio.sleep(0.1)
+            assert admission.created
+            assert time.monotonic() - killed_at < 30
+            assert cluster.master_of(account) != port  # served by the promoted replica
+            assert (await service.admit_call(ctx("before-2"))).created is False  # still open, one hold
+            closure = await service.close_job(TEAM, "before-2", JobStatus.COMPLETED)
+            assert closure is not None
+            assert not closure.repeated
+            repeat = await service.close_job(TEAM, "before-1", JobStatus.COMPLETED)
+            assert repeat is not None
+            assert repeat.repeated  # the closure before the failover is still known: not charged twice
+
+            await asyncio.wait_for(replica.writer.flush(), timeout=60)
+            for job in ("before-1", "before-2", "after-1"):
+                assert holds(database_url, job) == 1
+            captures = query(database_url, "SELECT count(*) AS n FROM credit_ledger WHERE kind = 'capture'")
+            assert captures[0]["n"] == 2
+            balance = await store.balance(TEAM)
+            assert (balance.credits_remaining, balance.credits_held) == (Decimal(2), Decimal(1))
+            redis_balance = await replica.backend.balance(TEAM)
+            assert (redis_balance.credits_remaining, redis_balance.credits_held) == (Decimal(2), Decimal(1))
+            assert (await find_drift(store)).clean
+        finally:
+            await replica.aclose()

@@ -1,4 +1,4 @@
-"""A three-master Redis Cluster on loopback ports, started for a test session and stopped by PID."""
+"""A three-master Redis Cluster on loopback ports (with a replica per master if asked), stopped by PID."""
 
 from __future__ import annotations
 
@@ -50,6 +50,20 @@ class RedisClusterServers:
     def client(self) -> RedisCluster:
         return RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", p) for p in self.ports])
 
+    def master_of(self, key: str) -> int:
+        """The port of the master that serves ``key``'s slot now."""
+        client = self.client()
+        try:
+            return int(client.get_node_from_key(key).port)
+        finally:
+            client.close()
+
+    def kill(self, port: int) -> None:
+        """``kill -9`` the node on ``port``."""
+        proc = self.procs[self.ports.index(port)]
+        proc.kill()
+        proc.wait(timeout=10)
+
     def stop(self) -> None:
         for proc in self.procs:
             stop_process(proc, timeout=10)
@@ -57,20 +71,23 @@ class RedisClusterServers:
 
 
 @contextlib.contextmanager
-def redis_cluster(tmp: Path) -> Iterator[RedisClusterServers | None]:
-    """Three masters, no replicas (None when the redis-server or redis-cli binary is missing)."""
+def redis_cluster(
+    tmp: Path, *, replicas: int = 0, node_timeout_ms: int = 15_000
+) -> Iterator[RedisClusterServers | None]:
+    """Three masters and ``replicas`` replicas of each (None when the redis-server or redis-cli binary is
+    missing); a master unreachable for ``node_timeout_ms`` is failed over to its replica."""
     server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
     if server is None or cli is None:
         yield None
         return
-    cluster = RedisClusterServers(cluster_ports(3))
+    cluster = RedisClusterServers(cluster_ports(3 * (1 + replicas)))
     try:
         for port in cluster.ports:
             home = tmp / str(port)
             home.mkdir(parents=True, exist_ok=True)
             args = ["--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes"]
             args += ["--cluster-config-file", str(home / "nodes.conf"), "--dir", str(home)]
-            args += ["--save", "", "--appendonly", "no"]
+            args += ["--save", "", "--appendonly", "no", "--cluster-node-timeout", str(node_timeout_ms)]
             cluster.procs.append(
                 subprocess.Popen(
                     [server, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
@@ -80,7 +97,7 @@ def redis_cluster(tmp: Path) -> Iterator[RedisClusterServers | None]:
             wait_for(lambda p=port: redis.Redis(port=p).ping(), timeout=20, what=f"redis-server on {port}")
         nodes = [f"127.0.0.1:{p}" for p in cluster.ports]
         subprocess.run(
-            [cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
+            [cli, "--cluster", "create", *nodes, "--cluster-replicas", str(replicas), "--cluster-yes"],
             check=True,
             capture_output=True,
             timeout=60,
