@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -26,6 +27,7 @@ from litellm_jobs_plugin.writer import Writer
 from tests.acceptance.test_reliability import redis_client
 from tests.conftest import query
 from tests.support.outages import own_redis
+from tests.support.redis_cluster import redis_cluster
 
 PRICES = {"cheap": Decimal(1)}
 TEAM = "team-r"
@@ -111,6 +113,15 @@ def holds(url: str, job: str) -> int:
     return int(rows[0]["n"])
 
 
+async def assert_books(store: PostgresStore, backend: RedisCredits, *, remaining: Decimal, held: Decimal) -> None:
+    """The team's balance, in PostgreSQL and in Redis, is ``remaining`` and ``held``; reconcile finds no drift."""
+    balance = await store.balance(TEAM)
+    assert (balance.credits_remaining, balance.credits_held) == (remaining, held)
+    redis_balance = await backend.balance(TEAM)
+    assert (redis_balance.credits_remaining, redis_balance.credits_held) == (remaining, held)
+    assert (await find_drift(store)).clean
+
+
 async def test_open_jobs_survive_a_flushdb_with_one_hold_and_new_holds_respect_the_balance(
     replicas: list[Replica], store: PostgresStore, database_url: str, own: Target
 ) -> None:
@@ -153,11 +164,7 @@ async def test_open_jobs_survive_a_flushdb_with_one_hold_and_new_holds_respect_t
         database_url, "SELECT count(*) AS n FROM credit_ledger WHERE job_id = 'old-1' AND kind = 'capture'"
     )
     assert captures[0]["n"] == 1
-    balance = await store.balance(TEAM)
-    assert (balance.credits_remaining, balance.credits_held) == (Decimal(0), Decimal(2))
-    redis_balance = await a.backend.balance(TEAM)
-    assert (redis_balance.credits_remaining, redis_balance.credits_held) == (Decimal(0), Decimal(2))
-    assert (await find_drift(store)).clean
+    await assert_books(store, a.backend, remaining=Decimal(0), held=Decimal(2))
 
 
 async def test_a_call_waits_for_another_replicas_rebuild_then_gets_a_503(replicas: list[Replica], own: Target) -> None:
@@ -213,10 +220,6 @@ async def test_a_cluster_master_killed_fails_over_to_its_replica_and_the_books_s
     over. A call meanwhile waits while the cluster client retries (here about 2.5 s with a 1 s node timeout)
     or gets 503, never a decision without the state; then calls go on, nothing is charged twice and
     PostgreSQL's books stay exact."""
-    import time
-
-    from tests.support.redis_cluster import redis_cluster
-
     with redis_cluster(tmp_path / "cluster", replicas=1, node_timeout_ms=1000) as cluster:
         if cluster is None:
             pytest.skip("no redis-server/redis-cli binaries for a Redis Cluster")
@@ -268,10 +271,6 @@ async def test_a_cluster_master_killed_fails_over_to_its_replica_and_the_books_s
                 assert holds(database_url, job) == 1
             captures = query(database_url, "SELECT count(*) AS n FROM credit_ledger WHERE kind = 'capture'")
             assert captures[0]["n"] == 2
-            balance = await store.balance(TEAM)
-            assert (balance.credits_remaining, balance.credits_held) == (Decimal(2), Decimal(1))
-            redis_balance = await replica.backend.balance(TEAM)
-            assert (redis_balance.credits_remaining, redis_balance.credits_held) == (Decimal(2), Decimal(1))
-            assert (await find_drift(store)).clean
+            await assert_books(store, replica.backend, remaining=Decimal(2), held=Decimal(1))
         finally:
             await replica.aclose()
