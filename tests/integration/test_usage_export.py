@@ -18,10 +18,19 @@ from litellm_jobs_plugin.settings import Settings
 from litellm_jobs_plugin.store.postgres import PostgresStore
 from tests.conftest import query
 from tests.support.billing_receivers import Receiver
-from tests.support.services import wait_for_async
+from tests.support.services import PostgresServer, wait_for_async
 
 SETTINGS = Settings(export_delay_s=0, export_interval_s=0, export_batch_size=2)
 CUSTOMERS = {"cloudevents": "subject-a", "lago": "sub_lago_a", "stripe": "cus_TeamA"}
+
+
+@pytest.fixture(scope="module")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """This module's own PostgreSQL: the exporter sends only closures older than every running transaction of
+    the cluster, so on a server shared with another test worker its rounds would depend on that worker."""
+    server = PostgresServer.private(tmp_path_factory.mktemp("pg-usage-export"))
+    yield server
+    server.close()
 
 
 @pytest.fixture(params=["cloudevents", "lago", "stripe"])

