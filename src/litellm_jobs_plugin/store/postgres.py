@@ -127,10 +127,13 @@ def batch_document(items: Sequence[CallEvent | LedgerEntry]) -> str:
 _BATCH_FAULT_SQLSTATE = ("21", "22", "23", "2F", "42", "P0")
 
 
-def _asyncpg_connect_args(url: str, schema: str) -> dict[str, Any]:
-    """asyncpg's arguments for a libpq connection string (URL or key=value) and our schema."""
+def asyncpg_connect_args(url: str, *, application_name: str, schema: str | None = None) -> dict[str, Any]:
+    """asyncpg's arguments for a libpq connection string (URL or key=value), and our schema if given."""
     params = psycopg.conninfo.conninfo_to_dict(url)
-    args: dict[str, Any] = {"server_settings": {"search_path": schema, "application_name": "litellm-jobs-writer"}}
+    settings = {"application_name": application_name}
+    if schema is not None:
+        settings["search_path"] = schema
+    args: dict[str, Any] = {"server_settings": settings}
     for ours, theirs in (("host", "host"), ("port", "port"), ("user", "user"), ("password", "password")):
         if params.get(ours) is not None:
             args[theirs] = str(params[ours])
@@ -152,7 +155,7 @@ class BatchConnection:
     """
 
     def __init__(self, url: str, schema: str, *, timeout_s: float = 30.0) -> None:
-        self._args = _asyncpg_connect_args(url, schema)
+        self._args = asyncpg_connect_args(url, application_name="litellm-jobs-writer", schema=schema)
         self._timeout_s = timeout_s
         self._conn: asyncpg.Connection | None = None
         self._lock = asyncio.Lock()  # the memory buffer's writer and the journal's reader share it
