@@ -604,3 +604,64 @@ async def test_terms_are_worked_out_once_per_policy_and_failure_spend_read(store
     assert all(t.refusal is not None for t in down)
     assert down[0].refusal is not down[1].refusal
     await policies.aclose()
+
+
+def test_a_call_of_a_job_held_open_here_joins_without_terms_and_refusals_still_count(database_url: str) -> None:
+    """In process, a call of a job this process holds open is admitted in memory: no terms, no
+    policy read. What the full path would refuse (a cap reached, another job type, a closed job) is
+    refused the same way, and a cap's 402 is counted in the rejections series."""
+    from prometheus_client import CollectorRegistry
+
+    from litellm_jobs_plugin.errors import JobBudgetExceeded, JobTypeMismatch
+    from litellm_jobs_plugin.metrics import Metrics
+    from litellm_jobs_plugin.settings import JobTypeCaps
+
+    async def main() -> None:
+        store = PostgresStore(database_url)
+        await store.open()
+        writer = Writer(store)
+        writer.start()
+        backend = await choose_backend(store, writer, database_url)
+        assert isinstance(backend, LocalCredits)
+        registry = CollectorRegistry()
+        settings = Settings(job_prices=PRICES, job_type_caps={"big": JobTypeCaps(max_calls=2)})
+        credits = CreditService(settings, store, writer, backend, metrics=Metrics(registry))
+        terms_asked = 0
+        full_terms = credits.terms
+
+        async def counted_terms(*args: Any, **kwargs: Any) -> Any:
+            nonlocal terms_asked
+            terms_asked += 1
+            return await full_terms(*args, **kwargs)
+
+        credits.terms = counted_terms  # type: ignore[method-assign]
+        try:
+            await credits.grant("join", Decimal(10), kind="grant", idempotency_key="g")
+            first = await credits.admit_call(ctx("join", "j1", "big"))
+            assert (first.created, terms_asked) == (True, 1)
+            second = await credits.admit_call(ctx("join", "j1", "big"))
+            assert (second.created, second.hold, second.credits_remaining, terms_asked) == (
+                False,
+                Decimal(2),
+                Decimal(8),
+                1,
+            )
+            assert await backend.admitted_calls("join", "j1") == 2
+            with pytest.raises(JobBudgetExceeded):
+                await credits.admit_call(ctx("join", "j1", "big"))  # max_calls=2
+            assert registry.get_sample_value("litellm_jobs_rejections_total", {"reason": "job_budget_exceeded"}) == 1
+            with pytest.raises(JobTypeMismatch):
+                await credits.admit_call(ctx("join", "j1", "cheap"))
+            await credits.close_job("join", "j1", JobStatus.COMPLETED)
+            with pytest.raises(JobClosed):
+                await credits.admit_call(ctx("join", "j1", "big"))
+            assert (terms_asked, await backend.admitted_calls("join", "j1")) == (1, 2)
+            # a job this process does not hold takes the full path (and its terms)
+            await credits.admit_call(ctx("join", "j2", "cheap"))
+            assert terms_asked == 2
+        finally:
+            await writer.aclose()
+            await credits.aclose()
+            await store.close()
+
+    asyncio.run(main())

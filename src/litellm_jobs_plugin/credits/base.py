@@ -77,6 +77,15 @@ class CreditBackend(Protocol):
 
     async def open_job(self, request: OpenJob) -> Admission: ...
 
+    def join_open(self, team_id: str, job_id: str, requested_type: str | None) -> Admission | None:
+        """Admit a call to a job this process already holds open, deciding in memory without awaiting.
+
+        None: the backend cannot tell without :meth:`open_job` (unknown job, decisions elsewhere). A
+        refusal (closed job, another type, a cap reached) raises as :meth:`open_job` would. The new
+        job's terms are not needed here: joining an open job never takes a new hold.
+        """
+        ...
+
     async def close_job(
         self,
         team_id: str,

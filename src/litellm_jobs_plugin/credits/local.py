@@ -310,26 +310,8 @@ class LocalCredits:
         account = self._account(request.team_id)
         job = self._jobs.get(key)
         if job is not None:
-            state = decide.JobState(job.state.value, job.job_type, job.calls, job.max_calls, job.max_cost, job.cost)
-            verdict = decide.join(
-                state,
-                requested_type=request.requested_type,
-                count_call=request.count_call,
-                create_only=request.create_only,
-            )
-            if verdict is not decide.Verdict.OK:
-                raise decide.join_error(verdict, request.job_id, state, request.requested_type)
-            if not request.create_only and request.count_call:
-                job.calls += 1
-                job.state = JobStatus.IN_PROGRESS
-            job.last = now
-            return Admission(
-                created=False,
-                status=job.state,
-                job_type=job.job_type,
-                hold=job.hold,
-                credits_remaining=account.avail,
-                incarnation=job.incarnation,
+            return self._join(
+                job, account, request.job_id, request.requested_type, request.count_call, request.create_only, now
             )
         verdict = decide.open_new(account.avail, request.price, refused=request.refusal is not None)
         if request.refusal is not None:
@@ -359,6 +341,42 @@ class LocalCredits:
             hold=request.price,
             credits_remaining=account.avail,
             incarnation=incarnation,
+        )
+
+    def join_open(self, team_id: str, job_id: str, requested_type: str | None) -> Admission | None:
+        if self._delegate is not None or self._switching is not None:
+            return None  # PostgreSQL decides (or is about to): the full path waits for it
+        job = self._jobs.get((team_id, job_id))
+        if job is None:
+            return None
+        return self._join(job, self._account(team_id), job_id, requested_type, True, False, time.time())
+
+    @staticmethod
+    def _join(
+        job: _Job,
+        account: _Account,
+        job_id: str,
+        requested_type: str | None,
+        count_call: bool,
+        create_only: bool,
+        now: float,
+    ) -> Admission:
+        """A request to a job this process knows: admitted (its call counted) or refused, nothing awaited."""
+        state = decide.JobState(job.state.value, job.job_type, job.calls, job.max_calls, job.max_cost, job.cost)
+        verdict = decide.join(state, requested_type=requested_type, count_call=count_call, create_only=create_only)
+        if verdict is not decide.Verdict.OK:
+            raise decide.join_error(verdict, job_id, state, requested_type)
+        if not create_only and count_call:
+            job.calls += 1
+            job.state = JobStatus.IN_PROGRESS
+        job.last = now
+        return Admission(
+            created=False,
+            status=job.state,
+            job_type=job.job_type,
+            hold=job.hold,
+            credits_remaining=account.avail,
+            incarnation=job.incarnation,
         )
 
     @staticmethod

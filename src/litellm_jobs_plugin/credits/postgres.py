@@ -43,6 +43,9 @@ class PostgresCredits:
     def __init__(self, store: PostgresStore) -> None:
         self.store = store
 
+    def join_open(self, team_id: str, job_id: str, requested_type: str | None) -> Admission | None:
+        return None  # every admission is decided where the job's state lives, in one round trip
+
     async def open_job(self, request: OpenJob) -> Admission:
         s = self.store
         key = {"team_id": request.team_id, "job_id": request.job_id}

@@ -312,6 +312,9 @@ class RedisCredits:
             jobs = await self.store.fetch_all("open_jobs", {}, conn)
         return accounts, jobs
 
+    def join_open(self, team_id: str, job_id: str, requested_type: str | None) -> Admission | None:
+        return None  # every admission is decided where the job's state lives, in one round trip
+
     async def open_job(self, request: OpenJob) -> Admission:
         keys = [
             self.keys.account(request.team_id),

@@ -46,6 +46,16 @@ _log = logging.getLogger(__name__)
 _TERMS_KEPT = 10_000
 
 
+#: Refusals counted in the rejections series (the 402s and a job type the operator does not allow).
+_COUNTED_REFUSALS = (
+    InsufficientCredits,
+    JobBudgetExceeded,
+    FailureAllowanceExhausted,
+    UnknownJobType,
+    JobTypeNotAllowed,
+)
+
+
 class CreditService:
     """Opens jobs by holding their price, closes them (capture or release), grants credits.
 
@@ -87,13 +97,7 @@ class CreditService:
     async def _open(self, request: OpenJob) -> Admission:
         try:
             admission = await self.backend.open_job(request)
-        except (
-            InsufficientCredits,
-            JobBudgetExceeded,
-            FailureAllowanceExhausted,
-            UnknownJobType,
-            JobTypeNotAllowed,
-        ) as exc:
+        except _COUNTED_REFUSALS as exc:
             if self.metrics is not None:
                 self.metrics.rejected(exc.type, request.team_id)
             raise
@@ -182,6 +186,18 @@ class CreditService:
         """Admit a tracked call before it is routed: open its job (holding the price) or join it."""
         assert context.team_id is not None
         assert context.job_id is not None
+        if not context.single_call:
+            # a call of a job this process holds open: no terms to work out, nothing to await
+            try:
+                joined = self.backend.join_open(
+                    context.team_id, context.job_id, context.job_type if context.job_type_given else None
+                )
+            except _COUNTED_REFUSALS as exc:
+                if self.metrics is not None:
+                    self.metrics.rejected(exc.type, context.team_id)
+                raise
+            if joined is not None:
+                return joined
         job_type = context.job_type or self.settings.default_job_type
         terms = await self.terms(context.team_id, job_type, store_up=self.may_create())
         admission = await self._open(
