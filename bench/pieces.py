@@ -5,7 +5,9 @@
 
 Pieces: ``pre`` (the whole pre-call hook), ``tag`` (reading and checking the job fields), ``decide``
 (``decide_call``), ``admit`` (``CreditService.admit_call``, joining the open job), ``headers`` (the
-response-headers hook), ``addcost`` (a call's cost added to its job). Each runs inside
+response-headers hook), ``addcost`` (a call's cost added to its job), ``answer`` (the success record
+built from a non-streamed answer), ``post`` (the whole post-call success hook: that record handed to
+the writer's buffer and its cost added to the job; the writer's batch is not in it). Each runs inside
 ``functools.reduce``, so callgrind collects only it; the awaitable pieces never suspend in process and
 are driven to their end in place. The request is ``bench/inproc.py``'s.
 """
@@ -14,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import functools
+import sys
+import types
 from collections.abc import Callable, Coroutine
 from decimal import Decimal
 from typing import Any
@@ -58,6 +62,15 @@ async def main(piece: str, n: int) -> None:
         context = decide_call(
             tag, caller, call_id="c", settings=plugin.settings, requested_model="ChatAgent", record_call_id=None
         )
+        install_router()
+        answer = model_response()
+        stashed = []  # requests through the pre-call hook, for the post-call pieces (each is recorded once)
+        if piece in ("post", "answer"):
+            for _ in range(n):
+                one = request(job)
+                await plugin.async_pre_call_hook(key, None, one, "acompletion")
+                stashed.append(one)
+        posted = iter(stashed)
         fresh = iter([request(job) for _ in range(n)])  # built before counting starts
         cost = Decimal("0.000015")
         pieces: dict[str, Callable[[Any, int], Any]] = {
@@ -69,6 +82,8 @@ async def main(piece: str, n: int) -> None:
             "admit": lambda _, __: drive(credits.admit_call(context)),
             "headers": lambda _, __: drive(plugin.async_post_call_response_headers_hook(data, key, object())),
             "addcost": lambda _, __: drive(credits.add_cost("team-a", job, cost)),
+            "answer": lambda _, __: adapter.answer_event(d := next(posted), answer, adapter.stash_of_request(d)),
+            "post": lambda _, __: drive(plugin.async_post_call_success_hook(next(posted), key, answer)),
         }
         functools.reduce(pieces[piece], range(n), None)
     finally:
@@ -76,9 +91,40 @@ async def main(piece: str, n: int) -> None:
         drop_database(database)
 
 
+def install_router() -> None:
+    """A stand-in for the running proxy's router (the deployment a record names is looked up in it)."""
+    deployment = {
+        "model_name": "ChatAgent",
+        "litellm_params": {"model": "openai/gpt-4o-mini"},
+        "model_info": {"id": "deployment-1"},
+    }
+    router = types.SimpleNamespace(model_list=[deployment], model_group_alias={})
+    sys.modules.setdefault("litellm.proxy.proxy_server", types.ModuleType("litellm.proxy.proxy_server"))
+    sys.modules["litellm.proxy.proxy_server"].llm_router = router  # type: ignore[attr-defined]
+
+
+def model_response() -> Any:
+    """A non-streamed chat completion as LiteLLM hands it to the post-call hooks."""
+    import litellm
+
+    response = litellm.ModelResponse(
+        id="chatcmpl-bench",
+        model="gpt-4o-mini",
+        choices=[{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "Hello."}}],
+        usage={"prompt_tokens": 12, "completion_tokens": 9, "total_tokens": 21},
+    )
+    response._hidden_params = {
+        "model_id": "deployment-1",
+        "response_cost": 1.5e-05,
+        "custom_llm_provider": "openai",
+        "_response_ms": 20.0,
+    }
+    return response
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("piece", choices=["pre", "tag", "decide", "admit", "headers", "addcost"])
+    ap.add_argument("piece", choices=["pre", "tag", "decide", "admit", "headers", "addcost", "answer", "post"])
     ap.add_argument("n", type=int)
     args = ap.parse_args()
     uvloop.run(main(args.piece, args.n))

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from dataclasses import dataclass
 
 from .errors import Forbidden, JobIdRequired, TeamRequired
 from .metadata import JOB_ID_PATTERN
-from .models import CallContext, JobTag
+from .models import CallContext, JobTag, value_class
 from .settings import Settings, UntaggedPolicy
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class Caller:
     """The caller's key as LiteLLM's auth resolved it."""
 

@@ -42,7 +42,7 @@ def supports(url: str) -> bool:
 
 def _arg(value: Any) -> Any:
     """What hiredis packs as is (str, bytes, int, float); anything else as its text, as redis-py does."""
-    return value if isinstance(value, str | bytes | int | float) else str(value)
+    return value if isinstance(value, (str, bytes, int, float)) else str(value)
 
 
 class _Line(asyncio.Protocol):

@@ -150,6 +150,9 @@ class Writer:
 
     async def put(self, event: Item) -> None:
         """Record one event: in the journal (durable), else in the buffer (waiting while it is full)."""
+        if self.journal is None:
+            await self._buffer(event)  # in process: straight to the buffer (a call's path, kept short)
+            return
         await self.put_many((event,))
 
     async def put_call(self, event: CallEvent, team_id: str, job_id: str) -> bool:

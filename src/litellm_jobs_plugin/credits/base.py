@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from decimal import Decimal
 from typing import Any, Protocol
 
 from ..errors import JobsError
-from ..models import Balance, JobCaps, JobStatus
+from ..models import Balance, JobCaps, JobStatus, value_class
 from . import decide
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class OpenJob:
     """A request to admit a call to a job, opening the job (and holding its price) if it is new."""
 
@@ -34,7 +34,7 @@ class OpenJob:
     refusal: JobsError | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class Admission:
     created: bool  # this request opened the job and held its price
     status: JobStatus
@@ -44,7 +44,7 @@ class Admission:
     incarnation: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class Closure:
     status: JobStatus
     repeated: bool  # the job was already closed with this status: nothing changed

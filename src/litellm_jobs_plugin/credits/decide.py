@@ -30,7 +30,7 @@ from decimal import ROUND_CEILING, Decimal
 from typing import TypeVar
 
 from ..errors import FailureAllowanceExhausted, JobsError, JobTypeNotAllowed, UnknownJobType
-from ..models import JobCaps, JobStatus
+from ..models import JobCaps, JobStatus, value_class
 from ..settings import CostPrice, Settings, UnpricedJobTypes
 from . import rules
 
@@ -59,7 +59,7 @@ class CloseVerdict(enum.StrEnum):
     ACTIVE = "active"  # the reaper's cut-off: the job was active since
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class JobState:
     """What the rules read of an existing job."""
 
