@@ -67,7 +67,7 @@ def job_headers(data: Mapping[str, Any]) -> dict[str, str]:
         if isinstance(meta, dict):
             sources.append(meta.get("headers"))
     for source in sources:
-        if isinstance(source, Mapping):
+        if type(source) is dict or isinstance(source, Mapping):  # a dict, without the ABC check, as a rule
             for name in JOB_HEADERS:
                 value = source.get(name)
                 if isinstance(value, str) and name not in found:
@@ -97,7 +97,7 @@ def record_call_id(data: Mapping[str, Any], call_id: str) -> str | None:
     """
     psr = data.get("proxy_server_request")
     headers = psr.get("headers") if isinstance(psr, dict) else None
-    if not isinstance(headers, Mapping) or headers.get(CALL_ID_HEADER) is None:
+    if not (type(headers) is dict or isinstance(headers, Mapping)) or headers.get(CALL_ID_HEADER) is None:
         return None
     proof = headers.get(CALL_ID_PROOF_HEADER)
     if isinstance(proof, str) and hmac.compare_digest(proof, call_id_proof(call_id)):
@@ -223,12 +223,11 @@ def is_proxy_admin(user_api_key_dict: Any) -> bool:
 
 def key_identity(user_api_key_dict: Any) -> tuple[str | None, str | None, str | None]:
     """(team_id, hashed key, user_id) of the caller's key."""
-
-    def text(name: str) -> str | None:
-        value = getattr(user_api_key_dict, name, None)
-        return value if isinstance(value, str) and value else None
-
-    return text("team_id"), text("api_key") or text("token"), text("user_id")
+    return (
+        _text(getattr(user_api_key_dict, "team_id", None)),
+        _text(getattr(user_api_key_dict, "api_key", None)) or _text(getattr(user_api_key_dict, "token", None)),
+        _text(getattr(user_api_key_dict, "user_id", None)),
+    )
 
 
 def _stash_of(kwargs: Mapping[str, Any]) -> CallContext | None:

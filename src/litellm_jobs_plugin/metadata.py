@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -190,9 +190,11 @@ def parse_job_tag(client_metadata: object, headers: Mapping[str, str]) -> JobTag
     ``client_metadata`` is the request body's ``metadata`` (any JSON value); ``headers`` are the
     request headers with lower-case names.
     """
-    meta: Mapping[str, Any] = client_metadata if isinstance(client_metadata, Mapping) else {}
-    if client_metadata is not None and not isinstance(client_metadata, Mapping):
+    # ``type(x) is dict`` first: the usual case, without the ABC machinery of isinstance(x, Mapping)
+    is_object = type(client_metadata) is dict or isinstance(client_metadata, Mapping)
+    if client_metadata is not None and not is_object:
         raise InvalidJobMetadata("metadata must be a JSON object.", param="metadata")
+    meta: Mapping[str, Any] = cast("Mapping[str, Any]", client_metadata) if is_object else {}
 
     raw_id = _one_source(meta.get("job_id"), headers.get(JOB_ID_HEADER), "job_id")
     raw_type = _one_source(meta.get("job_type"), headers.get(JOB_TYPE_HEADER), "job_type")
@@ -204,7 +206,7 @@ def parse_job_tag(client_metadata: object, headers: Mapping[str, str]) -> JobTag
     # A tracked call's metadata is the client's all through, not only its job fields. LiteLLM
     # keeps a copy of what the client sent (``requester_metadata``) beside its own additions.
     sent = meta.get(REQUESTER_METADATA)
-    check_finite(sent if isinstance(sent, Mapping) else meta, param="metadata")
+    check_finite(sent if type(sent) is dict or isinstance(sent, Mapping) else meta, param="metadata")
     return JobTag(
         job_id=None if raw_id is None else check_job_id(raw_id),
         job_type=None if raw_type is None else check_job_type(raw_type),
