@@ -41,6 +41,7 @@ class JobsPlugin(CustomLogger):
         #: Non-streamed calls whose success record one side (the answer or LiteLLM's success event) has
         #: handed over or is handing over, until the other side has seen it: each is recorded once.
         self._handovers: dict[str, _Handover] = {}
+        self._answered: asyncio.Future[None] | None = None  # the done future of handovers by answer
 
     # -- the runtime's services, for callers that hold the plugin (tests, scripts, bench/) -------
 
@@ -224,7 +225,15 @@ class JobsPlugin(CustomLogger):
             oldest = self._handovers.pop(next(iter(self._handovers)))
             if not oldest.done.done():
                 oldest.done.set_result(None)  # whoever waits stops waiting (never a CancelledError in a hook)
-        handover = _Handover(call_id, asyncio.get_running_loop().create_future(), by_answer)
+        if by_answer:
+            # its success event only needs to find it: nothing ever waits on it, so all share one done future
+            done = self._answered
+            if done is None:
+                done = self._answered = asyncio.get_running_loop().create_future()
+                done.set_result(None)
+        else:
+            done = asyncio.get_running_loop().create_future()
+        handover = _Handover(call_id, done, by_answer)
         self._handovers[call_id] = handover
         return handover
 
@@ -251,12 +260,8 @@ class JobsPlugin(CustomLogger):
                 _log.exception("litellm-jobs: could not read the answer of call %s", call_id)
                 event = None
             if event is not None:
-                handover = self._new_handover(call_id, by_answer=True)
-                try:
-                    await self._hand_over(event)
-                finally:
-                    if not handover.done.done():
-                        handover.done.set_result(None)
+                self._new_handover(call_id, by_answer=True)
+                await self._hand_over(event)
                 return None
             if self.runtime.journal is None or adapter.success_logging_deferred(data):
                 return None  # nothing to wait for (in process), or its success event comes after this hook

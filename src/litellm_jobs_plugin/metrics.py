@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
 
 from .models import JobStatus
 from .writer import WriterStats
@@ -29,6 +30,8 @@ CALL_BUCKETS = (1, 2, 3, 5, 8, 13, 21, 34, 55, 100, 250)
 
 
 OTHER_JOB_TYPES = "other"
+
+_M = TypeVar("_M", bound=MetricWrapperBase)
 
 
 class Metrics:
@@ -157,6 +160,15 @@ class Metrics:
             multiprocess_mode="livemax",
         )
         self._seen = WriterStats()
+        #: Each series' labelled children, kept: ``labels()`` validates and locks on every call (a
+        #: single-call job moves four series). Bounded as the series are (job types, teams, reasons).
+        self._children: dict[tuple[MetricWrapperBase, tuple[str, ...]], MetricWrapperBase] = {}
+
+    def _child(self, metric: _M, *labels: str) -> _M:
+        child = self._children.get((metric, labels))
+        if child is None:
+            child = self._children[(metric, labels)] = metric.labels(*labels)
+        return child  # type: ignore[return-value]
 
     def _type(self, job_type: str) -> str:
         if job_type in self._known or job_type in self._seen_types:
@@ -170,22 +182,22 @@ class Metrics:
         return (team,) if self._team_labels else ()
 
     def job_started(self, job_type: str, team: str) -> None:
-        self.jobs_started.labels(self._type(job_type), *self._team(team)).inc()
+        self._child(self.jobs_started, self._type(job_type), *self._team(team)).inc()
 
     def job_closed(self, job_type: str, team: str, status: JobStatus, *, charged: Decimal, calls: int) -> None:
         label = self._type(job_type)
-        self.jobs_closed.labels(label, *self._team(team), status.value).inc()
+        self._child(self.jobs_closed, label, *self._team(team), status.value).inc()
         if charged:
-            self.credits_charged.labels(label, *self._team(team)).inc(float(charged))
-        self.calls_per_job.labels(label).observe(calls)
+            self._child(self.credits_charged, label, *self._team(team)).inc(float(charged))
+        self._child(self.calls_per_job, label).observe(calls)
 
     def job_cost_known(self, job_type: str, cost_usd: Decimal) -> None:
-        self.job_cost.labels(self._type(job_type)).observe(float(cost_usd))
+        self._child(self.job_cost, self._type(job_type)).observe(float(cost_usd))
 
     def uncharged(self, job_type: str, team: str, cost_usd: Decimal) -> None:
         """A failed or expired job's provider cost, once known."""
         if cost_usd > 0:
-            self.uncharged_cost.labels(self._type(job_type), *self._team(team)).inc(float(cost_usd))
+            self._child(self.uncharged_cost, self._type(job_type), *self._team(team)).inc(float(cost_usd))
 
     def failure_use(self, team: str, spent_usd: Decimal) -> None:
         """A team's failure spend as last read (only with team labels: it is one team's figure)."""
@@ -193,7 +205,7 @@ class Metrics:
             self.failure_allowance_used.labels(team).set(float(spent_usd))
 
     def rejected(self, reason: str, team: str) -> None:
-        self.rejections.labels(reason, *self._team(team)).inc()
+        self._child(self.rejections, reason, *self._team(team)).inc()
 
     def journal_progress(self, backlog: int, oldest_age_s: float) -> None:
         """Called by the writer's journal reader every few seconds."""
