@@ -40,6 +40,9 @@ NOT_SETTINGS = {
     "JOBS_TEST_REDIS_URL",
     "JOBS_TEST_LITELLM_MATRIX",
     "JOBS_TEST_DOCS_SCREENSHOTS",
+    "JOBS_TEST_CREDIT_MODE",
+    "JOBS_TEST_CREDIT_MODES",
+    "JOBS_TEST_WORKERS",
 }
 
 log = logging.getLogger("mkdocs.hooks.generate")
